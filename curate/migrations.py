@@ -1,0 +1,139 @@
+"""The store's schema, as an ordered list of small migrations recorded in the database.
+
+Each migration is a function named ``mNNN_what`` that takes an open read-write connection inside
+a transaction. A migration that has been applied to anyone's store is never edited: a change of
+schema is a new function appended to ``MIGRATIONS``. ``apply`` records each applied name in
+``_curate_migrations`` so that opening a store runs only what it lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+__all__ = ["MIGRATIONS", "apply", "applied", "pending"]
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def m001_generations(con: duckdb.DuckDBPyConnection) -> None:
+    # One row per generation id. `raw` is the record exactly as received and is stored once:
+    # `request` and `response` are generated columns that read it through a JSON path (only
+    # Hugging Face rows, whose request/response curate assembles, store them in *_built).
+    # `raw_hash` lets a re-delivery be recognised without reading `raw` back.
+    con.execute(
+        """
+        create table generations (
+            id                varchar primary key,
+            raw               json not null,
+            raw_hash          ubigint not null,
+            shape             varchar not null,
+            state             varchar,
+            state_message     varchar,
+            model             varchar,
+            custom_id         varchar,
+            dispatched_at     timestamptz,
+            finished_at       timestamptz,
+            prompt_tokens     bigint,
+            completion_tokens bigint,
+            total_tokens      bigint,
+            source            varchar not null,
+            first_seen_at     timestamptz not null,
+            updated_at        timestamptz not null,
+            request_path      varchar,
+            response_path     varchar,
+            request_built     json,
+            response_built    json,
+            request           json generated always as
+                (coalesce(request_built, json_extract(raw, request_path))) virtual,
+            response          json generated always as
+                (coalesce(response_built, json_extract(raw, response_path))) virtual
+        )
+        """
+    )
+
+
+def m002_rejects(con: duckdb.DuckDBPyConnection) -> None:
+    # Every record curate refused, with where it came from. Keyed so that importing the same
+    # bad file twice keeps one row per bad line.
+    con.execute(
+        """
+        create table rejects (
+            source      varchar not null,
+            line        bigint not null,
+            reason      varchar not null,
+            raw         varchar not null,
+            raw_md5     varchar not null,
+            rejected_at timestamptz not null,
+            primary key (source, line, raw_md5)
+        )
+        """
+    )
+
+
+def m003_imports(con: duckdb.DuckDBPyConnection) -> None:
+    # One row per `curate import` of one file: what it brought, for stats and provenance.
+    con.execute("create sequence imports_seq")
+    con.execute(
+        """
+        create table imports (
+            import_id   bigint primary key default nextval('imports_seq'),
+            source      varchar not null,
+            started_at  timestamptz not null,
+            finished_at timestamptz,
+            lines       bigint not null default 0,
+            stored      bigint not null default 0,
+            updated     bigint not null default 0,
+            duplicate   bigint not null default 0,
+            rejected    bigint not null default 0,
+            skipped     bigint not null default 0
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_generations, m002_rejects, m003_imports]
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "create table if not exists _curate_migrations "
+        "(name varchar primary key, applied_at timestamptz not null default now())"
+    )
+
+
+def applied(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the migrations this store has recorded, in the order they ran."""
+    exists = con.execute(
+        "select count(*) from duckdb_tables() where table_name = '_curate_migrations'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return []
+    return [r[0] for r in con.execute("select name from _curate_migrations order by applied_at, name").fetchall()]
+
+
+def pending(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None = None) -> list[Migration]:
+    """The migrations not yet recorded in this store."""
+    done = set(applied(con))
+    return [m for m in (MIGRATIONS if migrations is None else migrations) if m.__name__ not in done]
+
+
+def apply(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None = None) -> list[str]:
+    """Run every pending migration, each in its own transaction; return the names it ran."""
+    ran: list[str] = []
+    todo = pending(con, migrations)
+    if not todo:
+        return ran
+    _ensure_table(con)
+    for migration in todo:
+        con.execute("begin transaction")
+        try:
+            migration(con)
+            con.execute("insert into _curate_migrations (name) values (?)", [migration.__name__])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        ran.append(migration.__name__)
+    return ran

@@ -1,0 +1,352 @@
+"""Every record shape inference.net produces, and how each becomes a ``generations`` row.
+
+Records arrive as raw text (a JSONL line, an HTTP body) and are normalised in DuckDB, in bulk,
+by the statements in ``NORMALIZE_SQL``: parsing in Python costs more than DuckDB's whole ingest
+(../shared/docs/duckdb-and-datasets.md, B.3). Recognised shapes, first match wins:
+
+``webhook``       a ``generation.completed`` / ``async-embedding.completed`` envelope
+``slow-group``    a ``slow-group.completed`` envelope: one row per generation inside it
+(skipped)         a ``webhook.test`` envelope: acknowledged, nothing to store
+``generation``    a GenerationForClient, as ``GET /v1/generation/{id}`` returns it
+``openai-batch``  an OpenAI batch output line ``{custom_id, response: {status_code, body}, error}``
+``catalyst``      an inference.net dataset row, source-backed ``{request, response}``
+``hf-messages``   a Hugging Face conversational row ``{id?, messages, tools?}``
+
+Both key casings are read (``generationId``/``generation_id``, ``stateMessage``/``state_message``
+...). A record with no generation id gets ``sha256-`` plus 32 hex digits of a hash of its
+minified JSON, so importing it again finds the same row. Whatever does not fit goes to the
+rejects with a reason that names the field.
+
+The raw text is stored once. ``request`` and ``response`` are generated columns that read it
+through ``request_path``/``response_path``; only ``hf-messages`` rows, whose request and
+response curate assembles from the messages, store them (``request_built``/``response_built``).
+Parsing extracts just the small fields into narrow temporary tables; the wide text goes from the
+Arrow batch to the table once, in the final insert.
+
+The statements read ``_curate_batch(line BIGINT, text VARCHAR)`` and leave ``_curate_rows``
+(one row per recognised generation, with the ``action`` the merge takes), ``_curate_rejected``
+and ``_curate_skipped`` as temporary tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["NORMALIZE_SQL", "SHAPES", "TEMP_TABLES", "TERMINAL_STATES", "WriteCounts"]
+
+TERMINAL_STATES = ("Success", "Failed")
+SHAPES = ("webhook", "slow-group", "generation", "openai-batch", "catalyst", "hf-messages")
+TEMP_TABLES = (
+    "_curate_parsed", "_curate_rows", "_curate_rejected", "_curate_skipped", "_curate_merge",
+)
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    """What one write did with its records."""
+
+    stored: int = 0
+    updated: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    skipped: int = 0
+
+    def __add__(self, other: WriteCounts) -> WriteCounts:
+        return WriteCounts(
+            self.stored + other.stored,
+            self.updated + other.updated,
+            self.duplicate + other.duplicate,
+            self.rejected + other.rejected,
+            self.skipped + other.skipped,
+        )
+
+
+# The small fields of a GenerationForClient. Ids are read as JSON so that a non-string id is
+# seen as such rather than coerced.
+_USAGE = '"usage":{"prompt_tokens":"BIGINT","completion_tokens":"BIGINT","total_tokens":"BIGINT"}'
+_GFC = (
+    '"id":"JSON","generationId":"JSON","generation_id":"JSON",'
+    '"state":"VARCHAR","stateMessage":"VARCHAR","state_message":"VARCHAR",'
+    '"dispatchedAt":"VARCHAR","dispatched_at":"VARCHAR",'
+    '"finishedAt":"VARCHAR","finished_at":"VARCHAR",'
+    '"request":{"model":"VARCHAR","metadata":{"custom_id":"VARCHAR"}}'
+)
+_GFC_STRUCT = "{" + _GFC + ',"response":{"model":"VARCHAR",' + _USAGE + "}}"
+# The top level adds the envelope keys and the OpenAI batch line's keys.
+_TOP_STRUCT = (
+    "{" + _GFC + ',"event":"VARCHAR","custom_id":"VARCHAR","data":' + _GFC_STRUCT + ","
+    '"error":{"message":"VARCHAR"},'
+    '"response":{"model":"VARCHAR",' + _USAGE + ',"status_code":"BIGINT",'
+    '"body":{"model":"VARCHAR",' + _USAGE + ',"error":{"message":"VARCHAR"}}}}'
+)
+# json_type of the parts whose kind decides the shape, read in one parse.
+_TYPE_PATHS = (
+    "request", "response", "data", "messages", "error", "data.generations", "response.body",
+    "data.request", "data.response", "id", "generationId", "generation_id",
+    "data.id", "data.generationId", "data.generation_id",
+)
+_TYPES = "json_type(text, [" + ", ".join(f"'$.{p}'" for p in _TYPE_PATHS) + "])"
+
+
+def _ty(path: str) -> str:
+    return f"ty[{_TYPE_PATHS.index(path) + 1}]"
+
+
+_ID_OK = "in ('VARCHAR', 'UBIGINT', 'BIGINT')"
+_RANK = """
+    case when {s} in ('Success', 'Failed') then 3
+         when {s} = 'In Progress' then 2
+         when {s} is not null then 1
+         else 0 end
+"""
+
+
+def _gfc(field: str) -> str:
+    """A GenerationForClient field, from the envelope's ``data`` or from the top level."""
+    return f"case when shape = 'webhook' then t.data.{field} else t.{field} end"
+
+
+def _present(path: str) -> str:
+    return f"coalesce({_ty(path)}, 'NULL') <> 'NULL'"
+
+
+def _first_id(*fields: tuple[str, str]) -> str:
+    """The first id among (struct field, type path) pairs that holds a string or a number."""
+    whens = " ".join(
+        f"when {_ty(path)} {_ID_OK} then json_extract_string({field}, '$')" for field, path in fields
+    )
+    return f"case {whens} end"
+
+
+def _bad_id(*fields: tuple[str, str]) -> str:
+    """The json type of the first id field present whose value is neither a string nor a number."""
+    whens = " ".join(
+        f"when {_present(path)} then case when {_ty(path)} {_ID_OK} then null else {_ty(path)} end"
+        for _, path in fields
+    )
+    return f"case {whens} end"
+
+
+_ENVELOPE_IDS = (("t.generationId", "generationId"), ("t.generation_id", "generation_id"),
+                 ("t.data.id", "data.id"), ("t.data.generationId", "data.generationId"),
+                 ("t.data.generation_id", "data.generation_id"))
+_TOP_IDS = (("t.id", "id"), ("t.generationId", "generationId"), ("t.generation_id", "generation_id"))
+
+NORMALIZE_SQL: tuple[str, ...] = (
+    # 1. Parse every line that is a JSON object once, keeping only small fields.
+    f"""
+    create or replace temp table _curate_parsed as
+    with objects as (
+        select line, hash(text) as raw_hash,
+               json_transform(text, '{_TOP_STRUCT}') as t, {_TYPES} as ty, text
+        from _curate_batch
+        where json_valid(text) and starts_with(ltrim(text, ' \t'), '{{')
+    ),
+    classified as (
+        select *,
+            case
+                when t.event = 'webhook.test' then 'webhook.test'
+                when t.event is not null and {_ty('data')} = 'OBJECT' then
+                    case when t.event = 'slow-group.completed' then 'slow-group' else 'webhook' end
+                when t.event is not null then 'bad-envelope'
+                when t.state is not null then 'generation'
+                when t.custom_id is not null
+                     and ({_ty('response')} = 'OBJECT' or {_ty('error')} = 'OBJECT')
+                    then 'openai-batch'
+                when {_ty('request')} = 'OBJECT' then 'catalyst'
+                when {_ty('messages')} = 'ARRAY' then 'hf-messages'
+            end as shape
+        from objects
+    )
+    , fields as (
+    select line, raw_hash, shape, t.event as event, text,
+        case shape
+            when 'webhook' then {_bad_id(*_ENVELOPE_IDS)}
+            when 'generation' then {_bad_id(*_TOP_IDS)}
+        end as bad_id,
+        case
+            when shape = 'webhook' then {_first_id(*_ENVELOPE_IDS)}
+            when shape = 'generation' then {_first_id(*_TOP_IDS)}
+            when shape = 'openai-batch' then {_first_id(("t.id", "id"))}
+        end as given_id,
+        case shape
+            when 'openai-batch' then
+                case when t.error.message is null and {_ty('error')} is distinct from 'OBJECT'
+                      and t.response.status_code between 200 and 299
+                     then 'Success' else 'Failed' end
+            when 'catalyst' then case when {_present('response')} then 'Success' end
+            else {_gfc('state')}
+        end as state,
+        case shape
+            when 'openai-batch' then coalesce(t.error.message, t.response.body.error.message)
+            else coalesce({_gfc('stateMessage')}, {_gfc('state_message')})
+        end as state_message,
+        case shape
+            when 'openai-batch' then t.response.body.model
+            else coalesce({_gfc('request.model')}, {_gfc('response.model')})
+        end as model,
+        case shape
+            when 'openai-batch' then t.custom_id
+            else {_gfc('request.metadata.custom_id')}
+        end as custom_id,
+        coalesce({_gfc('dispatchedAt')}, {_gfc('dispatched_at')}) as dispatched,
+        coalesce({_gfc('finishedAt')}, {_gfc('finished_at')}) as finished,
+        case shape
+            when 'openai-batch' then t.response.body.usage
+            when 'webhook' then t.data.response.usage
+            else t.response.usage
+        end as usage,
+        case
+            when shape = 'webhook' and {_present('data.request')} then '$.data.request'
+            when shape in ('generation', 'catalyst') and {_present('request')} then '$.request'
+        end as request_path,
+        case
+            when shape = 'webhook' and {_present('data.response')} then '$.data.response'
+            when shape in ('generation', 'catalyst') and {_present('response')} then '$.response'
+            when shape = 'openai-batch' and {_present('response.body')} then '$.response.body'
+        end as response_path
+    from classified
+    )
+    select * exclude (text),
+        case when given_id is null and shape in ('generation', 'webhook', 'catalyst',
+                                                  'openai-batch', 'hf-messages')
+             then 'sha256-' || left(sha256(json(text)), 32) end as derived_id
+    from fields
+    """,
+    """
+    create or replace temp table _curate_skipped as
+    select line from _curate_parsed where shape = 'webhook.test'
+    """,
+    # 2. One narrow row per generation.
+    """
+    create or replace temp table _curate_rows as
+    select line, coalesce(given_id, derived_id) as id, shape, raw_hash, null::varchar as raw,
+           state, state_message, model, custom_id,
+           try_cast(dispatched as timestamptz) as dispatched_at,
+           try_cast(finished as timestamptz) as finished_at,
+           usage.prompt_tokens as prompt_tokens, usage.completion_tokens as completion_tokens,
+           usage.total_tokens as total_tokens,
+           request_path, response_path, null::json as request_built, null::json as response_built
+    from _curate_parsed
+    where shape in ('generation', 'webhook', 'catalyst', 'openai-batch') and bad_id is null
+    """,
+    # The rare shapes are assembled from the text: a group envelope becomes one row per item,
+    # each keeping the envelope with only its own item (so its path is generations[0]).
+    f"""
+    insert into _curate_rows by name
+    with items as (
+        select b.line, b.text,
+               unnest(json_extract(b.text, '$.data.generations[*]')) as item
+        from _curate_batch b
+        where b.line in (select line from _curate_parsed where shape = 'slow-group')
+    ),
+    envelopes as (
+        select line,
+               json_merge_patch(text, json_object('data', json_merge_patch(text -> '$.data',
+                   json_object('generations', json_array(item)))))::varchar as raw,
+               json_transform(item, '{_GFC_STRUCT}') as g,
+               json_type(item, ['$.id', '$.generationId', '$.generation_id', '$.request',
+                                '$.response']) as ty
+        from items where json_type(item) = 'OBJECT'
+    )
+    select line, 'slow-group' as shape, raw, hash(raw) as raw_hash,
+           coalesce(
+               case when ty[2] {_ID_OK} then json_extract_string(g.generationId, '$') end,
+               case when ty[3] {_ID_OK} then json_extract_string(g.generation_id, '$') end,
+               case when ty[1] {_ID_OK} then json_extract_string(g.id, '$') end,
+               'sha256-' || left(sha256(json(raw)), 32)) as id,
+           g.state as state, coalesce(g.stateMessage, g.state_message) as state_message,
+           coalesce(g.request.model, g.response.model) as model,
+           g.request.metadata.custom_id as custom_id,
+           try_cast(coalesce(g.dispatchedAt, g.dispatched_at) as timestamptz) as dispatched_at,
+           try_cast(coalesce(g.finishedAt, g.finished_at) as timestamptz) as finished_at,
+           g.response.usage.prompt_tokens as prompt_tokens,
+           g.response.usage.completion_tokens as completion_tokens,
+           g.response.usage.total_tokens as total_tokens,
+           case when coalesce(ty[4], 'NULL') <> 'NULL'
+                then '$.data.generations[0].request' end as request_path,
+           case when coalesce(ty[5], 'NULL') <> 'NULL'
+                then '$.data.generations[0].response' end as response_path
+    from envelopes
+    """,
+    # A Hugging Face row: the last assistant message is the response, the rest the request.
+    """
+    insert into _curate_rows by name
+    select line, 'hf-messages' as shape, raw_hash, id,
+           case when last_role = 'assistant' then 'Success' end as state,
+           json_merge_patch('{}', json_object(
+               'messages', case when last_role = 'assistant' then to_json(msgs[1:-2])
+                                else to_json(msgs) end,
+               'tools', text -> '$.tools',
+               'metadata', json_object('importOriginalRowId', text -> '$.id'))) as request_built,
+           case when last_role = 'assistant' then json_object(
+               'object', 'chat.completion',
+               'choices', json_array(json_object(
+                   'index', 0, 'message', msgs[-1],
+                   'finish_reason', case when json_exists(msgs[-1], '$.tool_calls')
+                                         then 'tool_calls' else 'stop' end))) end
+               as response_built
+    from (select p.line, p.raw_hash, p.derived_id as id, b.text,
+                 json_extract(b.text, '$.messages[*]') as msgs,
+                 json_extract_string(b.text, '$.messages[-1].role') as last_role
+          from _curate_parsed p join _curate_batch b on b.line = p.line
+          where p.shape = 'hf-messages')
+    """,
+    # 3. Every refused line, with the reason.
+    """
+    create or replace temp table _curate_rejected as
+    with unparsed as (
+        -- the complement of the filter that fed _curate_parsed
+        select line, text from _curate_batch
+        where not (json_valid(text) and starts_with(ltrim(text, ' \t'), '{'))
+          and ltrim(text, ' \t\r\n') <> ''
+    ),
+    reasons as (
+        select line, case
+            when not json_valid(text) then 'not valid JSON (malformed or truncated line)'
+            else 'not a JSON object (found ' || lower(json_type(text)) || ')' end as reason
+        from unparsed
+        union all
+        select line, case
+            when shape is null then 'no known record shape: expected a GenerationForClient, '
+                || 'a webhook envelope, a {request, response} row, a {messages} row or an '
+                || 'OpenAI batch output line'
+            when shape = 'bad-envelope' then 'field data of ' || event || ' is missing or not an object'
+            else 'field id is ' || lower(bad_id) || ', not a string' end
+        from _curate_parsed where shape is null or shape = 'bad-envelope' or bad_id is not null
+        union all
+        select line, 'field data.generations of slow-group.completed is not an array of objects'
+        from _curate_parsed p
+        where shape = 'slow-group' and not exists (
+            select 1 from _curate_rows r where r.line = p.line)
+    )
+    select r.line, b.text,
+        r.reason || case when r.reason like 'no known record shape%'
+                         then '; found keys ' || array_to_string(list_slice(json_keys(b.text), 1, 12), ', ')
+                         else '' end as reason
+    from reasons r join _curate_batch b on b.line = r.line
+    """,
+    # 4. Decide what the merge does with each row. Within a batch the highest-ranked, then
+    #    latest, record of an id is the candidate; it replaces the stored row only if it ranks at
+    #    least as high and differs from it. Only narrow columns are read from the store.
+    f"""
+    create or replace temp table _curate_merge as
+    with candidates as (
+        select *, {_RANK.format(s="state")} as rank,
+               row_number() over (partition by id order by {_RANK.format(s="state")} desc,
+                                  line desc) as pick
+        from _curate_rows
+    ),
+    stored as (
+        select g.id, g.raw_hash, {_RANK.format(s="g.state")} as rank
+        from generations g semi join _curate_rows r on g.id = r.id
+    )
+    select c.* exclude (rank, pick),
+        case when c.pick > 1 then 'duplicate'
+             when s.id is null then 'insert'
+             when c.rank < s.rank then 'duplicate'
+             when c.rank = s.rank and c.raw_hash = s.raw_hash then 'duplicate'
+             else 'update' end as action
+    from candidates c left join stored s on s.id = c.id
+    """,
+)

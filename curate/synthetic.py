@@ -1,0 +1,169 @@
+"""Deterministic synthetic inference.net traffic: requests, responses and GenerationForClient bodies.
+
+One generator serves the sandbox, the demo, the tests and the benchmarks, so that what they
+exercise looks alike: multi-turn chats, tool offers answered with ``tool_calls``, some
+``finish_reason == "length"``, some ``Failed`` generations, and non-ASCII text. Everything is a
+pure function of its integer seed, so a test can name the record it expects.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "MODELS",
+    "chat_request",
+    "chat_response",
+    "generation_id",
+    "generation_record",
+]
+
+MODELS = (
+    "meta-llama/llama-3.2-3b-instruct/fp-16",
+    "meta-llama/llama-3.1-8b-instruct/fp-8",
+    "mistralai/mistral-nemo-12b-instruct/fp-8",
+    "qwen/qwen3-8b/bf-16",
+)
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+_TOPICS = (
+    "the capital of France",
+    "how photosynthesis works",
+    "a haiku about autumn rain",
+    "the difference between TCP and UDP",
+    "why the sky is blue",
+    "a recipe for crème brûlée",
+    "the history of the Zürich Hauptbahnhof",
+    "東京の天気について",
+    "the proof that √2 is irrational",
+    "a summary of Don Quixote",
+    "how to sort a list in Python",
+    "Привет — how do you say hello in Russian",
+)
+
+_WORDS = (
+    "the model answers with care and precision while keeping every detail of the request in view "
+    "so that the reader can follow each step of the reasoning from the first premise to the final "
+    "conclusion without losing track of the argument café naïve déjà vu über straße 漢字 emoji 🙂"
+).split()
+
+_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+_EPOCH = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def generation_id(seed: int) -> str:
+    """A 21-character nanoid-style id, as inference.net issues them, unique per seed."""
+    rng = random.Random(f"id-{seed}")
+    return "".join(rng.choice(_ALPHABET) for _ in range(21))
+
+
+def _sentence(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n_words)).capitalize() + "."
+
+
+def chat_request(seed: int, *, custom_id: str | None = None) -> dict[str, Any]:
+    """An OpenAI chat request body as a client would submit it to ``/v1/slow/chat/completions``."""
+    rng = random.Random(f"req-{seed}")
+    topic = rng.choice(_TOPICS)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a helpful assistant. " + _sentence(rng, 12)}
+    ]
+    for turn in range(rng.choice((0, 0, 1, 2))):
+        messages.append({"role": "user", "content": f"Tell me about {topic}, part {turn + 1}."})
+        messages.append({"role": "assistant", "content": _sentence(rng, rng.randint(20, 60))})
+    messages.append({"role": "user", "content": f"Tell me about {topic}. " + _sentence(rng, 25)})
+    body: dict[str, Any] = {
+        "model": rng.choice(MODELS),
+        "messages": messages,
+        "max_tokens": rng.choice((256, 512, 1024)),
+        "temperature": round(rng.random(), 2),
+        "metadata": {"custom_id": custom_id if custom_id is not None else f"req-{seed:08d}"},
+    }
+    if seed % 7 == 3:
+        body["tools"] = [_WEATHER_TOOL]
+    return body
+
+
+def chat_response(seed: int, request: dict[str, Any], *, created: int) -> dict[str, Any]:
+    """The ChatCompletion a model would return for ``request``: tool calls when tools are offered."""
+    rng = random.Random(f"resp-{seed}")
+    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request["messages"]) * 4 // 3
+    message: dict[str, Any] = {"role": "assistant"}
+    if request.get("tools"):
+        city = rng.choice(("Paris", "Zürich", "東京", "São Paulo"))
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": f"call_{generation_id(seed)[:12]}",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+            }
+        ]
+        finish_reason = "tool_calls"
+        completion_tokens = 18
+    else:
+        n_words = rng.randint(40, 160)
+        message["content"] = _sentence(rng, n_words)
+        finish_reason = "length" if seed % 11 == 5 else "stop"
+        completion_tokens = n_words * 4 // 3
+    return {
+        "id": f"chatcmpl-{generation_id(seed)}",
+        "object": "chat.completion",
+        "created": created,
+        "model": request["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def generation_record(seed: int, *, state: str | None = None) -> dict[str, Any]:
+    """A GenerationForClient body as ``GET /v1/generation/{id}`` returns it.
+
+    About one in twenty-three seeds is ``Failed``; pass ``state`` to force one
+    (``Queued`` and ``In Progress`` have no response and no ``finishedAt``).
+    """
+    request = chat_request(seed)
+    dispatched = _EPOCH + timedelta(seconds=seed * 7 % (30 * 86400), milliseconds=seed % 1000)
+    finished = dispatched + timedelta(milliseconds=400 + (seed * 37) % 9000)
+    if state is None:
+        state = "Failed" if seed % 23 == 17 else "Success"
+    record: dict[str, Any] = {
+        "id": generation_id(seed),
+        "state": state,
+        "stateMessage": "",
+        "request": request,
+        "response": None,
+        "dispatchedAt": _iso(dispatched) if state != "Queued" else None,
+        "finishedAt": None,
+    }
+    if state == "Success":
+        record["stateMessage"] = "Generation completed"
+        record["response"] = chat_response(seed, request, created=int(finished.timestamp()))
+        record["finishedAt"] = _iso(finished)
+    elif state == "Failed":
+        record["stateMessage"] = "Model worker error: context length exceeded"
+        record["finishedAt"] = _iso(finished)
+    return record
