@@ -15,17 +15,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+import duckdb
 import pyarrow as pa
 from pydantic import BaseModel
 
 from curate.records import WriteCounts
-from curate.store import Store, ingest
+from curate.store import Store, merge_source
 
 __all__ = ["ImportSummary", "import_files", "import_file", "line_batches"]
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_ROWS = 4096
+_MAX_NATIVE_LINE = 16 * 1024 * 1024
 
 
 class ImportSummary(BaseModel):
@@ -108,52 +110,91 @@ def _table(block: bytes, first: int) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=_CHUNK_ROWS))
 
 
+def _native_source(path: Path, gzipped: bool) -> str:
+    # DuckDB's CSV reader, told there is one column, no quoting and a delimiter that valid JSON
+    # never contains, reads a JSONL file as lines: in parallel, in C++, streaming, with their
+    # line numbers. Anything it cannot read that way (invalid UTF-8, a raw \x01, a line longer
+    # than max_line_size) raises, and the file is read by the Python path instead.
+    literal = str(path).replace("'", "''")
+    return f"""
+        create or replace temp view _curate_src as
+        select ordinality as line, text
+        from read_csv('{literal}', columns = {{'text': 'VARCHAR'}}, delim = chr(1), quote = '',
+                      escape = '', header = false, auto_detect = false,
+                      compression = '{"gzip" if gzipped else "none"}',
+                      max_line_size = {_MAX_NATIVE_LINE}, buffer_size = {4 * _MAX_NATIVE_LINE})
+        with ordinality
+    """
+
+
+def _is_unreadable(exc: duckdb.Error) -> bool:
+    text = str(exc)
+    return isinstance(exc, duckdb.InvalidInputException) and (
+        "CSV Error" in text or "CSV Parser" in text or "Invalid unicode" in text
+        or "maximum line size" in text
+    )
+
+
+def _stage_in_python(con: duckdb.DuckDBPyConnection, path: Path, batch_bytes: int) -> None:
+    con.execute("create or replace temp table _curate_src (line bigint, text varchar)")
+    with _open(path) as stream:
+        for batch in line_batches(stream, batch_bytes):
+            con.register("_curate_block", batch)
+            con.execute("insert into _curate_src select line, text from _curate_block")
+            con.unregister("_curate_block")
+
+
 def import_file(
     store: Store,
     path: str | os.PathLike[str],
     *,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
-    progress: Callable[[int], None] | None = None,
     summary: ImportSummary | None = None,
 ) -> ImportSummary:
-    """Import one JSONL (or JSONL.gz) file; ``progress`` is called with its bytes read so far."""
+    """Import one JSONL (or JSONL.gz) file in one transaction: all of it is stored, or none.
+
+    Memory stays bounded whatever the file's size: DuckDB streams the file and spills to disk
+    past the store's memory limit.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     summary = summary if summary is not None else ImportSummary()
     source = f"import:{path.resolve()}"
     started = time.perf_counter()
-    with store.write() as con:
-        row = con.execute(
-            "insert into imports (source, started_at) values (?, now()) returning import_id",
-            [source],
-        ).fetchone()
-    assert row is not None
-    import_id = row[0]
-    total = ImportSummary()
-    with _open(path) as stream:
-        raw = stream.fileobj if isinstance(stream, gzip.GzipFile) else stream  # type: ignore[attr-defined]
-        for batch in line_batches(stream, batch_bytes):
-            # The batch and the import's running totals commit together.
-            with store.write() as con:
-                total.add(ingest(con, batch, source=source), batch.num_rows)
-                con.execute(
-                    "update imports set lines = ?, stored = ?, updated = ?, duplicate = ?, "
-                    "rejected = ?, skipped = ? where import_id = ?",
-                    [total.lines, total.stored, total.updated, total.duplicate, total.rejected,
-                     total.skipped, import_id],
-                )
-            if progress is not None:
-                progress(raw.tell() if raw is not None else 0)
-    with store.write() as con:
-        con.execute("update imports set finished_at = now() where import_id = ?", [import_id])
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == _GZIP_MAGIC
+    try:
+        counts, lines = _import_once(store, path, source, native=True, gzipped=gzipped,
+                                     batch_bytes=batch_bytes)
+    except duckdb.Error as exc:
+        if not _is_unreadable(exc):
+            raise
+        counts, lines = _import_once(store, path, source, native=False, gzipped=gzipped,
+                                     batch_bytes=batch_bytes)
     summary.files.append(str(path))
-    summary.add(
-        WriteCounts(total.stored, total.updated, total.duplicate, total.rejected, total.skipped),
-        total.lines,
-    )
+    summary.add(counts, lines)
     summary.seconds += time.perf_counter() - started
     return summary
+
+
+def _import_once(
+    store: Store, path: Path, source: str, *, native: bool, gzipped: bool, batch_bytes: int
+) -> tuple[WriteCounts, int]:
+    with store.write() as con:
+        if native:
+            con.execute(_native_source(path, gzipped))
+        else:
+            _stage_in_python(con, path, batch_bytes)
+        counts = merge_source(con, source=source)
+        (lines,) = con.execute("select count(*) from _curate_src").fetchone() or (0,)
+        con.execute(
+            "insert into imports (source, started_at, finished_at, lines, stored, updated, "
+            "duplicate, rejected, skipped) values (?, now(), now(), ?, ?, ?, ?, ?, ?)",
+            [source, lines, counts.stored, counts.updated, counts.duplicate, counts.rejected,
+             counts.skipped],
+        )
+    return counts, lines
 
 
 def import_files(
@@ -165,7 +206,7 @@ def import_files(
 ) -> ImportSummary:
     """Import every file in turn; a missing file fails before anything is read.
 
-    ``progress`` is called with the bytes read so far across all the files.
+    ``progress`` is called after each file with the bytes imported so far.
     """
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
@@ -173,7 +214,8 @@ def import_files(
     summary = ImportSummary()
     done = 0
     for path in paths:
-        report = None if progress is None else (lambda n, base=done: progress(base + n))
-        import_file(store, path, batch_bytes=batch_bytes, progress=report, summary=summary)
+        import_file(store, path, batch_bytes=batch_bytes, summary=summary)
         done += Path(path).stat().st_size
+        if progress is not None:
+            progress(done)
     return summary

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NORMALIZE_SQL", "SHAPES", "TEMP_TABLES", "TERMINAL_STATES", "WriteCounts"]
+__all__ = [
+    "MERGE_SQL", "PARSE_SQL", "RARE_SQL", "REJECTS_SQL", "SHAPES", "TEMP_TABLES", "WriteCounts",
+    "insert_sql", "records_sql",
+]
 
-TERMINAL_STATES = ("Success", "Failed")
 SHAPES = ("webhook", "slow-group", "generation", "openai-batch", "catalyst", "hf-messages")
-TEMP_TABLES = (
-    "_curate_parsed", "_curate_rows", "_curate_rejected", "_curate_skipped", "_curate_merge",
-)
+TEMP_TABLES = ("_curate_parsed", "_curate_rare", "_curate_rejected", "_curate_merge")
 
 
 @dataclass(frozen=True)
@@ -132,19 +132,36 @@ _ENVELOPE_IDS = (("t.generationId", "generationId"), ("t.generation_id", "genera
                  ("t.data.generation_id", "data.generation_id"))
 _TOP_IDS = (("t.id", "id"), ("t.generationId", "generationId"), ("t.generation_id", "generation_id"))
 
-NORMALIZE_SQL: tuple[str, ...] = (
-    # 1. Parse every line that is a JSON object once, keeping only small fields.
-    f"""
-    create or replace temp table _curate_parsed as
-    with objects as (
-        select line, hash(text) as raw_hash,
-               json_transform(text, '{_TOP_STRUCT}') as t, {_TYPES} as ty, text
-        from _curate_batch
-        where json_valid(text) and starts_with(ltrim(text, ' \t'), '{{')
+COMMON_SHAPES = ("generation", "webhook", "catalyst", "openai-batch")
+RARE_SHAPES = ("slow-group", "hf-messages")
+REJECTED_SHAPES = ("invalid", "not-object", "bad-envelope")
+
+
+def records_sql(source: str) -> str:
+    """One row per non-blank line of ``source`` (a relation with ``line`` and ``text``).
+
+    Every line gets its ``shape`` (``invalid``, ``not-object``, ``bad-envelope``, ``webhook.test``,
+    one of ``SHAPES``, or NULL when no shape fits), and the lines of the common shapes get every
+    column of their ``generations`` row. The same text serves the narrow first pass (DuckDB drops
+    the columns a query does not use) and the final insert, so the two can never disagree.
+    """
+    return f"""
+    with lines as (
+        select line, text,
+               json_valid(text) and starts_with(ltrim(text, ' \t'), '{{') as ok
+        from {source}
+        where ltrim(coalesce(text, ''), ' \t\r\n') <> ''
+    ),
+    objects as (
+        select line, text, ok, hash(text) as raw_hash,
+               case when ok then json_transform(text, '{_TOP_STRUCT}') end as t,
+               case when ok then {_TYPES} end as ty
+        from lines
     ),
     classified as (
         select *,
             case
+                when not ok then case when json_valid(text) then 'not-object' else 'invalid' end
                 when t.event = 'webhook.test' then 'webhook.test'
                 when t.event is not null and {_ty('data')} = 'OBJECT' then
                     case when t.event = 'slow-group.completed' then 'slow-group' else 'webhook' end
@@ -157,8 +174,8 @@ NORMALIZE_SQL: tuple[str, ...] = (
                 when {_ty('messages')} = 'ARRAY' then 'hf-messages'
             end as shape
         from objects
-    )
-    , fields as (
+    ),
+    fields as (
     select line, raw_hash, shape, t.event as event, text,
         case shape
             when 'webhook' then {_bad_id(*_ENVELOPE_IDS)}
@@ -207,37 +224,46 @@ NORMALIZE_SQL: tuple[str, ...] = (
         end as response_path
     from classified
     )
-    select * exclude (text),
-        case when given_id is null and shape in ('generation', 'webhook', 'catalyst',
-                                                  'openai-batch', 'hf-messages')
-             then 'sha256-' || left(sha256(json(text)), 32) end as derived_id
+    select * exclude (given_id, dispatched, finished, usage),
+        coalesce(given_id, case when shape in ('generation', 'webhook', 'catalyst',
+                                               'openai-batch', 'hf-messages')
+                           then 'sha256-' || left(sha256(json(text)), 32) end) as id,
+        {_RANK.format(s="state")} as rank,
+        try_cast(dispatched as timestamptz) as dispatched_at,
+        try_cast(finished as timestamptz) as finished_at,
+        usage.prompt_tokens as prompt_tokens, usage.completion_tokens as completion_tokens,
+        usage.total_tokens as total_tokens,
+        null::json as request_built, null::json as response_built
     from fields
-    """,
     """
-    create or replace temp table _curate_skipped as
-    select line from _curate_parsed where shape = 'webhook.test'
-    """,
-    # 2. One narrow row per generation.
+
+
+# What the first pass keeps of every line: enough to decide the merge and to explain a reject.
+PARSE_SQL = f"""
+    create or replace temp table _curate_parsed as
+    select line, shape, event, bad_id, id, rank, raw_hash
+    from ({records_sql("_curate_src")})
+"""
+
+# The rare shapes, assembled from their text into full rows (raw or built columns included).
+RARE_SQL: tuple[str, ...] = (
     """
-    create or replace temp table _curate_rows as
-    select line, coalesce(given_id, derived_id) as id, shape, raw_hash, null::varchar as raw,
-           state, state_message, model, custom_id,
-           try_cast(dispatched as timestamptz) as dispatched_at,
-           try_cast(finished as timestamptz) as finished_at,
-           usage.prompt_tokens as prompt_tokens, usage.completion_tokens as completion_tokens,
-           usage.total_tokens as total_tokens,
-           request_path, response_path, null::json as request_built, null::json as response_built
-    from _curate_parsed
-    where shape in ('generation', 'webhook', 'catalyst', 'openai-batch') and bad_id is null
+    create or replace temp table _curate_rare (
+        line bigint, id varchar, raw varchar, raw_hash ubigint, shape varchar, state varchar,
+        state_message varchar, model varchar, custom_id varchar, dispatched_at timestamptz,
+        finished_at timestamptz, prompt_tokens bigint, completion_tokens bigint,
+        total_tokens bigint, request_path varchar, response_path varchar, request_built json,
+        response_built json
+    )
     """,
-    # The rare shapes are assembled from the text: a group envelope becomes one row per item,
-    # each keeping the envelope with only its own item (so its path is generations[0]).
+    # A group envelope becomes one row per item, each keeping the envelope with only its own
+    # item (so its request and response sit at generations[0]).
     f"""
-    insert into _curate_rows by name
+insert into _curate_rare by name
     with items as (
         select b.line, b.text,
                unnest(json_extract(b.text, '$.data.generations[*]')) as item
-        from _curate_batch b
+        from _curate_src b
         where b.line in (select line from _curate_parsed where shape = 'slow-group')
     ),
     envelopes as (
@@ -271,8 +297,8 @@ NORMALIZE_SQL: tuple[str, ...] = (
     """,
     # A Hugging Face row: the last assistant message is the response, the rest the request.
     """
-    insert into _curate_rows by name
-    select line, 'hf-messages' as shape, raw_hash, id,
+insert into _curate_rare by name
+    select line, 'hf-messages' as shape, text as raw, raw_hash, id,
            case when last_role = 'assistant' then 'Success' end as state,
            json_merge_patch('{}', json_object(
                'messages', case when last_role = 'assistant' then to_json(msgs[1:-2])
@@ -286,67 +312,113 @@ NORMALIZE_SQL: tuple[str, ...] = (
                    'finish_reason', case when json_exists(msgs[-1], '$.tool_calls')
                                          then 'tool_calls' else 'stop' end))) end
                as response_built
-    from (select p.line, p.raw_hash, p.derived_id as id, b.text,
+    from (select p.line, p.raw_hash, p.id, b.text,
                  json_extract(b.text, '$.messages[*]') as msgs,
                  json_extract_string(b.text, '$.messages[-1].role') as last_role
-          from _curate_parsed p join _curate_batch b on b.line = p.line
+          from _curate_parsed p join _curate_src b on b.line = p.line
           where p.shape = 'hf-messages')
     """,
-    # 3. Every refused line, with the reason.
-    """
+)
+
+REJECTS_SQL = f"""
     create or replace temp table _curate_rejected as
-    with unparsed as (
-        -- the complement of the filter that fed _curate_parsed
-        select line, text from _curate_batch
-        where not (json_valid(text) and starts_with(ltrim(text, ' \t'), '{'))
-          and ltrim(text, ' \t\r\n') <> ''
-    ),
-    reasons as (
-        select line, case
-            when not json_valid(text) then 'not valid JSON (malformed or truncated line)'
-            else 'not a JSON object (found ' || lower(json_type(text)) || ')' end as reason
-        from unparsed
-        union all
-        select line, case
-            when shape is null then 'no known record shape: expected a GenerationForClient, '
-                || 'a webhook envelope, a {request, response} row, a {messages} row or an '
-                || 'OpenAI batch output line'
-            when shape = 'bad-envelope' then 'field data of ' || event || ' is missing or not an object'
-            else 'field id is ' || lower(bad_id) || ', not a string' end
-        from _curate_parsed where shape is null or shape = 'bad-envelope' or bad_id is not null
+    with reasons as (
+        select line, case shape
+            when 'invalid' then 'not valid JSON (malformed or truncated line)'
+            when 'not-object' then 'not a JSON object'
+            when 'bad-envelope' then 'field data of ' || event || ' is missing or not an object'
+            else case when shape is null
+                      then 'no known record shape: expected a GenerationForClient, a webhook '
+                           || 'envelope, a {{request, response}} row, a {{messages}} row or an '
+                           || 'OpenAI batch output line'
+                      else 'field id is ' || lower(bad_id) || ', not a string' end
+            end as reason
+        from _curate_parsed
+        where shape is null or shape in ('invalid', 'not-object', 'bad-envelope')
+              or bad_id is not null
         union all
         select line, 'field data.generations of slow-group.completed is not an array of objects'
         from _curate_parsed p
         where shape = 'slow-group' and not exists (
-            select 1 from _curate_rows r where r.line = p.line)
+            select 1 from _curate_rare r where r.line = p.line)
     )
     select r.line, b.text,
-        r.reason || case when r.reason like 'no known record shape%'
-                         then '; found keys ' || array_to_string(list_slice(json_keys(b.text), 1, 12), ', ')
-                         else '' end as reason
-    from reasons r join _curate_batch b on b.line = r.line
-    """,
-    # 4. Decide what the merge does with each row. Within a batch the highest-ranked, then
-    #    latest, record of an id is the candidate; it replaces the stored row only if it ranks at
-    #    least as high and differs from it. Only narrow columns are read from the store.
-    f"""
+        case when r.reason = 'not a JSON object'
+             then r.reason || ' (found ' || lower(json_type(b.text)) || ')'
+             when r.reason like 'no known record shape%'
+             then r.reason || '; found keys '
+                  || array_to_string(list_slice(json_keys(b.text), 1, 12), ', ')
+             else r.reason end as reason
+    from reasons r join _curate_src b on b.line = r.line
+"""
+
+# What the merge does with each candidate row. Within a batch the highest-ranked, then latest,
+# record of an id wins; it replaces the stored row only if it ranks at least as high and
+# differs from it. Only narrow columns are read from the store.
+MERGE_SQL = f"""
     create or replace temp table _curate_merge as
     with candidates as (
-        select *, {_RANK.format(s="state")} as rank,
-               row_number() over (partition by id order by {_RANK.format(s="state")} desc,
-                                  line desc) as pick
-        from _curate_rows
+        select line, id, shape, rank, raw_hash from _curate_parsed
+        where shape in {COMMON_SHAPES} and bad_id is null
+        union all
+        select line, id, shape, {_RANK.format(s="state")}, raw_hash from _curate_rare
+    ),
+    picked as (
+        select *, row_number() over (partition by id order by rank desc, line desc) as pick
+        from candidates
     ),
     stored as (
         select g.id, g.raw_hash, {_RANK.format(s="g.state")} as rank
-        from generations g semi join _curate_rows r on g.id = r.id
+        from generations g semi join candidates c on g.id = c.id
     )
-    select c.* exclude (rank, pick),
-        case when c.pick > 1 then 'duplicate'
+    select p.line, p.id, p.shape,
+        case when p.pick > 1 then 'duplicate'
              when s.id is null then 'insert'
-             when c.rank < s.rank then 'duplicate'
-             when c.rank = s.rank and c.raw_hash = s.raw_hash then 'duplicate'
+             when p.rank < s.rank then 'duplicate'
+             when p.rank = s.rank and p.raw_hash = s.raw_hash then 'duplicate'
              else 'update' end as action
-    from candidates c left join stored s on s.id = c.id
-    """,
+    from picked p left join stored s on s.id = p.id
+"""
+
+COLUMNS = (
+    "id", "raw", "raw_hash", "shape", "state", "state_message", "model", "custom_id",
+    "dispatched_at", "finished_at", "prompt_tokens", "completion_tokens", "total_tokens",
+    "source", "first_seen_at", "updated_at", "request_path", "response_path", "request_built",
+    "response_built",
 )
+_FIXED = {"source": "getvariable('curate_source')", "first_seen_at": "now()", "updated_at": "now()"}
+_UPSERT = "on conflict (id) do update set " + ", ".join(
+    f"{c} = excluded.{c}" for c in COLUMNS if c not in ("id", "first_seen_at")
+)
+
+
+def _select(raw: str) -> str:
+    return ", ".join(raw if c == "raw" else _FIXED.get(c, c) for c in COLUMNS)
+
+
+def insert_sql(action: str, *, every_line: bool = False) -> tuple[str, str]:
+    """The two inserts (common shapes from the text, rare ones from ``_curate_rare``) of ``action``.
+
+    ``update`` rows replace every stored column but ``first_seen_at``. ``every_line`` says that
+    every line of the source is a common-shape record for which the merge chose ``action``, as on
+    a first import of clean files: the rows then stream from the text with no join at all.
+    """
+    conflict = _UPSERT if action == "update" else ""
+    if every_line:
+        # No filter at all: one on the computed shape would make DuckDB parse twice (it is
+        # pushed below the projection), and a join on line numbers costs a third of the insert.
+        source = "_curate_src"
+    else:
+        keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
+        source = f"(select line, text from _curate_src where line in ({keep}))"
+    common = (
+        f"insert into generations ({', '.join(COLUMNS)}) "
+        f"select {_select('text')} from ({records_sql(source)}) {conflict}"
+    )
+    rare = (
+        f"insert into generations ({', '.join(COLUMNS)}) "
+        f"select {_select('raw')} from _curate_rare r "
+        f"semi join _curate_merge m on m.line = r.line and m.id = r.id and m.action = '{action}' "
+        f"{conflict}"
+    )
+    return common, rare

@@ -21,28 +21,16 @@ import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from curate import migrations
-from curate.records import NORMALIZE_SQL, TEMP_TABLES, WriteCounts
+from curate import records
+from curate.records import WriteCounts
 
-__all__ = ["Store", "StoreLocked", "WriteCounts"]
+__all__ = ["Store", "StoreLocked", "WriteCounts", "ingest", "merge_source"]
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
 # in /usr/bin/python3 (PID 4774)". Inside one process, a read-only open of a file held read-write
 # fails differently ("different configuration"); both mean "someone else has it, wait".
 _LOCK_MARKERS = ("Could not set lock", "different configuration than existing connections")
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
-
-
-_COLUMNS = (
-    "id, raw, raw_hash, shape, state, state_message, model, custom_id, dispatched_at, "
-    "finished_at, prompt_tokens, completion_tokens, total_tokens, source, first_seen_at, "
-    "updated_at, request_path, response_path, request_built, response_built"
-)
-_VALUES = (
-    "m.id, coalesce(m.raw, b.text), m.raw_hash, m.shape, m.state, m.state_message, m.model, "
-    "m.custom_id, m.dispatched_at, m.finished_at, m.prompt_tokens, m.completion_tokens, "
-    "m.total_tokens, getvariable('curate_source'), now(), now(), m.request_path, "
-    "m.response_path, m.request_built, m.response_built"
-)
 
 
 class StoreLocked(RuntimeError):
@@ -145,55 +133,63 @@ class Store:
 
 
 def ingest(con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str) -> WriteCounts:
-    """Normalise ``batch`` (columns ``line``, ``text``) and merge it into ``con``'s store.
-
-    Runs inside the caller's transaction. The merge is idempotent: a record already stored is a
-    duplicate; a terminal state (Success/Failed) is never replaced by a non-terminal one; a newer
-    record of equal standing replaces the stored one, keeping ``first_seen_at``.
-    """
-    # On an error the caller rolls back and closes; the temp state goes with the connection.
-    con.register("_curate_batch", batch)
-    con.execute("set variable curate_source = ?", [source])
-    for statement in NORMALIZE_SQL:
-        con.execute(statement)
-    row = con.execute(
-        """
-        select
-            count(*) filter (where action = 'insert'),
-            count(*) filter (where action = 'update'),
-            count(*) filter (where action = 'duplicate'),
-            (select count(*) from _curate_rejected),
-            (select count(*) from _curate_skipped)
-        from _curate_merge
-        """
-    ).fetchone()
-    assert row is not None
-    con.execute(
-        f"insert into generations ({_COLUMNS}) select {_VALUES} "
-        "from _curate_merge m join _curate_batch b on b.line = m.line where action = 'insert'"
-    )
-    if row[1]:
-        # An id seen before: replace every stored column but first_seen_at.
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")
-                            if c not in ("id", "first_seen_at"))
-        con.execute(
-            f"insert into generations ({_COLUMNS}) select {_VALUES} "
-            "from _curate_merge m join _curate_batch b on b.line = m.line "
-            f"where action = 'update' on conflict (id) do update set {updates}"
-        )
-    con.execute(
-        """
-        insert into rejects
-        select getvariable('curate_source'), line, reason, text, md5(text), now()
-        from _curate_rejected
-        on conflict do nothing
-        """
-    )
-    counts = WriteCounts(
-        stored=row[0], updated=row[1], duplicate=row[2], rejected=row[3], skipped=row[4]
-    )
-    # Temp tables live as long as the connection; drop them so a caller may ingest again.
-    for name in TEMP_TABLES:
-        con.execute(f"drop table {name}")
-    con.unregister("_curate_batch")
+    """Merge the records of an Arrow ``batch`` (columns ``line``, ``text``) into ``con``'s store."""
+    con.register("_curate_src", batch)
+    counts = merge_source(con, source=source)
+    con.unregister("_curate_src")
     return counts
+
+
+def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
+    """Normalise the relation ``_curate_src(line, text)`` and merge it into ``con``'s store.
+
+    Runs inside the caller's transaction (on an error the caller rolls back and closes, and the
+    temporary state goes with the connection). The merge is idempotent: a record already stored
+    is a duplicate; a terminal state (Success/Failed) is never replaced by a non-terminal one; a
+    newer record of equal standing replaces the stored one, keeping ``first_seen_at``.
+    """
+    con.execute("set variable curate_source = ?", [source])
+    con.execute(records.PARSE_SQL)
+    kinds = dict(con.execute("select shape, count(*) from _curate_parsed group by all").fetchall())
+    lines = sum(kinds.values())
+    (clean,) = con.execute(
+        f"select count(*) from _curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null"
+    ).fetchone() or (0,)
+    for statement in records.RARE_SQL[:1]:
+        con.execute(statement)
+    if any(kinds.get(shape) for shape in records.RARE_SHAPES):
+        for statement in records.RARE_SQL[1:]:
+            con.execute(statement)
+    con.execute(records.MERGE_SQL)
+    actions = dict(con.execute("select action, count(*) from _curate_merge group by all").fetchall())
+    for action in ("insert", "update"):
+        if actions.get(action):
+            every_line = actions[action] == clean == lines
+            for statement in records.insert_sql(action, every_line=every_line):
+                con.execute(statement)
+    # Reading the text again to explain refusals is paid only when there are some.
+    rejected = 0
+    if any(kinds.get(shape) for shape in records.REJECTED_SHAPES) or con.execute(
+        "select count(*) from _curate_parsed where bad_id is not null or shape is null"
+        " or (shape = 'slow-group' and line not in (select line from _curate_rare))"
+    ).fetchone()[0]:
+        con.execute(records.REJECTS_SQL)
+        (rejected,) = con.execute("select count(*) from _curate_rejected").fetchone() or (0,)
+        con.execute(
+            """
+            insert into rejects
+            select getvariable('curate_source'), line, reason, text, md5(text), now()
+            from _curate_rejected
+            on conflict do nothing
+            """
+        )
+        con.execute("drop table _curate_rejected")
+    for name in records.TEMP_TABLES:
+        con.execute(f"drop table if exists {name}")
+    return WriteCounts(
+        stored=actions.get("insert", 0),
+        updated=actions.get("update", 0),
+        duplicate=actions.get("duplicate", 0),
+        rejected=rejected,
+        skipped=kinds.get("webhook.test", 0),
+    )
