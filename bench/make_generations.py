@@ -28,15 +28,18 @@ def _render(start: int) -> bytes:
     ).encode("utf-8")
 
 
-def write(path: Path, megabytes: float) -> int:
-    """Write records to ``path`` until it holds ``megabytes`` MiB; return how many were written."""
+def write(path: Path, megabytes: float, *, start: int = 0) -> int:
+    """Write records to ``path`` until it holds ``megabytes`` MiB; return how many were written.
+
+    Record seeds count from ``start``, so files written from different starts share no id.
+    """
     target = int(megabytes * 1024 * 1024)
     written = 0
     records = 0
 
     with path.open("wb") as out, Pool(os.cpu_count() or 1) as pool:
         # Records are at least ~700 bytes, which bounds how many chunks can be needed.
-        bound = range(0, target // 700 + _CHUNK, _CHUNK)
+        bound = range(start, start + target // 700 + _CHUNK, _CHUNK)
         for block in pool.imap(_render, bound, chunksize=1):
             if written + len(block) > target:
                 lines = block.splitlines(keepends=True)

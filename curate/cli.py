@@ -8,6 +8,7 @@ stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import duckdb
+import httpx
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import typer
@@ -24,8 +26,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from curate import __version__
+from curate.client import fetch_generations
 from curate.config import MissingApiKey, Settings
 from curate.importer import import_files
+from curate.records import WriteCounts
 from curate.store import Store, StoreLocked
 
 __all__ = ["app", "main"]
@@ -62,18 +66,20 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except MissingApiKey as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (StoreLocked, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    except duckdb.Error as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+    except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError) as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
 def _store(db: Path | None) -> Store:
-    return Store(Settings.from_env(db=db).db)
+    return Store(Settings.from_env(db=db).db, lock_timeout=_lock_timeout())
+
+
+def _lock_timeout() -> float:
+    # How long a command waits for another process to release the store.
+    return float(os.environ.get("CURATE_LOCK_TIMEOUT") or 30)
 
 
 @app.command("import")
@@ -147,6 +153,53 @@ def _print_table(result: pa.Table, fmt: OutputFormat) -> None:
         table.add_row(*("" if v is None else str(v) for v in row.values()))
     out.print(table)
     out.print(f"{result.num_rows:,} row(s)", style="dim")
+
+
+@app.command("fetch")
+def fetch_command(
+    generation_ids: Annotated[list[str], typer.Argument(help="Generation ids.", show_default=False)],
+    db: DbOption = None,
+) -> None:
+    """Fetch generations by id from inference.net once and store them (needs INFERENCE_API_KEY)."""
+    with _user_errors():
+        settings = Settings.from_env(db=db)
+        settings.require_api_key()
+        store = Store(settings.db, lock_timeout=_lock_timeout())
+        bodies, missing = [], []
+        for fetched in fetch_generations(settings, generation_ids):
+            if fetched.visible:
+                bodies.append(fetched.body.decode("utf-8", "backslashreplace"))
+            else:
+                missing.append(fetched.generation_id)
+        counts = store.ingest_texts(bodies, source="poll") if bodies else WriteCounts()
+    out.print(
+        f"fetched {len(bodies)}: stored {counts.stored}, updated {counts.updated}, "
+        f"duplicate {counts.duplicate}, rejected {counts.rejected}"
+    )
+    for generation_id in missing:
+        out.print(f"{generation_id}: not visible yet (404)", style="yellow")
+
+
+@app.command("sandbox")
+def sandbox_command(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
+    api_key: Annotated[str, typer.Option(help="The Bearer key it accepts.")] = "sandbox-key",
+    queue_delay: Annotated[float, typer.Option(help="Mean seconds a generation stays Queued.")] = 0.5,
+    run_delay: Annotated[float, typer.Option(help="Mean seconds it stays In Progress.")] = 1.5,
+    failure_rate: Annotated[float, typer.Option(help="Share of generations that fail.")] = 0.05,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute before 429s.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Where to deliver webhooks.")] = None,
+) -> None:
+    """Run a local fake of inference.net on 127.0.0.1, for demos and tests (no API key needed)."""
+    from curate.sandbox import SandboxConfig, run_forever
+
+    run_forever(
+        SandboxConfig(
+            port=port, api_key=api_key, queue_delay=queue_delay, run_delay=run_delay,
+            failure_rate=failure_rate, rpm_limit=rpm, webhook_url=webhook_url,
+        ),
+        announce=lambda line: out.print(line, highlight=False),
+    )
 
 
 @app.command("version")

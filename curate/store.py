@@ -33,6 +33,9 @@ _LOCK_MARKERS = ("Could not set lock", "different configuration than existing co
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 
+DEFAULT_MEMORY_LIMIT = "1GB"
+
+
 class StoreLocked(RuntimeError):
     """The store stayed locked by another process for longer than the retry budget."""
 
@@ -46,13 +49,22 @@ def _is_lock_error(exc: BaseException) -> bool:
 class Store:
     """A curate store in one DuckDB file.
 
-    ``lock_timeout`` bounds how long an open waits for another process to let go of the file.
+    ``lock_timeout`` bounds how long an open waits for another process to let go of the file;
+    ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps DuckDB's memory.
     Creating a ``Store`` brings the file's schema up to date (creating the file if need be).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 30.0,
+        memory_limit: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        # DuckDB spills to disk past this, so an import's memory does not grow with its file.
+        self.memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path}: the folder {self.path.parent} does not exist")
         self.migrate()
@@ -70,7 +82,13 @@ class Store:
         try:
             for attempt in retrying:
                 with attempt:
-                    return duckdb.connect(str(self.path), read_only=read_only)
+                    con = duckdb.connect(
+                        str(self.path), read_only=read_only,
+                        config={"memory_limit": self.memory_limit},
+                    )
+                    # DuckDB's own progress bar would write into curate's output.
+                    con.execute("set enable_progress_bar = false")
+                    return con
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc):
                 raise
@@ -125,6 +143,13 @@ class Store:
         """
         with self.write() as con:
             return ingest(con, batch, source=source)
+
+    def ingest_texts(self, texts: list[str], *, source: str) -> WriteCounts:
+        """Store raw records (HTTP bodies, say), numbered from 1 in the order given."""
+        batch = pa.table(
+            {"line": pa.array(range(1, len(texts) + 1), pa.int64()), "text": pa.array(texts, pa.string())}
+        )
+        return self.ingest(batch, source=source)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only query and return its rows as an Arrow table."""

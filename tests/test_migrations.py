@@ -1,0 +1,77 @@
+"""Migrations: a blank store and a store at an earlier schema end at the same exact columns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+
+from curate import migrations
+from curate.store import Store
+from curate.synthetic import generation_record
+
+EXPECTED = {
+    "generations": [
+        ("id", "VARCHAR"), ("raw", "JSON"), ("raw_hash", "UBIGINT"), ("shape", "VARCHAR"),
+        ("state", "VARCHAR"), ("state_message", "VARCHAR"), ("model", "VARCHAR"),
+        ("custom_id", "VARCHAR"), ("dispatched_at", "TIMESTAMP WITH TIME ZONE"),
+        ("finished_at", "TIMESTAMP WITH TIME ZONE"), ("prompt_tokens", "BIGINT"),
+        ("completion_tokens", "BIGINT"), ("total_tokens", "BIGINT"), ("source", "VARCHAR"),
+        ("first_seen_at", "TIMESTAMP WITH TIME ZONE"), ("updated_at", "TIMESTAMP WITH TIME ZONE"),
+        ("request_path", "VARCHAR"), ("response_path", "VARCHAR"), ("request_built", "JSON"),
+        ("response_built", "JSON"), ("request", "JSON"), ("response", "JSON"),
+    ],
+    "rejects": [
+        ("source", "VARCHAR"), ("line", "BIGINT"), ("reason", "VARCHAR"), ("raw", "VARCHAR"),
+        ("raw_md5", "VARCHAR"), ("rejected_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    "imports": [
+        ("import_id", "BIGINT"), ("source", "VARCHAR"), ("started_at", "TIMESTAMP WITH TIME ZONE"),
+        ("finished_at", "TIMESTAMP WITH TIME ZONE"), ("lines", "BIGINT"), ("stored", "BIGINT"),
+        ("updated", "BIGINT"), ("duplicate", "BIGINT"), ("rejected", "BIGINT"),
+        ("skipped", "BIGINT"),
+    ],
+    "_curate_migrations": [("name", "VARCHAR"), ("applied_at", "TIMESTAMP WITH TIME ZONE")],
+}
+
+
+def columns(store: Store) -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    for row in store.query(
+        "select table_name, column_name, data_type from information_schema.columns "
+        "order by table_name, ordinal_position"
+    ).to_pylist():
+        found.setdefault(row["table_name"], []).append((row["column_name"], row["data_type"]))
+    return found
+
+
+def test_blank_store_has_exactly_the_expected_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path / "blank.duckdb")
+    assert columns(store) == EXPECTED
+    applied = [r["name"] for r in store.query("select name from _curate_migrations").to_pylist()]
+    assert applied == [m.__name__ for m in migrations.MIGRATIONS]
+
+
+def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    migrations.apply(con, migrations.MIGRATIONS[:-1])
+    record = generation_record(1)
+    con.execute(
+        "insert into generations (id, raw, raw_hash, shape, source, first_seen_at, updated_at, "
+        "request_path) values (?, ?, hash(?), 'generation', 'poll', now(), now(), '$.request')",
+        [record["id"], json.dumps(record), json.dumps(record)],
+    )
+    con.close()
+
+    store = Store(path)
+
+    assert columns(store) == EXPECTED
+    (row,) = store.query("select id, request from generations").to_pylist()
+    assert (row["id"], json.loads(row["request"])) == (record["id"], record["request"])
+
+
+def test_migrating_twice_runs_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    assert store.migrate() == []
