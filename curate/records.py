@@ -17,9 +17,10 @@ Both key casings are read (``generationId``/``generation_id``, ``stateMessage``/
 minified JSON, so importing it again finds the same row. Whatever does not fit goes to the
 rejects with a reason that names the field.
 
-The raw text is stored once. ``request`` and ``response`` are generated columns that read it
-through ``request_path``/``response_path``; only ``hf-messages`` rows, whose request and
-response curate assembles from the messages, store them (``request_built``/``response_built``).
+The raw text is stored once, in ``generation_rows``. The ``generations`` view adds ``request``
+and ``response``, read from it through ``request_path``/``response_path``; only ``hf-messages``
+rows, whose request and response curate assembles from the messages, store them
+(``request_built``/``response_built``).
 Parsing extracts just the small fields into narrow temporary tables; the wide text goes from the
 Arrow batch to the table once, in the final insert.
 
@@ -74,22 +75,36 @@ _GFC = (
 _GFC_STRUCT = "{" + _GFC + ',"response":{"model":"VARCHAR",' + _USAGE + "}}"
 # The top level adds the envelope keys and the OpenAI batch line's keys.
 _TOP_STRUCT = (
-    "{" + _GFC + ',"event":"VARCHAR","custom_id":"VARCHAR","data":' + _GFC_STRUCT + ","
+    "{" + _GFC + ',"event":"VARCHAR","custom_id":"VARCHAR","messages":"JSON",'
+    '"data":' + _GFC_STRUCT + ","
     '"error":{"message":"VARCHAR"},'
     '"response":{"model":"VARCHAR",' + _USAGE + ',"status_code":"BIGINT",'
     '"body":{"model":"VARCHAR",' + _USAGE + ',"error":{"message":"VARCHAR"}}}}'
 )
-# json_type of the parts whose kind decides the shape, read in one parse.
-_TYPE_PATHS = (
-    "request", "response", "data", "messages", "error", "data.generations", "response.body",
-    "data.request", "data.response", "id", "generationId", "generation_id",
-    "data.id", "data.generationId", "data.generation_id",
-)
-_TYPES = "json_type(text, [" + ", ".join(f"'$.{p}'" for p in _TYPE_PATHS) + "])"
+# What kind of value a part holds, without parsing the line again: ids are JSON fragments, so
+# their json_type is cheap; an object-valued part is "there" when its struct is not NULL (absent
+# and JSON null both give NULL). Only an envelope's data is typed from the text, on those lines.
+_ID_PATHS = {
+    "id": "t.id", "generationId": "t.generationId", "generation_id": "t.generation_id",
+    "data.id": "t.data.id", "data.generationId": "t.data.generationId",
+    "data.generation_id": "t.data.generation_id",
+}
+_OBJECT_PATHS = {
+    "request": "t.request", "response": "t.response", "error": "t.error",
+    "response.body": "t.response.body", "data.request": "t.data.request",
+    "data.response": "t.data.response",
+}
 
 
 def _ty(path: str) -> str:
-    return f"ty[{_TYPE_PATHS.index(path) + 1}]"
+    """The JSON type of a part of the line, as far as deciding its shape needs it."""
+    if path in _ID_PATHS:
+        return f"json_type({_ID_PATHS[path]})"
+    if path == "messages":
+        return "json_type(t.messages)"
+    if path == "data":
+        return "json_type(text, '$.data')"
+    return f"case when {_OBJECT_PATHS[path]} is not null then 'OBJECT' end"
 
 
 _ID_OK = "in ('VARCHAR', 'UBIGINT', 'BIGINT')"
@@ -111,7 +126,7 @@ def _present(path: str) -> str:
 
 
 def _first_id(*fields: tuple[str, str]) -> str:
-    """The first id among (struct field, type path) pairs that holds a string or a number."""
+    """The first id among (struct field, path) pairs that holds a string or a number."""
     whens = " ".join(
         f"when {_ty(path)} {_ID_OK} then json_extract_string({field}, '$')" for field, path in fields
     )
@@ -138,29 +153,30 @@ REJECTED_SHAPES = ("invalid", "not-object", "bad-envelope")
 
 
 def records_sql(source: str) -> str:
-    """One row per non-blank line of ``source`` (a relation with ``line`` and ``text``).
+    """One row per line of ``source`` (a relation with ``line`` and ``text``), blank ones included.
 
-    Every line gets its ``shape`` (``invalid``, ``not-object``, ``bad-envelope``, ``webhook.test``,
+    Every line gets its ``shape`` (``blank``, ``invalid``, ``not-object``, ``bad-envelope``, ``webhook.test``,
     one of ``SHAPES``, or NULL when no shape fits), and the lines of the common shapes get every
     column of their ``generations`` row. The same text serves the narrow first pass (DuckDB drops
     the columns a query does not use) and the final insert, so the two can never disagree.
     """
     return f"""
     with lines as (
-        select line, text,
-               json_valid(text) and starts_with(ltrim(text, ' \t'), '{{') as ok
+        select line, text, starts_with(ltrim(text, ' \t'), '{{') as brace,
+               ltrim(coalesce(text, ''), ' \t\r\n') = '' as blank
         from {source}
-        where ltrim(coalesce(text, ''), ' \t\r\n') <> ''
     ),
-    objects as (
-        select line, text, ok, hash(text) as raw_hash,
-               case when ok then json_transform(text, '{_TOP_STRUCT}') end as t,
-               case when ok then {_TYPES} end as ty
+    parsed as (
+        -- one parse per line: try() turns malformed JSON into NULL instead of an error
+        select line, text, blank, hash(text) as raw_hash,
+               case when brace then try(json_transform(text, '{_TOP_STRUCT}')) end as t
         from lines
     ),
+    objects as (select *, t is not null as ok from parsed),
     classified as (
         select *,
             case
+                when blank then 'blank'
                 when not ok then case when json_valid(text) then 'not-object' else 'invalid' end
                 when t.event = 'webhook.test' then 'webhook.test'
                 when t.event is not null and {_ty('data')} = 'OBJECT' then
@@ -238,11 +254,10 @@ def records_sql(source: str) -> str:
     """
 
 
-# What the first pass keeps of every line: enough to decide the merge and to explain a reject.
+# What the first pass keeps of every line: everything but the text, in the order of the lines.
 PARSE_SQL = f"""
     create or replace temp table _curate_parsed as
-    select line, shape, event, bad_id, id, rank, raw_hash
-    from ({records_sql("_curate_src")})
+    select * exclude (text) from ({records_sql("_curate_src")}) order by line
 """
 
 # The rare shapes, assembled from their text into full rows (raw or built columns included).
@@ -369,7 +384,7 @@ MERGE_SQL = f"""
     ),
     stored as (
         select g.id, g.raw_hash, {_RANK.format(s="g.state")} as rank
-        from generations g semi join candidates c on g.id = c.id
+        from generation_rows g semi join candidates c on g.id = c.id
     )
     select p.line, p.id, p.shape,
         case when p.pick > 1 then 'duplicate'
@@ -396,27 +411,33 @@ def _select(raw: str) -> str:
     return ", ".join(raw if c == "raw" else _FIXED.get(c, c) for c in COLUMNS)
 
 
-def insert_sql(action: str, *, every_line: bool = False) -> tuple[str, str]:
+def insert_sql(action: str, *, in_step: bool = False) -> tuple[str, str]:
     """The two inserts (common shapes from the text, rare ones from ``_curate_rare``) of ``action``.
 
-    ``update`` rows replace every stored column but ``first_seen_at``. ``every_line`` says that
-    every line of the source is a common-shape record for which the merge chose ``action``, as on
-    a first import of clean files: the rows then stream from the text with no join at all.
+    ``update`` rows replace every stored column but ``first_seen_at``. ``in_step`` says that the
+    merge chose ``action`` for every common-shape row, as on a first import: the rows then come
+    from ``_curate_parsed`` and the text side by side (a positional join, both in line order),
+    with no second parse and no hash join; otherwise the chosen lines are parsed again.
     """
     conflict = _UPSERT if action == "update" else ""
-    if every_line:
-        # No filter at all: one on the computed shape would make DuckDB parse twice (it is
-        # pushed below the projection), and a join on line numbers costs a third of the insert.
-        source = "_curate_src"
+    if in_step:
+        # error() guards the one assumption: both sides list the same lines in the same order.
+        raw = "if(p.line = s.line, s.text, error('curate: lines out of step'))"
+        common = (
+            f"insert into generation_rows ({', '.join(COLUMNS)}) "
+            f"select {_select(raw)} "
+            f"from _curate_src s positional join _curate_parsed p "
+            f"where p.shape in {COMMON_SHAPES} and p.bad_id is null {conflict}"
+        )
     else:
         keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
         source = f"(select line, text from _curate_src where line in ({keep}))"
-    common = (
-        f"insert into generations ({', '.join(COLUMNS)}) "
-        f"select {_select('text')} from ({records_sql(source)}) {conflict}"
-    )
+        common = (
+            f"insert into generation_rows ({', '.join(COLUMNS)}) "
+            f"select {_select('text')} from ({records_sql(source)}) {conflict}"
+        )
     rare = (
-        f"insert into generations ({', '.join(COLUMNS)}) "
+        f"insert into generation_rows ({', '.join(COLUMNS)}) "
         f"select {_select('raw')} from _curate_rare r "
         f"semi join _curate_merge m on m.line = r.line and m.id = r.id and m.action = '{action}' "
         f"{conflict}"

@@ -176,7 +176,6 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
     con.execute("set variable curate_source = ?", [source])
     con.execute(records.PARSE_SQL)
     kinds = dict(con.execute("select shape, count(*) from _curate_parsed group by all").fetchall())
-    lines = sum(kinds.values())
     (clean,) = con.execute(
         f"select count(*) from _curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null"
     ).fetchone() or (0,)
@@ -189,8 +188,11 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
     actions = dict(con.execute("select action, count(*) from _curate_merge group by all").fetchall())
     for action in ("insert", "update"):
         if actions.get(action):
-            every_line = actions[action] == clean == lines
-            for statement in records.insert_sql(action, every_line=every_line):
+            (chosen,) = con.execute(
+                "select count(*) from _curate_merge where action = ? and shape in "
+                f"{records.COMMON_SHAPES}", [action]
+            ).fetchone() or (0,)
+            for statement in records.insert_sql(action, in_step=chosen == clean):
                 con.execute(statement)
     # Reading the text again to explain refusals is paid only when there are some.
     rejected = 0

@@ -12,7 +12,7 @@ from curate.store import Store
 from curate.synthetic import generation_record
 
 EXPECTED = {
-    "generations": [
+    "generation_rows": [
         ("id", "VARCHAR"), ("raw", "JSON"), ("raw_hash", "UBIGINT"), ("shape", "VARCHAR"),
         ("state", "VARCHAR"), ("state_message", "VARCHAR"), ("model", "VARCHAR"),
         ("custom_id", "VARCHAR"), ("dispatched_at", "TIMESTAMP WITH TIME ZONE"),
@@ -20,7 +20,17 @@ EXPECTED = {
         ("completion_tokens", "BIGINT"), ("total_tokens", "BIGINT"), ("source", "VARCHAR"),
         ("first_seen_at", "TIMESTAMP WITH TIME ZONE"), ("updated_at", "TIMESTAMP WITH TIME ZONE"),
         ("request_path", "VARCHAR"), ("response_path", "VARCHAR"), ("request_built", "JSON"),
-        ("response_built", "JSON"), ("request", "JSON"), ("response", "JSON"),
+        ("response_built", "JSON"),
+    ],
+    "generations": [
+        ("id", "VARCHAR"), ("raw", "JSON"), ("raw_hash", "UBIGINT"), ("shape", "VARCHAR"),
+        ("state", "VARCHAR"), ("state_message", "VARCHAR"), ("model", "VARCHAR"),
+        ("custom_id", "VARCHAR"), ("dispatched_at", "TIMESTAMP WITH TIME ZONE"),
+        ("finished_at", "TIMESTAMP WITH TIME ZONE"), ("prompt_tokens", "BIGINT"),
+        ("completion_tokens", "BIGINT"), ("total_tokens", "BIGINT"), ("source", "VARCHAR"),
+        ("first_seen_at", "TIMESTAMP WITH TIME ZONE"), ("updated_at", "TIMESTAMP WITH TIME ZONE"),
+        ("request_path", "VARCHAR"), ("response_path", "VARCHAR"), ("request", "JSON"),
+        ("response", "JSON"),
     ],
     "rejects": [
         ("source", "VARCHAR"), ("line", "BIGINT"), ("reason", "VARCHAR"), ("raw", "VARCHAR"),
@@ -59,7 +69,7 @@ def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: P
     migrations.apply(con, migrations.MIGRATIONS[:-1])
     record = generation_record(1)
     con.execute(
-        "insert into generations (id, raw, raw_hash, shape, source, first_seen_at, updated_at, "
+        "insert into generation_rows (id, raw, raw_hash, shape, source, first_seen_at, updated_at, "
         "request_path) values (?, ?, hash(?), 'generation', 'poll', now(), now(), '$.request')",
         [record["id"], json.dumps(record), json.dumps(record)],
     )

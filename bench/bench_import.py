@@ -1,0 +1,105 @@
+"""Import throughput: curate's import of a 1 GB JSONL of GenerationForClient records, beside
+DuckDB's own ``read_json`` of the same file into a table (the ceiling).
+
+    make bench            # or: .venv/bin/python bench/bench_import.py [--mb 1024] [--runs 2]
+
+Each run is a fresh process on a fresh store file, timed from before connecting until the
+connection is closed, with the process's peak RSS. The file is generated once into bench/data/
+(git-ignored) by make_generations.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import duckdb
+
+from make_generations import write
+
+HERE = Path(__file__).resolve().parent
+
+CEILING = """
+import json, os, resource, sys, time, duckdb
+path, db = sys.argv[1], sys.argv[2]
+started = time.perf_counter()
+con = duckdb.connect(db)
+con.execute("create table g as select * from read_json(?)", [path])
+rows = con.execute("select count(*) from g").fetchone()[0]
+con.close()
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": rows,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+CURATE = """
+import json, resource, sys, time
+from curate.store import Store
+from curate.importer import import_files
+path, db = sys.argv[1], sys.argv[2]
+started = time.perf_counter()
+summary = import_files(Store(db), [path])
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": summary.stored,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(script: str, path: Path) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(dir=HERE / "data") as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        done = subprocess.run([sys.executable, "-c", script, str(path), str(db)],
+                              capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result["db_mb"] = db.stat().st_size / 2**20
+        return result
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().split()[1]
+        ram = f"{int(mem) / 2**20:.0f} GiB"
+    except OSError:
+        ram = "?"
+    return (f"{os.cpu_count()} cores ({cpu}), {ram} RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, duckdb {duckdb.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=1024.0)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    (HERE / "data").mkdir(exist_ok=True)
+    path = HERE / "data" / f"generations-{args.mb:g}mb.jsonl"
+    if not path.exists():
+        print(f"writing {path} ...", flush=True)
+        write(path, args.mb)
+    size_mb = path.stat().st_size / 2**20
+    print(f"machine: {machine()}")
+    print(f"file: {path.name}, {size_mb:.0f} MiB\n")
+    print("| run | path | seconds | MiB/s | rows/s | peak RSS MiB | store MiB |")
+    print("|---|---|---|---|---|---|---|")
+    best: dict[str, float] = {}
+    for n in range(1, args.runs + 1):
+        for name, script in (("duckdb read_json (ceiling)", CEILING), ("curate import", CURATE)):
+            r = run(script, path)
+            best[name] = min(best.get(name, float("inf")), r["seconds"])
+            print(f"| {n} | {name} | {r['seconds']:.2f} | {size_mb / r['seconds']:.1f} | "
+                  f"{r['rows'] / r['seconds']:,.0f} | {r['rss_mb']:.0f} | {r['db_mb']:.0f} |",
+                  flush=True)
+    ratio = best["duckdb read_json (ceiling)"] / best["curate import"]
+    print(f"\ncurate / ceiling throughput (best of {args.runs}): {ratio:.2f}x (goal >= 0.70x)")
+
+
+if __name__ == "__main__":
+    main()
