@@ -24,9 +24,9 @@ rows, whose request and response curate assembles from the messages, store them
 Parsing extracts just the small fields into narrow temporary tables; the wide text goes from the
 Arrow batch to the table once, in the final insert.
 
-The statements read ``_curate_batch(line BIGINT, text VARCHAR)`` and leave ``_curate_rows``
-(one row per recognised generation, with the ``action`` the merge takes), ``_curate_rejected``
-and ``_curate_skipped`` as temporary tables.
+The statements read the relation ``_curate_src(line BIGINT, text VARCHAR)`` (a view over DuckDB's
+reader of a file, or an Arrow batch) and the variable ``curate_source``; ``Store.merge_source``
+runs them in order and drops the temporary tables they leave.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "MERGE_SQL", "PARSE_SQL", "RARE_SQL", "REJECTS_SQL", "SHAPES", "TEMP_TABLES", "WriteCounts",
+    "COMMON_SHAPES", "MERGE_SQL", "PARSE_SQL", "RARE_SHAPES", "RARE_SQL", "REJECTED_LINES",
+    "REJECTS_SQL", "SHAPES", "TEMP_TABLES", "WriteCounts",
     "insert_sql", "records_sql",
 ]
 
@@ -149,7 +150,6 @@ _TOP_IDS = (("t.id", "id"), ("t.generationId", "generationId"), ("t.generation_i
 
 COMMON_SHAPES = ("generation", "webhook", "catalyst", "openai-batch")
 RARE_SHAPES = ("slow-group", "hf-messages")
-REJECTED_SHAPES = ("invalid", "not-object", "bad-envelope")
 
 
 def records_sql(source: str) -> str:
@@ -335,7 +335,14 @@ insert into _curate_rare by name
     """,
 )
 
-REJECTS_SQL = f"""
+# The lines REJECTS_SQL explains, as a FROM clause: its text is read only when there are some.
+REJECTED_LINES = (
+    "_curate_parsed where shape is null or shape in ('invalid', 'not-object', 'bad-envelope') "
+    "or bad_id is not null "
+    "or (shape = 'slow-group' and line not in (select line from _curate_rare))"
+)
+
+REJECTS_SQL = """
     create or replace temp table _curate_rejected as
     with reasons as (
         select line, case shape
@@ -344,7 +351,7 @@ REJECTS_SQL = f"""
             when 'bad-envelope' then 'field data of ' || event || ' is missing or not an object'
             else case when shape is null
                       then 'no known record shape: expected a GenerationForClient, a webhook '
-                           || 'envelope, a {{request, response}} row, a {{messages}} row or an '
+                           || 'envelope, a {request, response} row, a {messages} row or an '
                            || 'OpenAI batch output line'
                       else 'field id is ' || lower(bad_id) || ', not a string' end
             end as reason

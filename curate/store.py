@@ -20,8 +20,7 @@ import duckdb
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from curate import migrations
-from curate import records
+from curate import migrations, records
 from curate.records import WriteCounts
 
 __all__ = ["Store", "StoreLocked", "WriteCounts", "ingest", "merge_source"]
@@ -165,6 +164,11 @@ def ingest(con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str) -> W
     return counts
 
 
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
+    row = con.execute(f"select count(*) from {sql}", params or []).fetchone()
+    return int(row[0]) if row else 0
+
+
 def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
     """Normalise the relation ``_curate_src(line, text)`` and merge it into ``con``'s store.
 
@@ -176,32 +180,25 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
     con.execute("set variable curate_source = ?", [source])
     con.execute(records.PARSE_SQL)
     kinds = dict(con.execute("select shape, count(*) from _curate_parsed group by all").fetchall())
-    (clean,) = con.execute(
-        f"select count(*) from _curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null"
-    ).fetchone() or (0,)
-    for statement in records.RARE_SQL[:1]:
-        con.execute(statement)
+    con.execute(records.RARE_SQL[0])
     if any(kinds.get(shape) for shape in records.RARE_SHAPES):
         for statement in records.RARE_SQL[1:]:
             con.execute(statement)
     con.execute(records.MERGE_SQL)
     actions = dict(con.execute("select action, count(*) from _curate_merge group by all").fetchall())
+    clean = _count(con, f"_curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null")
     for action in ("insert", "update"):
         if actions.get(action):
-            (chosen,) = con.execute(
-                "select count(*) from _curate_merge where action = ? and shape in "
-                f"{records.COMMON_SHAPES}", [action]
-            ).fetchone() or (0,)
+            chosen = _count(
+                con, f"_curate_merge where action = ? and shape in {records.COMMON_SHAPES}", [action]
+            )
             for statement in records.insert_sql(action, in_step=chosen == clean):
                 con.execute(statement)
     # Reading the text again to explain refusals is paid only when there are some.
     rejected = 0
-    if any(kinds.get(shape) for shape in records.REJECTED_SHAPES) or con.execute(
-        "select count(*) from _curate_parsed where bad_id is not null or shape is null"
-        " or (shape = 'slow-group' and line not in (select line from _curate_rare))"
-    ).fetchone()[0]:
+    if _count(con, records.REJECTED_LINES):
         con.execute(records.REJECTS_SQL)
-        (rejected,) = con.execute("select count(*) from _curate_rejected").fetchone() or (0,)
+        rejected = _count(con, "_curate_rejected")
         con.execute(
             """
             insert into rejects
@@ -210,7 +207,6 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
             on conflict do nothing
             """
         )
-        con.execute("drop table _curate_rejected")
     for name in records.TEMP_TABLES:
         con.execute(f"drop table if exists {name}")
     return WriteCounts(
