@@ -28,7 +28,7 @@ def m001_generations(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         """
         create table generation_rows (
-            id                varchar primary key,
+            id                varchar not null,
             raw               json not null using compression zstd,
             raw_hash          ubigint not null,
             shape             varchar not null,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 __all__ = [
     "COMMON_SHAPES", "MERGE_SQL", "PARSE_SQL", "RARE_SHAPES", "RARE_SQL", "REJECTED_LINES",
     "REJECTS_SQL", "SHAPES", "TEMP_TABLES", "WriteCounts",
-    "insert_sql", "records_sql",
+    "DUPLICATE_IDS_SQL", "FAST_PATH_PROBE_SQL", "FAST_PATH_REFUSED", "fast_insert_sql", "insert_sql", "records_sql",
 ]
 
 SHAPES = ("webhook", "slow-group", "generation", "openai-batch", "catalyst", "hf-messages")
@@ -52,15 +52,7 @@ class WriteCounts:
     duplicate: int = 0
     rejected: int = 0
     skipped: int = 0
-
-    def __add__(self, other: WriteCounts) -> WriteCounts:
-        return WriteCounts(
-            self.stored + other.stored,
-            self.updated + other.updated,
-            self.duplicate + other.duplicate,
-            self.rejected + other.rejected,
-            self.skipped + other.skipped,
-        )
+    lines: int = 0  # records read, blank lines included
 
 
 # The small fields of a GenerationForClient. Ids are read as JSON so that a non-string id is
@@ -152,14 +144,19 @@ COMMON_SHAPES = ("generation", "webhook", "catalyst", "openai-batch")
 RARE_SHAPES = ("slow-group", "hf-messages")
 
 
-def records_sql(source: str) -> str:
+def records_sql(source: str, *, tolerant: bool = True) -> str:
     """One row per line of ``source`` (a relation with ``line`` and ``text``), blank ones included.
 
     Every line gets its ``shape`` (``blank``, ``invalid``, ``not-object``, ``bad-envelope``, ``webhook.test``,
     one of ``SHAPES``, or NULL when no shape fits), and the lines of the common shapes get every
     column of their ``generations`` row. The same text serves the narrow first pass (DuckDB drops
     the columns a query does not use) and the final insert, so the two can never disagree.
+    ``tolerant=False`` lets malformed JSON raise instead of becoming an ``invalid`` line, which
+    saves try()'s cost where any such line refuses the whole statement anyway.
     """
+    transform = f"json_transform(text, '{_TOP_STRUCT}')"
+    if tolerant:
+        transform = f"try({transform})"
     return f"""
     with lines as (
         select line, text, starts_with(ltrim(text, ' \t'), '{{') as brace,
@@ -169,7 +166,7 @@ def records_sql(source: str) -> str:
     parsed as (
         -- one parse per line: try() turns malformed JSON into NULL instead of an error
         select line, text, blank, hash(text) as raw_hash,
-               case when brace then try(json_transform(text, '{_TOP_STRUCT}')) end as t
+               case when brace then {transform} end as t
         from lines
     ),
     objects as (select *, t is not null as ok from parsed),
@@ -409,44 +406,66 @@ COLUMNS = (
     "response_built",
 )
 _FIXED = {"source": "getvariable('curate_source')", "first_seen_at": "now()", "updated_at": "now()"}
-_UPSERT = "on conflict (id) do update set " + ", ".join(
-    f"{c} = excluded.{c}" for c in COLUMNS if c not in ("id", "first_seen_at")
-)
 
 
 def _select(raw: str) -> str:
-    return ", ".join(raw if c == "raw" else _FIXED.get(c, c) for c in COLUMNS)
+    return ", ".join(f"{raw if c == 'raw' else _FIXED.get(c, c)} as {c}" for c in COLUMNS)
 
 
-def insert_sql(action: str, *, in_step: bool = False) -> tuple[str, str]:
-    """The two inserts (common shapes from the text, rare ones from ``_curate_rare``) of ``action``.
+def _write(rows: str, action: str) -> str:
+    """Insert ``rows`` (a SELECT of COLUMNS), or for ``update`` replace the stored rows of their
+    ids, every column but ``first_seen_at``."""
+    if action == "insert":
+        return f"insert into generation_rows ({', '.join(COLUMNS)}) {rows}"
+    assignments = ", ".join(f"{c} = n.{c}" for c in COLUMNS if c not in ("id", "first_seen_at"))
+    return f"update generation_rows as g set {assignments} from ({rows}) as n where g.id = n.id"
 
-    ``update`` rows replace every stored column but ``first_seen_at``. ``in_step`` says that the
-    merge chose ``action`` for every common-shape row, as on a first import: the rows then come
-    from ``_curate_parsed`` and the text side by side (a positional join, both in line order),
-    with no second parse and no hash join; otherwise the chosen lines are parsed again.
-    """
-    conflict = _UPSERT if action == "update" else ""
-    if in_step:
-        # error() guards the one assumption: both sides list the same lines in the same order.
-        raw = "if(p.line = s.line, s.text, error('curate: lines out of step'))"
-        common = (
-            f"insert into generation_rows ({', '.join(COLUMNS)}) "
-            f"select {_select(raw)} "
-            f"from _curate_src s positional join _curate_parsed p "
-            f"where p.shape in {COMMON_SHAPES} and p.bad_id is null {conflict}"
-        )
-    else:
-        keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
-        source = f"(select line, text from _curate_src where line in ({keep}))"
-        common = (
-            f"insert into generation_rows ({', '.join(COLUMNS)}) "
-            f"select {_select('text')} from ({records_sql(source)}) {conflict}"
-        )
-    rare = (
-        f"insert into generation_rows ({', '.join(COLUMNS)}) "
-        f"select {_select('raw')} from _curate_rare r "
-        f"semi join _curate_merge m on m.line = r.line and m.id = r.id and m.action = '{action}' "
-        f"{conflict}"
+
+def insert_sql(action: str) -> tuple[str, str]:
+    """The two writes of ``action`` (``insert`` or ``update``) the merge chose: the common shapes,
+    parsed again from the chosen lines' text, and the rare ones from ``_curate_rare``."""
+    keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
+    source = f"(select line, text from _curate_src where line in ({keep}))"
+    common = _write(f"select {_select('text')} from ({records_sql(source)})", action)
+    rare = _write(
+        f"select {_select('raw')} from _curate_rare r semi join _curate_merge m "
+        f"on m.line = r.line and m.id = r.id and m.action = '{action}'",
+        action,
     )
     return common, rare
+
+
+FAST_PATH_REFUSED = "curate: not a clean first import"
+
+
+def fast_insert_sql() -> str:
+    """One streaming insert of every line of ``_curate_src``, for a file that is all new and clean.
+
+    It parses each line once and writes its row, with no first pass, no join and no filter (a
+    filter on the parsed shape would make DuckDB parse twice). It refuses, by raising, as soon
+    as a line is anything but a well-formed common-shape record with a usable id (``error()``
+    names FAST_PATH_REFUSED). An id seen before, in the store or the file, is caught after it by
+    DUPLICATE_IDS_SQL. Either way the caller rolls back and takes the two-pass merge.
+    """
+    guarded = (
+        f"case when shape in {COMMON_SHAPES} and bad_id is null then id "
+        f"else error('{FAST_PATH_REFUSED}') end"
+    )
+    columns = _select("text").replace("id as id", f"{guarded} as id", 1)
+    return (
+        f"insert into generation_rows ({', '.join(COLUMNS)}) "
+        f"select {columns} from ({records_sql('_curate_src', tolerant=False)})"
+    )
+
+
+# Ids stored more than once. generation_rows has no primary key (its index cost a fifth of an
+# import); one row per id holds by construction, and this is how the one-pass insert checks it.
+DUPLICATE_IDS_SQL = "select count(*) from (select id from generation_rows group by id having count(*) > 1)"
+
+# The first lines of a source that would refuse the one-pass insert: a re-import, or a file
+# whose trouble starts early, then costs a glance instead of a whole wasted pass.
+FAST_PATH_PROBE_SQL = f"""
+    select count(*) from ({records_sql("(select * from _curate_src limit 1000)")}) p
+    where p.shape not in {COMMON_SHAPES} or p.shape is null or p.bad_id is not null
+       or exists (select 1 from generation_rows g where g.id = p.id)
+"""

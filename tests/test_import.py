@@ -306,3 +306,36 @@ def test_each_import_is_recorded_with_its_counts(store: Store, tmp_path: Path) -
     (imp,) = rows(store, "select * from imports")
     assert (imp["lines"], imp["stored"], imp["rejected"]) == (2, 1, 1)
     assert imp["finished_at"] is not None
+
+
+def _many(n: int) -> list[Any]:
+    # Small distinct records, more than the one-pass insert's probe of 1,000 lines.
+    return [{"id": f"gen-{i:06d}", "state": "Success", "request": {"model": "m"}} for i in range(n)]
+
+
+def test_a_bad_line_past_the_first_thousand_is_still_rejected_alone(store: Store, tmp_path: Path) -> None:
+    records = _many(1200)
+    records[1100] = "{cut off"
+    summary = import_files(store, [write_jsonl(tmp_path / "late.jsonl", records)])
+    assert (summary.stored, summary.rejected) == (1199, 1)
+    assert rows(store, "select line from rejects") == [{"line": 1101}]
+
+
+def test_a_repeated_id_past_the_first_thousand_is_one_row(store: Store, tmp_path: Path) -> None:
+    records = _many(1200)
+    records[1150] = records[3]
+    summary = import_files(store, [write_jsonl(tmp_path / "dup.jsonl", records)])
+    assert (summary.stored, summary.duplicate) == (1199, 1)
+    assert rows(store, "select count(*) as n, count(distinct id) as ids from generations") == [
+        {"n": 1199, "ids": 1199}]
+
+
+def test_a_file_overlapping_the_store_past_its_first_lines_stores_only_the_new(
+    store: Store, tmp_path: Path
+) -> None:
+    records = _many(1500)
+    import_files(store, [write_jsonl(tmp_path / "tail.jsonl", records[1200:])])
+    summary = import_files(store, [write_jsonl(tmp_path / "all.jsonl", records)])
+    assert (summary.stored, summary.duplicate) == (1200, 300)
+    assert rows(store, "select count(distinct id) as ids, count(*) as n from generations") == [
+        {"ids": 1500, "n": 1500}]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,3 +79,11 @@ def test_a_failed_write_stores_nothing(store: Store) -> None:
 def test_store_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Store(tmp_path / "nope" / "s.duckdb")
+
+
+def test_writers_in_one_process_take_turns_and_store_one_row(store: Store) -> None:
+    body = json.dumps(generation_record(5))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: store.ingest_texts([body], source="poll"), range(8)))
+    assert sum(r.stored for r in results) == 1
+    assert store.query("select count(*) as n from generations").to_pylist() == [{"n": 1}]
