@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "COMMON_SHAPES", "MERGE_SQL", "PARSE_SQL", "RARE_SHAPES", "RARE_SQL", "REJECTED_LINES",
-    "REJECTS_SQL", "SHAPES", "TEMP_TABLES", "WriteCounts",
+    "rejects_sql", "SHAPES", "TEMP_TABLES", "WriteCounts",
     "DUPLICATE_IDS_SQL", "FAST_PATH_PROBE_SQL", "FAST_PATH_REFUSED", "fast_insert_sql", "insert_sql", "records_sql",
 ]
 
@@ -332,14 +332,26 @@ insert into _curate_rare by name
     """,
 )
 
-# The lines REJECTS_SQL explains, as a FROM clause: its text is read only when there are some.
+# The lines rejects_sql explains: their text is read only when there are some.
 REJECTED_LINES = (
-    "_curate_parsed where shape is null or shape in ('invalid', 'not-object', 'bad-envelope') "
+    "select line from _curate_parsed where shape is null or shape in ('invalid', 'not-object', 'bad-envelope') "
     "or bad_id is not null "
     "or (shape = 'slow-group' and line not in (select line from _curate_rare))"
 )
 
-REJECTS_SQL = """
+def rejects_sql(lines: list[int] | None = None) -> str:
+    """Explain every refused line, reading the text of those lines only.
+
+    With ``lines`` (the refused line numbers, when there are few) the text is fetched by a plain
+    filter on the reader; otherwise by a join.
+    """
+    text = "_curate_src" if lines is None else (
+        f"(select line, text from _curate_src where line in ({', '.join(map(str, lines))}))"
+    )
+    return _REJECTS_SQL.replace("{text}", text)
+
+
+_REJECTS_SQL = """
     create or replace temp table _curate_rejected as
     with reasons as (
         select line, case shape
@@ -368,7 +380,7 @@ REJECTS_SQL = """
              then r.reason || '; found keys '
                   || array_to_string(list_slice(json_keys(b.text), 1, 12), ', ')
              else r.reason end as reason
-    from reasons r join _curate_src b on b.line = r.line
+    from reasons r join {text} b on b.line = r.line
 """
 
 # What the merge does with each candidate row. Within a batch the highest-ranked, then latest,
@@ -421,12 +433,27 @@ def _write(rows: str, action: str) -> str:
     return f"update generation_rows as g set {assignments} from ({rows}) as n where g.id = n.id"
 
 
-def insert_sql(action: str) -> tuple[str, str]:
+def insert_sql(action: str, *, every_clean_line: bool = False) -> tuple[str, str]:
     """The two writes of ``action`` (``insert`` or ``update``) the merge chose: the common shapes,
-    parsed again from the chosen lines' text, and the rare ones from ``_curate_rare``."""
-    keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
-    source = f"(select line, text from _curate_src where line in ({keep}))"
-    common = _write(f"select {_select('text')} from ({records_sql(source)})", action)
+    and the rare ones from ``_curate_rare``.
+
+    ``every_clean_line`` says the merge chose ``action`` for every common-shape line, as for a
+    new file with a few bad lines: the rows then come from ``_curate_parsed`` and the text side
+    by side (a positional join: both list every line, in order), with no second parse. Otherwise
+    the chosen lines are found by a join and parsed again.
+    """
+    if every_clean_line:
+        # error() guards the one assumption: both sides list the same lines in the same order.
+        text = "if(p.line = s.line, s.text, error('curate: lines out of step'))"
+        common = _write(
+            f"select {_select(text)} from _curate_src s positional join _curate_parsed p "
+            f"where p.shape in {COMMON_SHAPES} and p.bad_id is null",
+            action,
+        )
+    else:
+        keep = f"select line from _curate_merge where action = '{action}' and shape in {COMMON_SHAPES}"
+        source = f"(select line, text from _curate_src where line in ({keep}))"
+        common = _write(f"select {_select('text')} from ({records_sql(source)})", action)
     rare = _write(
         f"select {_select('raw')} from _curate_rare r semi join _curate_merge m "
         f"on m.line = r.line and m.id = r.id and m.action = '{action}'",

@@ -206,14 +206,19 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
             con.execute(statement)
     con.execute(records.MERGE_SQL)
     actions = dict(con.execute("select action, count(*) from _curate_merge group by all").fetchall())
+    clean = _count(con, f"_curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null")
     for action in ("insert", "update"):
         if actions.get(action):
-            for statement in records.insert_sql(action):
+            chosen = _count(
+                con, f"_curate_merge where action = ? and shape in {records.COMMON_SHAPES}", [action]
+            )
+            for statement in records.insert_sql(action, every_clean_line=chosen == clean):
                 con.execute(statement)
     # Reading the text again to explain refusals is paid only when there are some.
+    refused = [row[0] for row in con.execute(records.REJECTED_LINES).fetchall()]
     rejected = 0
-    if _count(con, records.REJECTED_LINES):
-        con.execute(records.REJECTS_SQL)
+    if refused:
+        con.execute(records.rejects_sql(refused if len(refused) <= 10_000 else None))
         rejected = _count(con, "_curate_rejected")
         con.execute(
             """
