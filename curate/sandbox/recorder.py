@@ -14,10 +14,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from starlette.types import Receive, Scope, Send
+
+from curate.sandbox.lifecycle import BackgroundServed
 
 __all__ = ["RecordedRequest", "WebhookRecorder"]
 
@@ -35,7 +36,7 @@ class RecordedRequest:
         return json.loads(self.body)
 
 
-class WebhookRecorder:
+class WebhookRecorder(BackgroundServed):
     """``with WebhookRecorder(post_statuses=[500]) as hook: Sandbox(webhook_url=hook.url)``.
 
     OPTIONS get ``options_status``; successive POSTs get ``post_statuses`` then 200, each after
@@ -60,24 +61,6 @@ class WebhookRecorder:
         self._lock = threading.Condition()
         self._closing: asyncio.Event | None = None
         self._server = _BackgroundServer(self._app, host, port, self._release)
-
-    def start(self) -> Self:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

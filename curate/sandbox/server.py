@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -28,6 +27,7 @@ import uvicorn
 
 from curate.sandbox.app import SandboxApp
 from curate.sandbox.config import Fault, SandboxConfig, SandboxStats
+from curate.sandbox.lifecycle import BackgroundServed, StartStop
 from curate.sandbox.webhooks import shared_ssl_context
 
 __all__ = ["READY_PREFIX", "Sandbox", "SandboxProcess", "run_forever"]
@@ -211,7 +211,7 @@ class _BackgroundServer:
         return future.result(timeout)
 
 
-class Sandbox:
+class Sandbox(BackgroundServed):
     """A fake inference.net API on 127.0.0.1, served from a background thread.
 
     ``with Sandbox(queue_delay=0.01, run_delay=0.02) as sb:`` starts it and stops it; keyword
@@ -227,24 +227,6 @@ class Sandbox:
         )
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
@@ -350,7 +332,7 @@ def run_forever(
         sock.close()
 
 
-class SandboxProcess:
+class SandboxProcess(StartStop):
     """The sandbox in a child process (``python -m curate.sandbox``), for tests that kill things.
 
     Control goes over HTTP (``/_sandbox/...``), since the child's memory is out of reach.
@@ -415,17 +397,6 @@ class SandboxProcess:
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _control(self, method: str, path: str, payload: Any = None) -> Any:
         with httpx.Client(
