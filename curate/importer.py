@@ -1,9 +1,11 @@
-"""``curate import``: JSONL files (plain or gzip) streamed into the store in bounded batches.
+"""``curate import``: JSONL files (plain or gzip) into the store, one transaction per file.
 
-A file is read in blocks of about ``batch_bytes``, cut at the last newline, and handed to
-``Store.ingest`` as one Arrow batch of ``(line number, text)``: memory stays near one block
-whatever the file's size, and each block commits on its own, so an import stopped at any point
-keeps every batch it finished and a re-run stores nothing twice.
+DuckDB reads the file as numbered lines (its CSV reader, told there is one column and no
+quoting), streaming and in parallel, and ``curate.store`` turns the lines into rows: in one pass
+for a clean new file, else by the two-pass merge. A file DuckDB cannot read as lines is read here
+in Python, in blocks of about ``batch_bytes`` cut at the last newline, into the same relation.
+Memory stays near the store's limit whatever the file's size. A file commits whole or not at all,
+so an import stopped at any point keeps every file it finished and a re-run stores nothing twice.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ class ImportSummary(BaseModel):
         self.skipped += counts.skipped
 
 
-def _open(path: Path) -> IO[bytes]:
+def _is_gzip(path: Path) -> bool:
     with path.open("rb") as probe:
-        magic = probe.read(2)
-    if magic == _GZIP_MAGIC:
+        return probe.read(2) == _GZIP_MAGIC
+
+
+def _open(path: Path) -> IO[bytes]:
+    if _is_gzip(path):
         return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
@@ -162,8 +167,7 @@ def import_file(
     summary = summary if summary is not None else ImportSummary()
     source = f"import:{path.resolve()}"
     started = time.perf_counter()
-    with path.open("rb") as probe:
-        gzipped = probe.read(2) == _GZIP_MAGIC
+    gzipped = _is_gzip(path)
     # Fastest first: DuckDB's reader with the one-pass insert (a clean, new file), then its
     # reader with the full merge, then Python's reader for a file DuckDB cannot read as lines.
     counts = None

@@ -1,7 +1,7 @@
 """Every record shape inference.net produces, and how each becomes a ``generations`` row.
 
 Records arrive as raw text (a JSONL line, an HTTP body) and are normalised in DuckDB, in bulk,
-by the statements in ``NORMALIZE_SQL``: parsing in Python costs more than DuckDB's whole ingest
+by the SQL built here: parsing in Python costs more than DuckDB's whole ingest
 (../shared/docs/duckdb-and-datasets.md, B.3). Recognised shapes, first match wins:
 
 ``webhook``       a ``generation.completed`` / ``async-embedding.completed`` envelope
@@ -21,12 +21,16 @@ The raw text is stored once, in ``generation_rows``. The ``generations`` view ad
 and ``response``, read from it through ``request_path``/``response_path``; only ``hf-messages``
 rows, whose request and response curate assembles from the messages, store them
 (``request_built``/``response_built``).
-Parsing extracts just the small fields into narrow temporary tables; the wide text goes from the
-Arrow batch to the table once, in the final insert.
 
-The statements read the relation ``_curate_src(line BIGINT, text VARCHAR)`` (a view over DuckDB's
-reader of a file, or an Arrow batch) and the variable ``curate_source``; ``Store.merge_source``
-runs them in order and drops the temporary tables they leave.
+Everything reads the relation ``_curate_src(line BIGINT, text VARCHAR)`` (a view over DuckDB's
+reader of a file, or an Arrow batch) and the variable ``curate_source``. Two ways write it:
+
+* ``fast_insert_sql``: one pass, parse and insert, for a clean file of new ids; it raises on
+  anything else, and the caller rolls back and merges instead;
+* the merge (``store.merge_source``): PARSE_SQL keeps every line's small fields in a narrow
+  table, RARE_SQL assembles the rare shapes, MERGE_SQL decides per id, ``insert_sql`` writes the
+  chosen rows beside their text (which is read again, never copied into temporary tables), and
+  ``rejects_sql`` explains what was refused.
 """
 
 from __future__ import annotations
@@ -34,9 +38,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "COMMON_SHAPES", "MERGE_SQL", "PARSE_SQL", "RARE_SHAPES", "RARE_SQL", "REJECTED_LINES",
-    "rejects_sql", "SHAPES", "TEMP_TABLES", "WriteCounts",
-    "DUPLICATE_IDS_SQL", "FAST_PATH_PROBE_SQL", "FAST_PATH_REFUSED", "fast_insert_sql", "insert_sql", "records_sql",
+    "COMMON_SHAPES",
+    "DUPLICATE_IDS_SQL",
+    "FAST_PATH_PROBE_SQL",
+    "FAST_PATH_REFUSED",
+    "MERGE_SQL",
+    "PARSE_SQL",
+    "RARE_SHAPES",
+    "RARE_SQL",
+    "REJECTED_LINES",
+    "SHAPES",
+    "TEMP_TABLES",
+    "WriteCounts",
+    "fast_insert_sql",
+    "insert_sql",
+    "records_sql",
+    "rejects_sql",
 ]
 
 SHAPES = ("webhook", "slow-group", "generation", "openai-batch", "catalyst", "hf-messages")

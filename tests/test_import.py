@@ -339,3 +339,15 @@ def test_a_file_overlapping_the_store_past_its_first_lines_stores_only_the_new(
     assert (summary.stored, summary.duplicate) == (1200, 300)
     assert rows(store, "select count(distinct id) as ids, count(*) as n from generations") == [
         {"ids": 1500, "n": 1500}]
+
+
+def test_python_reader_keeps_line_numbers_across_blocks(store: Store, tmp_path: Path) -> None:
+    # Invalid UTF-8 makes DuckDB's reader refuse the file, so Python reads it, in 4 KB blocks.
+    path = tmp_path / "mixed.jsonl.gz"
+    with gzip.open(path, "wb") as out:
+        for seed in range(40, 100):
+            line = b"{broken \xff" if seed == 87 else json.dumps(generation_record(seed)).encode()
+            out.write(line + b"\n")
+    summary = import_files(store, [path], batch_bytes=4096)
+    assert (summary.stored, summary.rejected, summary.lines) == (59, 1, 60)
+    assert rows(store, "select line from rejects") == [{"line": 48}]
