@@ -7,6 +7,7 @@ stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from curate import __version__
-from curate.client import fetch_generations
+from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import MissingApiKey, Settings
 from curate.importer import import_files
 from curate.records import WriteCounts
@@ -68,7 +69,8 @@ def _user_errors() -> Iterator[None]:
     except MissingApiKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError) as exc:
+    except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError, ApiError,
+            ApiUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -163,14 +165,10 @@ def fetch_command(
     """Fetch generations by id from inference.net once and store them (needs INFERENCE_API_KEY)."""
     with _user_errors():
         settings = Settings.from_env(db=db)
-        settings.require_api_key()
         store = Store(settings.db, lock_timeout=_lock_timeout())
-        bodies, missing = [], []
-        for fetched in fetch_generations(settings, generation_ids):
-            if fetched.visible:
-                bodies.append(fetched.body.decode("utf-8", "backslashreplace"))
-            else:
-                missing.append(fetched.generation_id)
+        fetched = asyncio.run(_fetch_all(settings, generation_ids))
+        bodies = [f.body.decode("utf-8", "backslashreplace") for f in fetched if f.visible]
+        missing = [i for i, f in zip(generation_ids, fetched, strict=True) if not f.visible]
         counts = store.ingest_texts(bodies, source="poll") if bodies else WriteCounts()
     out.print(
         f"fetched {len(bodies)}: stored {counts.stored}, updated {counts.updated}, "
@@ -178,6 +176,11 @@ def fetch_command(
     )
     for generation_id in missing:
         out.print(f"{generation_id}: not visible yet (404)", style="yellow")
+
+
+async def _fetch_all(settings: Settings, generation_ids: list[str]) -> list[Fetched]:
+    async with InferenceClient(settings) as client:
+        return [await client.get_generation(generation_id) for generation_id in generation_ids]
 
 
 @app.command("sandbox")
