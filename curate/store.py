@@ -34,9 +34,7 @@ __all__ = [
 _LOCK_MARKERS = ("Could not set lock", "different configuration than existing connections")
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
-
 DEFAULT_MEMORY_LIMIT = "1GB"
-
 
 _WRITER_LOCKS: dict[Path, threading.Lock] = {}
 _WRITER_LOCKS_GUARD = threading.Lock()
@@ -115,11 +113,12 @@ class Store:
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; return the names that ran."""
-        con = self._connect(read_only=False)
-        try:
-            return migrations.apply(con)
-        finally:
-            con.close()
+        with _writer_lock(self.path):
+            con = self._connect(read_only=False)
+            try:
+                return migrations.apply(con)
+            finally:
+                con.close()
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
