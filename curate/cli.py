@@ -32,6 +32,7 @@ from curate.config import MissingApiKey, Settings
 from curate.importer import import_files
 from curate.records import WriteCounts
 from curate.store import Store, StoreLocked
+from curate.submit import InvalidRequests, submit_file
 
 __all__ = ["app", "main"]
 
@@ -70,7 +71,7 @@ def _user_errors() -> Iterator[None]:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError, ApiError,
-            ApiUnavailable) as exc:
+            ApiUnavailable, InvalidRequests) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -176,6 +177,40 @@ def fetch_command(
     )
     for generation_id in missing:
         out.print(f"{generation_id}: not visible yet (404)", style="yellow")
+
+
+@app.command("submit")
+def submit_command(
+    path: Annotated[Path, typer.Argument(help="JSONL of OpenAI chat request bodies.", show_default=False)],
+    db: DbOption = None,
+    group_size: Annotated[int, typer.Option(help="Requests per POST (1 to 50; 1 submits singly).")] = 50,
+    webhook_id: Annotated[str | None, typer.Option(help="Set metadata.webhook_id on every request.")] = None,
+    rpm: Annotated[int, typer.Option(help="Requests per minute the account allows.")] = 250,
+    resend_uncertain: Annotated[
+        bool, typer.Option(help="Also send lines whose earlier answer never came (may pay twice).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Submit chat requests to inference.net's background API; a re-run sends nothing twice."""
+    with _user_errors():
+        settings = Settings.from_env(db=db)
+        settings.require_api_key()
+        store = Store(settings.db, lock_timeout=_lock_timeout())
+        summary = submit_file(
+            store, settings, path, group_size=group_size, webhook_id=webhook_id, rpm=rpm,
+            resend_uncertain=resend_uncertain,
+        )
+    if as_json:
+        out.print_json(summary.model_dump_json())
+    else:
+        out.print(
+            f"{summary.submitted:,} submitted in {summary.posts:,} POST(s); "
+            f"{summary.already_submitted:,} already submitted; {summary.uncertain:,} uncertain; "
+            f"{summary.failed:,} failed (of {summary.lines:,} lines)"
+        )
+    if summary.stopped:
+        typer.echo(f"error: stopped: {summary.stopped}", err=True)
+        raise typer.Exit(1)
 
 
 async def _fetch_all(settings: Settings, generation_ids: list[str]) -> list[Fetched]:

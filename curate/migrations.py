@@ -103,7 +103,49 @@ def m003_imports(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_generations, m002_rejects, m003_imports]
+def m004_submissions_and_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    # `submissions`: every request line curate sent or is about to send, keyed so a re-run never
+    # sends it twice. A row is written as `sending` and committed before its POST goes out, so a
+    # crash between the two leaves it `sending`: maybe billed, never sent again without asking.
+    con.execute(
+        """
+        create table submissions (
+            key           varchar primary key,
+            source        varchar not null,
+            line          bigint not null,
+            request       json not null,
+            state         varchar not null,
+            generation_id varchar,
+            group_id      varchar,
+            error         varchar,
+            created_at    timestamptz not null,
+            updated_at    timestamptz not null
+        )
+        """
+    )
+    # `ledger`: every generation or group id curate waits for (there is no endpoint that lists
+    # them), with its polling schedule, so a harvest resumes after any stop.
+    con.execute(
+        """
+        create table ledger (
+            id           varchar primary key,
+            kind         varchar not null,
+            group_id     varchar,
+            source       varchar not null,
+            added_at     timestamptz not null,
+            attempts     integer not null default 0,
+            next_poll_at timestamptz not null,
+            last_state   varchar,
+            last_seen_at timestamptz,
+            done_at      timestamptz
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger,
+]
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection) -> None:

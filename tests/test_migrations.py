@@ -43,6 +43,18 @@ EXPECTED = {
         ("skipped", "BIGINT"),
     ],
     "_curate_migrations": [("name", "VARCHAR"), ("applied_at", "TIMESTAMP WITH TIME ZONE")],
+    "submissions": [
+        ("key", "VARCHAR"), ("source", "VARCHAR"), ("line", "BIGINT"), ("request", "JSON"),
+        ("state", "VARCHAR"), ("generation_id", "VARCHAR"), ("group_id", "VARCHAR"),
+        ("error", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
+        ("updated_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    "ledger": [
+        ("id", "VARCHAR"), ("kind", "VARCHAR"), ("group_id", "VARCHAR"), ("source", "VARCHAR"),
+        ("added_at", "TIMESTAMP WITH TIME ZONE"), ("attempts", "INTEGER"),
+        ("next_poll_at", "TIMESTAMP WITH TIME ZONE"), ("last_state", "VARCHAR"),
+        ("last_seen_at", "TIMESTAMP WITH TIME ZONE"), ("done_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
 }
 
 
