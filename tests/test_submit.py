@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -34,13 +33,6 @@ def settings(sandbox: Sandbox) -> Settings:
 
 def requests(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [chat_request(seed) for seed in range(start, start + n)]
-
-
-def sent_custom_ids(sandbox: Sandbox) -> Counter[str]:
-    return Counter(
-        (sandbox.generation(i) or {})["request"]["metadata"]["custom_id"]
-        for i in sandbox.generation_ids()
-    )
 
 
 def test_requests_go_in_groups_of_50_by_default(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
