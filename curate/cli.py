@@ -29,6 +29,7 @@ from rich.table import Table
 from curate import __version__
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import MissingApiKey, Settings
+from curate.harvest import HarvestSummary, harvest
 from curate.importer import import_files
 from curate.records import WriteCounts
 from curate.store import Store, StoreLocked
@@ -211,6 +212,44 @@ def submit_command(
     if summary.stopped:
         typer.echo(f"error: stopped: {summary.stopped}", err=True)
         raise typer.Exit(1)
+
+
+@app.command("harvest")
+def harvest_command(
+    db: DbOption = None,
+    ids: Annotated[Path | None, typer.Option(help="A file of generation ids, one per line, to add.")] = None,
+    rpm: Annotated[int, typer.Option(help="Requests per minute the account allows.")] = 250,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
+    once: Annotated[bool, typer.Option(help="One pass over what is due, then stop.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Fetch every generation the ledger waits for, until all are done (groups with one GET each)."""
+    with _user_errors():
+        settings = Settings.from_env(db=db)
+        settings.require_api_key()
+        store = Store(settings.db, lock_timeout=_lock_timeout())
+        with Progress(
+            TextColumn("harvest"), BarColumn(),
+            TextColumn("{task.fields[done]} stored · {task.fields[pending]} pending · "
+                       "{task.fields[failed]} failed · {task.fields[calls]} calls"),
+            console=err, transient=True, disable=as_json or not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("harvest", total=None, done=0, pending="?", failed=0, calls=0)
+
+            def show(s: HarvestSummary) -> None:
+                bar.update(task, done=s.stored + s.updated, pending=s.pending, failed=s.failed,
+                           calls=s.calls)
+
+            summary = harvest(store, settings, ids_file=ids, rpm=rpm, concurrency=concurrency,
+                              once=once, progress=show)
+    if as_json:
+        out.print_json(summary.model_dump_json())
+        return
+    out.print(
+        f"stored {summary.stored:,} (updated {summary.updated:,}, duplicate {summary.duplicate:,}); "
+        f"{summary.succeeded:,} Success, {summary.failed:,} Failed; {summary.pending:,} pending; "
+        f"{summary.calls:,} API calls in {summary.seconds:.1f}s"
+    )
 
 
 async def _fetch_all(settings: Settings, generation_ids: list[str]) -> list[Fetched]:

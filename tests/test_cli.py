@@ -152,3 +152,29 @@ def test_version(tmp_path: Path) -> None:
     from curate import __version__
 
     assert curate("version").stdout.strip() == __version__
+
+
+def test_submit_then_harvest_from_the_command_line(tmp_path: Path) -> None:
+    from curate.synthetic import chat_request
+
+    requests = write_jsonl(tmp_path / "requests.jsonl", [chat_request(i) for i in range(30)])
+    db = str(tmp_path / "c.duckdb")
+    with Sandbox(queue_delay=0.05, run_delay=0.1, delay_spread=0.0) as sandbox:
+        env = {"INFERENCE_API_KEY": sandbox.api_key, "INFERENCE_BASE_URL": sandbox.url}
+        sent = curate("submit", str(requests), "--db", db, "--group-size", "10", env=env)
+        assert sent.returncode == 0, sent.stderr
+        assert "30 submitted in 3 POST(s)" in sent.stdout
+        harvested = curate("harvest", "--db", db, "--json", env=env)
+    assert harvested.returncode == 0, harvested.stderr
+    summary = json.loads(harvested.stdout)
+    assert (summary["stored"], summary["pending"]) == (30, 0)
+
+
+def test_submit_of_a_bad_file_names_the_line_and_sends_nothing(tmp_path: Path) -> None:
+    bad = write_jsonl(tmp_path / "requests.jsonl", [{"model": "m"}])
+    with Sandbox() as sandbox:
+        env = {"INFERENCE_API_KEY": sandbox.api_key, "INFERENCE_BASE_URL": sandbox.url}
+        result = curate("submit", str(bad), "--db", str(tmp_path / "c.duckdb"), env=env)
+        assert sandbox.stats().calls_total == 0
+    assert result.returncode == 1
+    assert "line 1: no messages" in result.stderr
