@@ -28,7 +28,7 @@ Semantics worth knowing before relying on them:
 * Timing: each generation draws its queue and run times from a log-normal around
   ``queue_delay`` / ``run_delay`` (sigma ``delay_spread``), seeded by ``seed`` and its submission
   index; state is a function of the wall clock. Generation k of seed s has the id
-  ``synthetic.generation_id(s * 10**9 + k)`` and the response ``synthetic.chat_response`` of that
+  ``synthetic.generation_id((s + 1) * 10**9 + k)`` and the response ``synthetic.chat_response`` of that
   same number.
 * Faults apply to ``/v1`` calls only; the first active match, in injection order, wins.
   ``truncate`` sends the real answer, status unchanged, with its body cut in half and a

@@ -37,8 +37,9 @@ _STATE_MESSAGES = {
     IN_PROGRESS: "Generation in progress",
     SUCCESS: "Generation completed",
 }
-# Ids of generation k under seed s come from synthetic.generation_id(s * _SEED_STRIDE + k), so
-# seed 0 gives the same ids as synthetic.generation_record(k).
+# Ids of generation k under seed s come from synthetic.generation_id((s + 1) * _SEED_STRIDE + k):
+# never the ids of synthetic.generation_record(k), which the samples, tests and benchmarks use
+# for other contents, so a store holding both never sees one id with two meanings.
 _SEED_STRIDE = 1_000_000_000
 MAX_GROUP = 50
 
@@ -318,7 +319,7 @@ class Core:
         cfg = self.config
         index = self._n_generations
         self._n_generations += 1
-        item_seed = cfg.seed * _SEED_STRIDE + index
+        item_seed = (cfg.seed + 1) * _SEED_STRIDE + index
         gid = generation_id(item_seed)
         while gid in self.generations:  # astronomically unlikely, but ids must stay unique
             gid = _nanoid(random.Random(f"{gid}-again"))
