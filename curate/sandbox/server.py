@@ -351,6 +351,10 @@ class SandboxProcess(StartStop):
         return self._proc.pid
 
     @property
+    def api_key(self) -> str:
+        return self.config.api_key
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key}"}
 
