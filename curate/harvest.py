@@ -33,7 +33,7 @@ __all__ = ["HarvestSummary", "harvest"]
 
 FIRST_DELAY = 2.0  # seconds before re-polling an id that was not done
 MAX_DELAY = 300.0
-FLUSH_EVERY = 200  # bodies
+FLUSH_EVERY = 1000  # bodies
 FLUSH_SECONDS = 2.0
 
 
@@ -57,6 +57,7 @@ class _Entry:
     kind: str
     attempts: int
     next_poll_at: datetime
+    held: bool = False  # waiting until its kind's timing is learned
 
 
 @dataclass
@@ -72,18 +73,65 @@ class _Buffer:
     def __len__(self) -> int:
         return len(self.bodies) + len(self.done) + len(self.later)
 
+    def take(self) -> _Buffer:
+        """Hand over everything buffered so far, and start empty."""
+        taken = _Buffer(self.bodies, self.done, self.later, self.members)
+        self.bodies, self.done, self.later, self.members = [], [], [], []
+        self.since = time.monotonic()
+        return taken
+
 
 def _delay(attempts: int) -> float:
     return min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, attempts - 1))
 
 
+# How long generations (and groups) take, learned from those this store has seen finish. Until
+# LEARN_AFTER of a kind have, only the SAMPLE oldest unpolled of that kind are polled, on the
+# backoff schedule, and the rest wait; after, an id is first polled when LEARN_QUANTILE of its
+# kind had finished, so most need one call. The price is lateness: see docs/benchmarks.md.
+LEARN_QUANTILE = 0.95
+LEARN_AFTER = {"generation": 10, "group": 2}
+SAMPLE = {"generation": 12, "group": 2}
+HOLD = 0.5  # seconds between looks at the schedule while ids are held
+
+_LEARNED = """
+    select 'generation' as kind, count(*) as n,
+           quantile_cont(epoch(g.finished_at) - epoch(l.added_at), {q}) as seconds
+    from ledger l join generation_rows g on g.id = l.id
+    where l.kind = 'generation' and l.source = 'submit' and g.finished_at is not null
+    union all
+    select 'group', count(*), quantile_cont(seconds, {q}) from (
+        select epoch(max(g.finished_at)) - epoch(any_value(l.added_at)) as seconds
+        from ledger l join ledger m on m.group_id = l.id join generation_rows g on g.id = m.id
+        where l.kind = 'group' and l.done_at is not null
+        group by l.id)
+"""
+
+
 def _load(store: Store) -> list[_Entry]:
     with store.read() as con:
+        learned = {
+            kind: seconds if n >= LEARN_AFTER[kind] else None
+            for kind, n, seconds in con.execute(_LEARNED.format(q=LEARN_QUANTILE)).fetchall()
+        }
         rows = con.execute(
-            "select id, kind, attempts, next_poll_at from ledger where done_at is null "
-            "order by next_poll_at"
+            """
+            select id, kind, attempts, next_poll_at, added_at,
+                   row_number() over (partition by kind order by added_at, id) as rank
+            from ledger where done_at is null
+            """
         ).fetchall()
-    return [_Entry(*row) for row in rows]
+    entries = []
+    for entry_id, kind, attempts, next_poll_at, added_at, rank in rows:
+        entry = _Entry(entry_id, kind, attempts, next_poll_at)
+        if attempts == 0:
+            seconds = learned.get(kind)
+            if seconds is not None:
+                entry.next_poll_at = max(next_poll_at, added_at + timedelta(seconds=seconds))
+            elif rank > SAMPLE.get(kind, 0):
+                entry.held = True
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e.next_poll_at)
 
 
 def _flush(store: Store, buffer: _Buffer, summary: HarvestSummary) -> None:
@@ -126,11 +174,6 @@ def _flush(store: Store, buffer: _Buffer, summary: HarvestSummary) -> None:
                 """
             )
             con.unregister("_curate_ledger_changes")
-    buffer.bodies.clear()
-    buffer.done.clear()
-    buffer.later.clear()
-    buffer.members.clear()
-    buffer.since = time.monotonic()
 
 
 async def _poll(client: InferenceClient, entry: _Entry, buffer: _Buffer, summary: HarvestSummary) -> None:
@@ -214,17 +257,19 @@ async def _harvest(
     started = time.monotonic()
     summary = HarvestSummary()
     buffer = _Buffer()
+    flushing = asyncio.Lock()
     entries = _load(store)
     async with InferenceClient(settings, rpm=rpm, **client_options) as client:
         while entries:
             now = datetime.now(UTC)
-            due = [e for e in entries if e.next_poll_at <= now]
+            due = [e for e in entries if not e.held and e.next_poll_at <= now]
             if not due:
-                _flush(store, buffer, summary)
+                _flush(store, buffer.take(), summary)
                 if once:
                     break
-                wait = min(e.next_poll_at for e in entries) - now
-                await asyncio.sleep(min(max(wait.total_seconds(), 0.05), 5.0))
+                waiting = [(e.next_poll_at - now).total_seconds() for e in entries if not e.held]
+                await asyncio.sleep(min(max(min(waiting, default=HOLD), 0.05), HOLD, 5.0))
+                entries = _load(store)
                 continue
             queue: asyncio.Queue[_Entry] = asyncio.Queue()
             for entry in due:
@@ -234,10 +279,13 @@ async def _harvest(
                 while not queue.empty():
                     await _poll(client, queue.get_nowait(), buffer, summary)
                     if len(buffer.bodies) >= FLUSH_EVERY or time.monotonic() - buffer.since > FLUSH_SECONDS:
-                        _flush(store, buffer, summary)
+                        # DuckDB writes in a thread (it lets go of the GIL), so polls go on.
+                        async with flushing:
+                            await asyncio.to_thread(_flush, store, buffer.take(), summary)
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-            _flush(store, buffer, summary)
+            async with flushing:
+                await asyncio.to_thread(_flush, store, buffer.take(), summary)
             entries = _load(store)
             summary.calls = client.calls
             summary.pending = len(entries)
@@ -246,7 +294,7 @@ async def _harvest(
             if once:
                 break
         summary.calls = client.calls
-    _flush(store, buffer, summary)
+    _flush(store, buffer.take(), summary)
     summary.pending = len(_load(store))
     summary.seconds = time.monotonic() - started
     return summary

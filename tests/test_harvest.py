@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 import signal
 import subprocess
@@ -43,10 +44,14 @@ def stored_states(store: Store) -> dict[str, int]:
             store.query("select state, count(*) as n from generations group by all").to_pylist()}
 
 
+# The module, not the function curate.harvest that curate/__init__ exports under its name.
+HARVEST_MODULE = importlib.import_module("curate.harvest")
+
+
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("curate.harvest.FIRST_DELAY", 0.1)
-    monkeypatch.setattr("curate.harvest.MAX_DELAY", 0.5)
+    monkeypatch.setattr(HARVEST_MODULE, "FIRST_DELAY", 0.1)
+    monkeypatch.setattr(HARVEST_MODULE, "MAX_DELAY", 0.5)
 
 
 def test_grouped_submission_is_harvested_one_get_per_group(
@@ -102,8 +107,8 @@ def test_faults_are_ridden_out_and_nothing_is_lost(sandbox: Sandbox, store: Stor
 
 
 HARVEST = """
-import sys
-import curate.harvest as h
+import importlib, sys
+h = importlib.import_module("curate.harvest")
 h.FIRST_DELAY, h.MAX_DELAY, h.FLUSH_EVERY, h.FLUSH_SECONDS = 0.1, 0.5, 5, 0.2
 from curate.config import Settings
 from curate.store import Store
