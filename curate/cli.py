@@ -81,6 +81,13 @@ def _store(db: Path | None) -> Store:
     return Store(Settings.from_env(db=db).db, lock_timeout=_lock_timeout())
 
 
+def _api(db: Path | None) -> tuple[Settings, Store]:
+    """Settings with an API key (or MissingApiKey, exit 2) and the store, for API commands."""
+    settings = Settings.from_env(db=db)
+    settings.require_api_key()
+    return settings, Store(settings.db, lock_timeout=_lock_timeout())
+
+
 def _lock_timeout() -> float:
     # How long a command waits for another process to release the store.
     return float(os.environ.get("CURATE_LOCK_TIMEOUT") or 30)
@@ -166,8 +173,7 @@ def fetch_command(
 ) -> None:
     """Fetch generations by id from inference.net once and store them (needs INFERENCE_API_KEY)."""
     with _user_errors():
-        settings = Settings.from_env(db=db)
-        store = Store(settings.db, lock_timeout=_lock_timeout())
+        settings, store = _api(db)
         fetched = asyncio.run(_fetch_all(settings, generation_ids))
         bodies = [f.body.decode("utf-8", "backslashreplace") for f in fetched if f.visible]
         missing = [i for i, f in zip(generation_ids, fetched, strict=True) if not f.visible]
@@ -194,9 +200,7 @@ def submit_command(
 ) -> None:
     """Submit chat requests to inference.net's background API; a re-run sends nothing twice."""
     with _user_errors():
-        settings = Settings.from_env(db=db)
-        settings.require_api_key()
-        store = Store(settings.db, lock_timeout=_lock_timeout())
+        settings, store = _api(db)
         summary = submit_file(
             store, settings, path, group_size=group_size, webhook_id=webhook_id, rpm=rpm,
             resend_uncertain=resend_uncertain,
@@ -225,9 +229,7 @@ def harvest_command(
 ) -> None:
     """Fetch every generation the ledger waits for, until all are done (groups with one GET each)."""
     with _user_errors():
-        settings = Settings.from_env(db=db)
-        settings.require_api_key()
-        store = Store(settings.db, lock_timeout=_lock_timeout())
+        settings, store = _api(db)
         with Progress(
             TextColumn("harvest"), BarColumn(),
             TextColumn("{task.fields[done]} stored · {task.fields[pending]} pending · "

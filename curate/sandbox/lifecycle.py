@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["BackgroundServed", "StartStop"]
+__all__ = ["BackgroundServed", "Keyed", "StartStop"]
 
 
 class StartStop:
@@ -40,3 +40,17 @@ class BackgroundServed(StartStop):
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class Keyed:
+    """The Bearer key of a sandbox's ``config``, and the headers that carry it."""
+
+    config: Any
+
+    @property
+    def api_key(self) -> str:
+        return str(self.config.api_key)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.api_key}"}

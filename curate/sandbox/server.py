@@ -27,7 +27,7 @@ import uvicorn
 
 from curate.sandbox.app import SandboxApp
 from curate.sandbox.config import Fault, SandboxConfig, SandboxStats
-from curate.sandbox.lifecycle import BackgroundServed, StartStop
+from curate.sandbox.lifecycle import BackgroundServed, Keyed, StartStop
 from curate.sandbox.webhooks import shared_ssl_context
 
 __all__ = ["READY_PREFIX", "Sandbox", "SandboxProcess", "run_forever"]
@@ -211,7 +211,7 @@ class _BackgroundServer:
         return future.result(timeout)
 
 
-class Sandbox(BackgroundServed):
+class Sandbox(Keyed, BackgroundServed):
     """A fake inference.net API on 127.0.0.1, served from a background thread.
 
     ``with Sandbox(queue_delay=0.01, run_delay=0.02) as sb:`` starts it and stops it; keyword
@@ -234,14 +234,6 @@ class Sandbox(BackgroundServed):
         if not self._server.url:
             raise RuntimeError("the sandbox is not started")
         return self._server.url
-
-    @property
-    def api_key(self) -> str:
-        return self.config.api_key
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api_key}"}
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client with the base URL and the Bearer key set; the caller closes it."""
@@ -332,7 +324,7 @@ def run_forever(
         sock.close()
 
 
-class SandboxProcess(StartStop):
+class SandboxProcess(Keyed, StartStop):
     """The sandbox in a child process (``python -m curate.sandbox``), for tests that kill things.
 
     Control goes over HTTP (``/_sandbox/...``), since the child's memory is out of reach.
@@ -349,14 +341,6 @@ class SandboxProcess(StartStop):
         if self._proc is None:
             raise RuntimeError("not started")
         return self._proc.pid
-
-    @property
-    def api_key(self) -> str:
-        return self.config.api_key
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.api_key}"}
 
     def start(self, timeout: float = 20.0) -> Self:
         env = dict(os.environ)
