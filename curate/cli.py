@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -233,14 +234,16 @@ def harvest_command(
         with Progress(
             TextColumn("harvest"), BarColumn(),
             TextColumn("{task.fields[done]} stored · {task.fields[pending]} pending · "
-                       "{task.fields[failed]} failed · {task.fields[calls]} calls"),
+                       "{task.fields[failed]} failed · {task.fields[rate]} calls/min"),
             console=err, transient=True, disable=as_json or not err.is_terminal,
         ) as bar:
-            task = bar.add_task("harvest", total=None, done=0, pending="?", failed=0, calls=0)
+            task = bar.add_task("harvest", total=None, done=0, pending="?", failed=0, rate=0)
+            started = time.monotonic()
 
             def show(s: HarvestSummary) -> None:
+                rate = round(s.calls / max(time.monotonic() - started, 1e-6) * 60)
                 bar.update(task, done=s.stored + s.updated, pending=s.pending, failed=s.failed,
-                           calls=s.calls)
+                           rate=rate)
 
             summary = harvest(store, settings, ids_file=ids, rpm=rpm, concurrency=concurrency,
                               once=once, progress=show)

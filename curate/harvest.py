@@ -90,8 +90,8 @@ def _delay(attempts: int) -> float:
 # backoff schedule, and the rest wait; after, an id is first polled when LEARN_QUANTILE of its
 # kind had finished, so most need one call. The price is lateness: see docs/benchmarks.md.
 LEARN_QUANTILE = 0.95
-LEARN_AFTER = {"generation": 10, "group": 2}
-SAMPLE = {"generation": 12, "group": 2}
+LEARN_AFTER = {"generation": 10, "group": 1}
+SAMPLE = {"generation": 12, "group": 1}
 HOLD = 0.5  # seconds between looks at the schedule while ids are held
 
 _LEARNED = """
@@ -161,15 +161,26 @@ def _flush(store: Store, buffer: _Buffer, summary: HarvestSummary) -> None:
                 "next_poll_at": pa.array(whens, pa.timestamp("us", tz="UTC")),
                 "done": pa.array(done, pa.bool_()),
             }))
+            # A "done" id whose body the store refused (it is in rejects) is not done: it is
+            # polled again on the backoff schedule, never dropped.
             con.execute(
-                """
+                f"""
                 update ledger set
-                    last_state = c.state, last_seen_at = now(),
+                    last_state = case when c.done and not c.stored then 'body refused'
+                                      else c.state end,
+                    last_seen_at = now(),
                     attempts = coalesce(c.attempts, ledger.attempts + 1),
-                    next_poll_at = coalesce(c.next_poll_at, ledger.next_poll_at),
-                    done_at = case when c.done then now() end
-                from (select * from _curate_ledger_changes
-                      qualify row_number() over (partition by id order by done desc) = 1) c
+                    next_poll_at = case
+                        when c.done and not c.stored then now() + to_seconds(
+                            least({MAX_DELAY}, {FIRST_DELAY} * pow(2, ledger.attempts)))
+                        else coalesce(c.next_poll_at, ledger.next_poll_at) end,
+                    done_at = case when c.done and c.stored then now() end
+                from (
+                    select x.*, l.kind = 'group' or exists (
+                        select 1 from generation_rows g where g.id = x.id) as stored
+                    from _curate_ledger_changes x join ledger l on l.id = x.id
+                    qualify row_number() over (partition by x.id order by x.done desc) = 1
+                ) c
                 where ledger.id = c.id
                 """
             )

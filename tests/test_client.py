@@ -226,3 +226,17 @@ def test_client_rate_limit_keeps_the_sandbox_from_ever_answering_429() -> None:
         stats = sandbox.stats()
     assert stats.rate_limit_violations == 0 and stats.throttled == 0
     assert elapsed >= 2.4  # 25 calls spaced at 10 per second
+
+
+def test_sandbox_429_with_retry_after_is_waited_out() -> None:
+    async def scenario(c: InferenceClient) -> Any:
+        return await c.get_generation("unknown")
+
+    with Sandbox() as sandbox:
+        sandbox.inject(kind="rate_limit", retry_after=1, method="GET", times=1)
+        started = time.monotonic()
+        fetched = run(using(sandbox_client(sandbox), scenario))
+        waited = time.monotonic() - started
+        stats = sandbox.stats()
+    assert fetched.visible is False  # the retry got through: an unknown id is a 404
+    assert waited >= 1.0 and stats.throttled == 1

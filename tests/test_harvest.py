@@ -139,3 +139,26 @@ def test_harvest_killed_at_random_moments_ends_with_every_generation_stored_once
             row = Store(db).query(
                 "select count(*) as n, count(distinct id) as ids from generations").to_pylist()[0]
             assert row == {"n": 40, "ids": 40}, trial
+
+
+def test_a_body_the_store_refuses_goes_to_rejects_and_its_id_is_polled_again(
+    store: Store, tmp_path: Path
+) -> None:
+    import httpx
+
+    from curate import ledger
+    from curate.synthetic import generation_record
+
+    good = generation_record(3)
+    answers = [{**good, "id": {"not": "a string"}}, good]  # the first body has a broken id
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers.pop(0) if answers else good)
+
+    with store.write() as con:
+        ledger.add(con, [good["id"]], kind="generation", source="ids:test")
+    summary = harvest(store, Settings(api_key="k", base_url="http://inference.test"), rpm=None,
+                      client_options={**FAST, "transport": httpx.MockTransport(handle)})
+    assert (summary.rejected, summary.stored, summary.pending, summary.calls) == (1, 1, 0, 2)
+    assert store.query("select reason from rejects").to_pylist()[0]["reason"].startswith("field id")
+    assert store.query("select id from generations").to_pylist() == [{"id": good["id"]}]
