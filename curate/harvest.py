@@ -27,7 +27,7 @@ from curate import ledger
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.models import TERMINAL_STATES
-from curate.store import Store, ingest
+from curate.store import Store, ingest_texts
 
 __all__ = ["HarvestSummary", "harvest"]
 
@@ -139,10 +139,7 @@ def _flush(store: Store, buffer: _Buffer, summary: HarvestSummary) -> None:
         return
     with store.write() as con:
         for source in {s for s, _ in buffer.bodies}:
-            texts = [t for s, t in buffer.bodies if s == source]
-            batch = pa.table({"line": pa.array(range(1, len(texts) + 1), pa.int64()),
-                              "text": pa.array(texts, pa.string())})
-            counts = ingest(con, batch, source=source)
+            counts = ingest_texts(con, [t for s, t in buffer.bodies if s == source], source=source)
             summary.stored += counts.stored
             summary.updated += counts.updated
             summary.duplicate += counts.duplicate

@@ -14,7 +14,7 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-__all__ = ["Kind", "add", "pending_count"]
+__all__ = ["Kind", "add"]
 
 Kind = Literal["generation", "group"]
 
@@ -44,10 +44,4 @@ def add(
         ).fetchone()
     finally:
         con.unregister("_curate_ledger_new")
-    return int(row[0]) if row else 0
-
-
-def pending_count(con: duckdb.DuckDBPyConnection) -> int:
-    """How many ledger entries are still waiting for a terminal answer."""
-    row = con.execute("select count(*) from ledger where done_at is null").fetchone()
     return int(row[0]) if row else 0

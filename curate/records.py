@@ -56,7 +56,6 @@ __all__ = [
     "rejects_sql",
 ]
 
-SHAPES = ("webhook", "slow-group", "generation", "openai-batch", "catalyst", "hf-messages")
 TEMP_TABLES = ("_curate_parsed", "_curate_rare", "_curate_rejected", "_curate_merge")
 
 
@@ -159,6 +158,7 @@ _TOP_IDS = (("t.id", "id"), ("t.generationId", "generationId"), ("t.generation_i
 
 COMMON_SHAPES = ("generation", "webhook", "catalyst", "openai-batch")
 RARE_SHAPES = ("slow-group", "hf-messages")
+SHAPES = COMMON_SHAPES + RARE_SHAPES
 
 
 def records_sql(source: str, *, tolerant: bool = True) -> str:

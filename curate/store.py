@@ -25,7 +25,8 @@ from curate import migrations, records
 from curate.records import WriteCounts
 
 __all__ = [
-    "FastPathRefused", "Store", "StoreLocked", "WriteCounts", "fast_insert", "ingest", "merge_source",
+    "FastPathRefused", "Store", "StoreLocked", "WriteCounts", "fast_insert", "ingest", "ingest_texts",
+    "merge_source",
 ]
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
@@ -164,10 +165,8 @@ class Store:
 
     def ingest_texts(self, texts: list[str], *, source: str) -> WriteCounts:
         """Store raw records (HTTP bodies, say), numbered from 1 in the order given."""
-        batch = pa.table(
-            {"line": pa.array(range(1, len(texts) + 1), pa.int64()), "text": pa.array(texts, pa.string())}
-        )
-        return self.ingest(batch, source=source)
+        with self.write() as con:
+            return ingest_texts(con, texts, source=source)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only query and return its rows as an Arrow table."""
@@ -186,6 +185,14 @@ def ingest(con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str) -> W
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
     row = con.execute(f"select count(*) from {sql}", params or []).fetchone()
     return int(row[0]) if row else 0
+
+
+def ingest_texts(con: duckdb.DuckDBPyConnection, texts: list[str], *, source: str) -> WriteCounts:
+    """Merge raw records, numbered from 1 in the order given, in the caller's transaction."""
+    batch = pa.table(
+        {"line": pa.array(range(1, len(texts) + 1), pa.int64()), "text": pa.array(texts, pa.string())}
+    )
+    return ingest(con, batch, source=source)
 
 
 def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
