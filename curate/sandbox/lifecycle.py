@@ -30,7 +30,7 @@ class StartStop:
 
 
 class BackgroundServed(StartStop):
-    """An app served on loopback by a ``_BackgroundServer`` held in ``self._server``."""
+    """An app served on loopback by a ``curate.serving.BackgroundServer`` held in ``self._server``."""
 
     _server: Any
 

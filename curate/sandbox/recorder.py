@@ -52,7 +52,7 @@ class WebhookRecorder(BackgroundServed):
         post_statuses: Iterable[int] = (),
         post_delay: float = 0.0,
     ) -> None:
-        from curate.sandbox.server import _BackgroundServer  # server imports the app stack
+        from curate.serving import BackgroundServer
 
         self.options_status = options_status
         self.post_delay = post_delay
@@ -60,7 +60,7 @@ class WebhookRecorder(BackgroundServed):
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Condition()
         self._closing: asyncio.Event | None = None
-        self._server = _BackgroundServer(self._app, host, port, self._release)
+        self._server = BackgroundServer(self._app, host, port, self._release)
 
     @property
     def url(self) -> str:
