@@ -1,0 +1,104 @@
+"""What every command shares: the typer app, the consoles, ``--db``, and how errors end.
+
+Errors a user can fix (a missing file, a locked store, a missing API key, bad SQL) end in one
+sentence on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import httpx
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curate.client import ApiError, ApiUnavailable
+from curate.config import MissingApiKey, Settings
+from curate.store import Store, StoreLocked
+from curate.submit import InvalidRequests
+
+__all__ = [
+    "DbOption", "OutputFormat", "app", "err", "lock_timeout", "open_api", "open_store", "out", "print_table",
+    "user_errors",
+]
+
+app = typer.Typer(
+    name="curate",
+    help="Turn inference.net background generations into fine-tuning datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        help="The DuckDB store [env: CURATE_DB; default: ./curate.duckdb].",
+        show_default=False,
+    ),
+]
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can act on into one line on stderr and an exit code."""
+    try:
+        yield
+    except MissingApiKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError, ApiError,
+            ApiUnavailable, InvalidRequests) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def open_store(db: Path | None) -> Store:
+    return Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout())
+
+
+def open_api(db: Path | None) -> tuple[Settings, Store]:
+    """Settings with an API key (or MissingApiKey, exit 2) and the store, for API commands."""
+    settings = Settings.from_env(db=db)
+    settings.require_api_key()
+    return settings, Store(settings.db, lock_timeout=lock_timeout())
+
+
+def lock_timeout() -> float:
+    # How long a command waits for another process to release the store.
+    return float(os.environ.get("CURATE_LOCK_TIMEOUT") or 30)
+
+
+def print_table(result: pa.Table, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.csv:
+        pa_csv.write_csv(result, sys.stdout.buffer)
+        return
+    rows = result.to_pylist()
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str, indent=None) + "\n")
+        return
+    table = Table(*result.column_names)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
+    out.print(f"{result.num_rows:,} row(s)", style="dim")

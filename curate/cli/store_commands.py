@@ -1,0 +1,73 @@
+"""Commands over the store itself: ``curate import`` and ``curate sql``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from curate.cli._shared import DbOption, OutputFormat, app, err, open_store, out, print_table, user_errors
+from curate.importer import import_files
+
+__all__ = ["import_command", "sql_command"]
+
+
+@app.command("import")
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help="JSONL files, plain or .gz.", show_default=False)],
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Import JSONL files of generations, webhook deliveries or dataset rows into the store.
+
+    Each line may be a GenerationForClient, a webhook envelope, a {request, response} or
+    {messages} dataset row, or an OpenAI batch output line. Lines that are none of these are kept
+    in the rejects table with their line number; the import goes on.
+    """
+    with user_errors():
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{', '.join(missing)}: no such file")
+        store = open_store(db)
+        total = sum(p.stat().st_size for p in paths)
+        with Progress(
+            TextColumn("importing"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        ) as progress:
+            task = progress.add_task("import", total=total)
+            summary = import_files(
+                store, list(paths), progress=lambda done: progress.update(task, completed=done)
+            )
+    if as_json:
+        out.print_json(summary.model_dump_json())
+        return
+    table = Table(title=f"imported {len(summary.files)} file(s) into {store.path}", show_header=False)
+    for name in ("lines", "stored", "updated", "duplicate", "rejected", "skipped"):
+        table.add_row(name, f"{getattr(summary, name):,}")
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    out.print(table)
+    if summary.rejected:
+        out.print(
+            f"{summary.rejected:,} line(s) refused: see them with "
+            "[bold]curate sql \"select line, reason from rejects\"[/]"
+        )
+
+
+@app.command("sql")
+def sql_command(
+    query: Annotated[str, typer.Argument(help="A SQL query, run read-only.", show_default=False)],
+    db: DbOption = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+) -> None:
+    """Run a read-only SQL query against the store and print the result."""
+    with user_errors():
+        result = open_store(db).query(query)
+    print_table(result, fmt)
