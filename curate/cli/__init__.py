@@ -1,7 +1,8 @@
 """The ``curate`` command: a thin typer shell over functions a notebook can call too.
 
 Each command parses its options, calls one library function and prints the result. Commands
-live in modules by group (store, API, serving); importing them here registers them on ``app``.
+live in modules by group (store, API, serving) and are registered here, in the order ``--help``
+lists them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ from curate.cli._shared import app, out
 
 __all__ = ["app", "main"]
 
-_COMMAND_GROUPS = (api_commands, serve_commands, store_commands)
 
 
-@app.command("version")
 def version_command() -> None:
     """Print curate's version."""
     out.print(__version__)
+
+
+for _name, _command in (
+    ("import", store_commands.import_command),
+    ("sql", store_commands.sql_command),
+    ("submit", api_commands.submit_command),
+    ("harvest", api_commands.harvest_command),
+    ("fetch", api_commands.fetch_command),
+    ("sandbox", serve_commands.sandbox_command),
+    ("version", version_command),
+):
+    app.command(_name)(_command)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from curate.cli._shared import DbOption, app, err, open_api, out, user_errors
+from curate.cli._shared import DbOption, err, open_api, out, user_errors
 from curate.client import Fetched, InferenceClient
 from curate.config import Settings
 from curate.harvest import HarvestSummary, harvest
@@ -20,7 +20,6 @@ from curate.submit import submit_file
 __all__ = ["fetch_command", "harvest_command", "submit_command"]
 
 
-@app.command("fetch")
 def fetch_command(
     generation_ids: Annotated[list[str], typer.Argument(help="Generation ids.", show_default=False)],
     db: DbOption = None,
@@ -40,7 +39,6 @@ def fetch_command(
         out.print(f"{generation_id}: not visible yet (404)", style="yellow")
 
 
-@app.command("submit")
 def submit_command(
     path: Annotated[Path, typer.Argument(help="JSONL of OpenAI chat request bodies.", show_default=False)],
     db: DbOption = None,
@@ -72,7 +70,6 @@ def submit_command(
         raise typer.Exit(1)
 
 
-@app.command("harvest")
 def harvest_command(
     db: DbOption = None,
     ids: Annotated[Path | None, typer.Option(help="A file of generation ids, one per line, to add.")] = None,

@@ -6,12 +6,11 @@ from typing import Annotated
 
 import typer
 
-from curate.cli._shared import app, out
+from curate.cli._shared import out
 
 __all__ = ["sandbox_command"]
 
 
-@app.command("sandbox")
 def sandbox_command(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
     api_key: Annotated[str, typer.Option(help="The Bearer key it accepts.")] = "sandbox-key",

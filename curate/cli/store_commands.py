@@ -9,13 +9,12 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate.cli._shared import DbOption, OutputFormat, app, err, open_store, out, print_table, user_errors
+from curate.cli._shared import DbOption, OutputFormat, err, open_store, out, print_table, user_errors
 from curate.importer import import_files
 
 __all__ = ["import_command", "sql_command"]
 
 
-@app.command("import")
 def import_command(
     paths: Annotated[list[Path], typer.Argument(help="JSONL files, plain or .gz.", show_default=False)],
     db: DbOption = None,
@@ -61,7 +60,6 @@ def import_command(
         )
 
 
-@app.command("sql")
 def sql_command(
     query: Annotated[str, typer.Argument(help="A SQL query, run read-only.", show_default=False)],
     db: DbOption = None,
