@@ -39,6 +39,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: rich markup would swallow the [env: ...] notes in option help.
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True)
