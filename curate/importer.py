@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from curate.records import WriteCounts
 from curate.store import FastPathRefused, Store, fast_insert, merge_source
 
-__all__ = ["ImportSummary", "import_files", "import_file", "line_batches"]
+__all__ = ["ImportSummary", "import_file", "import_files", "line_batches"]
 
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"

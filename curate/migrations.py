@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import duckdb
 
-__all__ = ["MIGRATIONS", "apply", "applied", "pending"]
+__all__ = ["MIGRATIONS", "applied", "apply", "pending"]
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
