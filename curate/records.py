@@ -35,13 +35,15 @@ reader of a file, or an Arrow batch) and the variable ``curate_source``. Two way
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = [
     "COMMON_SHAPES",
     "DUPLICATE_IDS_SQL",
     "FAST_PATH_PROBE_SQL",
     "FAST_PATH_REFUSED",
+    "LINE_OUTCOMES",
     "MERGE_SQL",
     "PARSE_SQL",
     "RARE_SHAPES",
@@ -69,6 +71,9 @@ class WriteCounts:
     rejected: int = 0
     skipped: int = 0
     lines: int = 0  # records read, blank lines included
+    # Per line, when asked for (``merge_source(per_line=True)``): (outcome, reason) where outcome
+    # is stored, updated, duplicate, rejected or skipped, and reason says why a line was refused.
+    outcomes: Mapping[int, tuple[str, str | None]] = field(default_factory=dict, compare=False, repr=False)
 
 
 # The small fields of a GenerationForClient. Ids are read as JSON so that a non-string id is
@@ -355,6 +360,17 @@ REJECTED_LINES = (
     "or bad_id is not null "
     "or (shape = 'slow-group' and line not in (select line from _curate_rare))"
 )
+
+# One outcome per line that became candidate rows (a slow-group line makes several): the best of
+# what happened to its rows, so a group delivery with one new generation counts as stored.
+LINE_OUTCOMES = """
+    select line, case max(case action when 'insert' then 3 when 'update' then 2 else 1 end)
+                 when 3 then 'stored' when 2 then 'updated' else 'duplicate' end
+    from _curate_merge group by line
+    union all
+    select line, 'skipped' from _curate_parsed where shape in ('blank', 'webhook.test')
+"""
+
 
 def rejects_sql(lines: list[int] | None = None) -> str:
     """Explain every refused line, reading the text of those lines only.

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 import pyarrow as pa
@@ -25,8 +25,8 @@ from curate import migrations, records
 from curate.records import WriteCounts
 
 __all__ = [
-    "FastPathRefused", "Store", "StoreLocked", "WriteCounts", "fast_insert", "ingest", "ingest_texts",
-    "merge_source",
+    "FastPathRefused", "Store", "StoreLocked", "WriteCounts", "WriteSession", "fast_insert", "ingest",
+    "ingest_texts", "merge_source",
 ]
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
@@ -144,6 +144,15 @@ class Store:
         finally:
             con.close()
 
+    def session(self) -> WriteSession:
+        """A read-write connection for several transactions in a row; close it promptly.
+
+        For a writer whose batches come back to back (``curate listen`` under load), where a
+        reopen and a checkpoint per batch would cost more than the batch. While it is open,
+        every other process waits for the file, so hold it for a bounded time.
+        """
+        return WriteSession(self)
+
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection, closed on exit. Never blocks a writer for longer than the block."""
@@ -174,10 +183,38 @@ class Store:
             return con.sql(sql, params=params).to_arrow_table()
 
 
-def ingest(con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str) -> WriteCounts:
+class WriteSession:
+    """The store held read-write by this process across transactions (see ``Store.session``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._lock = _writer_lock(store.path)
+        self._lock.acquire()
+        try:
+            self.con = store._connect(read_only=False)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Let go of the file (and of this process's writer turn); may be called from any thread."""
+        try:
+            self.con.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ingest(
+    con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str, per_line: bool = False
+) -> WriteCounts:
     """Merge the records of an Arrow ``batch`` (columns ``line``, ``text``) into ``con``'s store."""
     con.register("_curate_src", batch)
-    counts = merge_source(con, source=source)
+    counts = merge_source(con, source=source, per_line=per_line)
     con.unregister("_curate_src")
     return counts
 
@@ -195,8 +232,11 @@ def ingest_texts(con: duckdb.DuckDBPyConnection, texts: list[str], *, source: st
     return ingest(con, batch, source=source)
 
 
-def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
+def merge_source(con: duckdb.DuckDBPyConnection, *, source: str, per_line: bool = False) -> WriteCounts:
     """Normalise the relation ``_curate_src(line, text)`` and merge it into ``con``'s store.
+
+    ``per_line`` also reports what happened to each line (``WriteCounts.outcomes``), which a
+    receiver answering each delivery needs and a file import does not pay for.
 
     Runs inside the caller's transaction (on an error the caller rolls back and closes, and the
     temporary state goes with the connection). The merge is idempotent: a record already stored
@@ -234,6 +274,12 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
             on conflict do nothing
             """
         )
+    outcomes: dict[int, tuple[str, str | None]] = {}
+    if per_line:
+        outcomes = {line: (outcome, None) for line, outcome in con.execute(records.LINE_OUTCOMES).fetchall()}
+        if refused:
+            for line, reason in con.execute("select line, reason from _curate_rejected").fetchall():
+                outcomes[line] = ("rejected", reason)
     for name in records.TEMP_TABLES:
         con.execute(f"drop table if exists {name}")
     return WriteCounts(
@@ -243,6 +289,7 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
         rejected=rejected,
         skipped=kinds.get("webhook.test", 0),
         lines=sum(kinds.values()),
+        outcomes=outcomes,
     )
 
 

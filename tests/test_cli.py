@@ -18,7 +18,7 @@ from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.synthetic import generation_record
 from tests.conftest import write_jsonl
-from tests.test_store import held
+from tests.helpers import held
 
 CURATE = str(Path(sys.executable).parent / "curate")
 

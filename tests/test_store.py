@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from curate.store import Store, StoreLocked
 from curate.synthetic import generation_record
-
-HOLDER = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1], read_only=sys.argv[3] == "ro")
-print("holding", flush=True)
-time.sleep(float(sys.argv[2]))
-con.close()
-"""
-
-
-@contextmanager
-def held(path: Path, seconds: float, mode: str = "rw") -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the store's file, as a notebook or a harvester would."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path), str(seconds), mode],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+from tests.helpers import held
 
 
 def test_writer_waits_for_another_process_to_let_go(store: Store) -> None:
@@ -87,3 +60,35 @@ def test_writers_in_one_process_take_turns_and_store_one_row(store: Store) -> No
         results = list(pool.map(lambda _: store.ingest_texts([body], source="poll"), range(8)))
     assert sum(r.stored for r in results) == 1
     assert store.query("select count(*) as n from generations").to_pylist() == [{"n": 1}]
+
+
+def test_ingest_per_line_reports_each_lines_outcome(store: Store) -> None:
+    import pyarrow as pa
+
+    from curate.store import ingest
+
+    first = json.dumps(generation_record(1))
+    texts = [first, json.dumps(generation_record(2)), "{broken", "", first]
+    with store.write() as con:
+        counts = ingest(con, pa.table({"line": pa.array([10, 11, 12, 13, 14], pa.int64()), "text": texts}),
+                        source="t", per_line=True)
+    outcomes = {line: outcome for line, (outcome, _) in counts.outcomes.items()}
+    assert outcomes == {10: "duplicate", 11: "stored", 12: "rejected", 13: "skipped", 14: "stored"}
+    assert "not valid JSON" in (counts.outcomes[12][1] or "")
+
+
+def test_settle_marks_delivered_ids_done_and_records_unknown_ones(store: Store) -> None:
+    from curate import ledger
+
+    record = generation_record(1)
+    store.ingest_texts([json.dumps(record)], source="t")
+    with store.write() as con:
+        ledger.add(con, [record["id"], "still-running"], kind="generation", source="submit")
+        ledger.settle(con, [record["id"], "never-stored"], [("grp-1", ["member-a"])], source="webhook")
+    rows = {r["id"]: r for r in store.query(
+        "select id, kind, source, group_id, done_at is not null as done from ledger").to_pylist()}
+    assert rows[record["id"]]["done"] and rows[record["id"]]["source"] == "submit"
+    assert not rows["still-running"]["done"]
+    assert not rows["never-stored"]["done"] and rows["never-stored"]["source"] == "webhook"
+    assert rows["grp-1"]["kind"] == "group" and rows["grp-1"]["done"]
+    assert rows["member-a"]["group_id"] == "grp-1"
