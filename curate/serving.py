@@ -14,11 +14,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import uvicorn
 
-__all__ = ["BackgroundServer", "Server", "bind", "url_of", "uvicorn_config"]
+__all__ = [
+    "BackgroundServed", "BackgroundServer", "Server", "StartStop", "bind", "url_of", "uvicorn_config",
+]
 
 T = TypeVar("T")
 
@@ -42,7 +45,8 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def uvicorn_config(app: Any, *, quiet_logging: bool) -> uvicorn.Config:
+def uvicorn_config(app: Any, *, quiet_logging: bool, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for curate's servers; ``options`` (TLS files, say) go to uvicorn as they are."""
     return uvicorn.Config(
         app,
         lifespan="on",
@@ -54,6 +58,7 @@ def uvicorn_config(app: Any, *, quiet_logging: bool) -> uvicorn.Config:
         log_config=None if quiet_logging else uvicorn.config.LOGGING_CONFIG,
         server_header=False,
         timeout_graceful_shutdown=3,
+        **options,
     )
 
 
@@ -196,3 +201,37 @@ class BackgroundServer:
         except RuntimeError:  # stopped meanwhile: state is frozen, read it directly
             return fn()
         return future.result(timeout)
+
+
+class StartStop:
+    """Context-manager plumbing for anything that starts and stops."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class BackgroundServed(StartStop):
+    """An app served on loopback by a ``curate.serving.BackgroundServer`` held in ``self._server``."""
+
+    _server: Any
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()

@@ -26,6 +26,7 @@ for _name, _command in (
     ("submit", api_commands.submit_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),
+    ("listen", serve_commands.listen_command),
     ("sandbox", serve_commands.sandbox_command),
     ("version", version_command),
 ):

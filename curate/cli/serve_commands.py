@@ -2,13 +2,84 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from curate.cli._shared import out
+from curate.cli._shared import DbOption, lock_timeout, out, user_errors
+from curate.config import Settings
+from curate.store import Store
 
-__all__ = ["sandbox_command"]
+__all__ = ["listen_command", "sandbox_command"]
+
+
+def listen_command(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Interface to bind (put a TLS proxy in front of a public one).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8000,
+    webhook_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A webhook id deliveries must carry; repeat for several "
+            "[env: CURATE_WEBHOOK_IDS, comma-separated, which keeps them out of `ps`].",
+            show_default=False,
+        ),
+    ] = None,
+    path_token: Annotated[
+        str | None,
+        typer.Option(help="Also require POST /webhook/TOKEN.", envvar="CURATE_PATH_TOKEN", show_default=False),
+    ] = None,
+    verify_by_fetch: Annotated[
+        bool, typer.Option(help="Store the API's copy of each generation, fetched with INFERENCE_API_KEY.")
+    ] = False,
+    rpm: Annotated[int, typer.Option(help="API calls per minute for --verify-by-fetch.")] = 250,
+    store_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the store before answering 503 (inference.net waits 30).")
+    ] = 10.0,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate, to serve HTTPS.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
+) -> None:
+    """Receive inference.net webhooks and store each delivery before acknowledging it.
+
+    Register the printed URL in inference.net's dashboard and pass its webhook id; deliveries
+    carrying any other id are answered 401. GET /healthz reports readiness and counters. One JSON
+    line per delivery goes to stderr.
+    """
+    from curate.webhooks import Listener, ListenerConfig, run_forever
+
+    ids = [*(webhook_id or []), *_env_ids()]
+    if not ids:
+        typer.echo("error: give at least one --webhook-id (or CURATE_WEBHOOK_IDS): without one, "
+                   "every delivery would be refused", err=True)
+        raise typer.Exit(2)
+    with user_errors():
+        settings = Settings.from_env(db=db)
+        try:
+            config = ListenerConfig(webhook_ids=tuple(ids), path_token=path_token,
+                                    verify_by_fetch=verify_by_fetch, rpm=rpm)
+        except ValidationError as exc:
+            typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
+            raise typer.Exit(2) from None
+        store = Store(settings.db, lock_timeout=min(store_timeout, lock_timeout()))
+        listener = Listener(store, config, settings=settings)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("curate.listen")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
+    run_forever(listener, host=host, port=port, announce=lambda line: out.print(line, highlight=False), **tls)
+
+
+def _env_ids() -> list[str]:
+    import os
+
+    return [i.strip() for i in (os.environ.get("CURATE_WEBHOOK_IDS") or "").split(",") if i.strip()]
 
 
 def sandbox_command(

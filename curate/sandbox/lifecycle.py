@@ -1,45 +1,12 @@
-"""What the sandbox's servers share: ``start``/``stop`` and ``with ... as x:``."""
+"""What the sandbox's servers share: the lifecycle of ``curate.serving``, and the Bearer key."""
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from curate.serving import BackgroundServed, StartStop
 
 __all__ = ["BackgroundServed", "Keyed", "StartStop"]
-
-
-class StartStop:
-    """Context-manager plumbing for anything that starts and stops."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class BackgroundServed(StartStop):
-    """An app served on loopback by a ``curate.serving.BackgroundServer`` held in ``self._server``."""
-
-    _server: Any
-
-    def start(self) -> Self:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
 
 
 class Keyed:
