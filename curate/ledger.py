@@ -49,49 +49,47 @@ def add(
 
 def settle(
     con: duckdb.DuckDBPyConnection,
-    generation_ids: Iterable[str],
-    groups: Iterable[tuple[str, list[str]]] = (),
+    generations: Iterable[tuple[str, str | None]],
+    groups: Iterable[tuple[str, list[tuple[str, str | None]]]] = (),
     *,
     source: str,
 ) -> None:
-    """Record ids that arrived finished (a webhook delivered them), in the caller's transaction.
+    """Record ids that arrived with their bodies (a webhook delivered them), in the caller's transaction.
 
-    Ids the ledger lacks are written down; every id whose stored generation is terminal, and
-    every group (with its members), is marked done, so no harvest polls it again.
+    ``generations`` are (id, state) pairs of bodies the store took; ``groups`` are (group id,
+    members). Ids the ledger lacks are written down; a generation in a terminal state, and every
+    group, is marked done, so no harvest polls it again. One upsert, with no look at the stored
+    generations: a receiver calls this for every batch, so it must not grow with the store.
     """
-    rows = [(i, "generation", None) for i in generation_ids]
+    rows = [(i, "generation", None, state) for i, state in generations]
     for group_id, members in groups:
-        rows.append((group_id, "group", None))
-        rows.extend((m, "generation", group_id) for m in members)
+        rows.append((group_id, "group", None, "completed"))
+        rows.extend((m, "generation", group_id, state) for m, state in members)
     if not rows:
         return
-    ids, kinds, group_ids = zip(*rows, strict=True)
+    ids, kinds, group_ids, states = zip(*rows, strict=True)
     con.register("_curate_settled", pa.table({
         "id": pa.array(ids, pa.string()),
         "kind": pa.array(kinds, pa.string()),
         "group_id": pa.array(group_ids, pa.string()),
+        "state": pa.array(states, pa.string()),
     }))
     try:
         con.execute(
             """
-            insert into ledger (id, kind, group_id, source, added_at, next_poll_at)
-            select id, any_value(kind), any_value(group_id), ?, now(), now()
-            from _curate_settled group by id
-            on conflict do nothing
+            insert into ledger (id, kind, group_id, source, added_at, next_poll_at, last_state,
+                                last_seen_at, done_at)
+            select id, kind, group_id, ?, now(), now(), state, now(),
+                   case when kind = 'group' or state in ('Success', 'Failed') then now() end
+            from _curate_settled
+            qualify row_number() over (partition by id order by state in ('Success', 'Failed') desc) = 1
+            on conflict (id) do update set
+                last_seen_at = excluded.last_seen_at,
+                last_state = case when excluded.done_at is null then ledger.last_state
+                                  else excluded.last_state end,
+                done_at = coalesce(ledger.done_at, excluded.done_at)
             """,
             [source],
-        )
-        con.execute(
-            """
-            update ledger set done_at = coalesce(ledger.done_at, now()), last_seen_at = now(),
-                              last_state = s.state
-            from (
-                select distinct x.id, case when x.kind = 'group' then 'completed' else g.state end as state
-                from _curate_settled x left join generation_rows g on g.id = x.id
-                where x.kind = 'group' or g.state in ('Success', 'Failed')
-            ) s
-            where ledger.id = s.id
-            """
         )
     finally:
         con.unregister("_curate_settled")

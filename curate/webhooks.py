@@ -119,8 +119,8 @@ class _Delivery:
     event: str
     texts: list[str]  # what to store: the pushed body, or the API's copies
     source: str
-    generation_ids: list[str] = field(default_factory=list)
-    group: tuple[str, list[str]] | None = None
+    generations: list[tuple[str, str | None]] = field(default_factory=list)  # (id, state)
+    group: tuple[str, list[tuple[str, str | None]]] | None = None  # (group id, members)
     reject: str | None = None  # refused before the store: kept in rejects with this reason
     lines: list[int] = field(default_factory=list)
     done: asyncio.Future[tuple[str, str | None]] | None = None
@@ -130,12 +130,18 @@ def _first_str(*values: Any) -> str | None:
     return next((v for v in values if isinstance(v, str) and v), None)
 
 
-def _member_ids(data: Any) -> list[str]:
+def _state(body: Any) -> str | None:
+    state = body.get("state") if isinstance(body, dict) else None
+    return state if isinstance(state, str) else None
+
+
+def _members(data: Any) -> list[tuple[str, str | None]]:
+    """(id, state) of each generation in a group's body."""
     generations = data.get("generations") if isinstance(data, dict) else None
     if not isinstance(generations, list):
         return []
     return [
-        i for g in generations if isinstance(g, dict)
+        (i, _state(g)) for g in generations if isinstance(g, dict)
         and (i := _first_str(g.get("generationId"), g.get("generation_id"), g.get("id")))
     ]
 
@@ -144,8 +150,8 @@ def _member_ids(data: Any) -> list[str]:
 # keeps the file across back-to-back batches for at most HOLD_SECONDS, which spares a reopen and a
 # checkpoint per batch, then lets go for REST_SECONDS whatever is queued, so a notebook or a
 # harvest waiting for the file (retrying every <=0.2 s) gets its turn; idle, it holds nothing.
-HOLD_SECONDS = 1.0
-REST_SECONDS = 0.25
+HOLD_SECONDS = 2.0
+REST_SECONDS = 0.2
 
 
 class _Writer:
@@ -283,7 +289,7 @@ class _Writer:
         accepted = [d for d, (outcome, _) in zip(batch, outcomes, strict=True) if outcome != "rejected"]
         ledger.settle(
             con,
-            [i for d in accepted for i in d.generation_ids],
+            [g for d in accepted for g in d.generations],
             [d.group for d in accepted if d.group is not None],
             source=SOURCE,
         )
@@ -466,16 +472,16 @@ class Listener:
                 payload.get("group_id"), payload.get("groupId"), request.headers.get("x-inference-group-id")
             )
             entry["group_id"] = group_id
-            members = _member_ids(data)
+            members = _members(data)
             return _Delivery(event, [text], SOURCE, group=(group_id, members) if group_id else None,
-                             generation_ids=[] if group_id else members)
+                             generations=[] if group_id else members)
         generation_id = _first_str(
             payload.get("generationId"), payload.get("generation_id"),
             data.get("id") if isinstance(data, dict) else None,
             request.headers.get("x-inference-generation-id"),
         )
         entry["generation_id"] = generation_id
-        return _Delivery(event, [text], SOURCE, generation_ids=[generation_id] if generation_id else [])
+        return _Delivery(event, [text], SOURCE, generations=[(generation_id, _state(data))] if generation_id else [])
 
     async def _verify(self, delivery: _Delivery) -> None:
         """Swap the pushed body for the API's own copy (or answer 503 until it has one)."""
@@ -487,13 +493,15 @@ class Listener:
                 if not fetched.visible or not isinstance(members, list):
                     raise Refused(503, "unverified", "the API does not show this group yet")
                 delivery.texts = [json.dumps(m, ensure_ascii=False) for m in members]
-                delivery.group = (delivery.group[0], _member_ids(fetched.json))
-            elif delivery.generation_ids:
-                fetched = await self._client.get_generation(delivery.generation_ids[0])
+                delivery.group = (delivery.group[0], _members(fetched.json))
+            elif delivery.generations:
+                generation_id = delivery.generations[0][0]
+                fetched = await self._client.get_generation(generation_id)
                 state = fetched.json.get("state") if isinstance(fetched.json, dict) else None
                 if not fetched.visible or state not in ("Success", "Failed"):
                     raise Refused(503, "unverified", "the API does not show this generation finished yet")
                 delivery.texts = [fetched.body.decode("utf-8", "backslashreplace")]
+                delivery.generations = [(generation_id, state)]
             else:
                 raise await self._reject(delivery.texts[0], "no generation or group id to verify")
         except (ApiUnavailable, ApiError) as exc:

@@ -77,18 +77,19 @@ def test_ingest_per_line_reports_each_lines_outcome(store: Store) -> None:
     assert "not valid JSON" in (counts.outcomes[12][1] or "")
 
 
-def test_settle_marks_delivered_ids_done_and_records_unknown_ones(store: Store) -> None:
+def test_settle_marks_finished_ids_done_and_records_unknown_ones(store: Store) -> None:
     from curate import ledger
 
     record = generation_record(1)
     store.ingest_texts([json.dumps(record)], source="t")
     with store.write() as con:
         ledger.add(con, [record["id"], "still-running"], kind="generation", source="submit")
-        ledger.settle(con, [record["id"], "never-stored"], [("grp-1", ["member-a"])], source="webhook")
+        ledger.settle(con, [(record["id"], "Success"), ("not-finished", "Queued")],
+                      [("grp-1", [("member-a", "Failed")])], source="webhook")
     rows = {r["id"]: r for r in store.query(
         "select id, kind, source, group_id, done_at is not null as done from ledger").to_pylist()}
     assert rows[record["id"]]["done"] and rows[record["id"]]["source"] == "submit"
     assert not rows["still-running"]["done"]
-    assert not rows["never-stored"]["done"] and rows["never-stored"]["source"] == "webhook"
+    assert not rows["not-finished"]["done"] and rows["not-finished"]["source"] == "webhook"
     assert rows["grp-1"]["kind"] == "group" and rows["grp-1"]["done"]
-    assert rows["member-a"]["group_id"] == "grp-1"
+    assert rows["member-a"]["group_id"] == "grp-1" and rows["member-a"]["done"]
