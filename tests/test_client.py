@@ -219,13 +219,16 @@ def test_client_rate_limit_keeps_the_sandbox_from_ever_answering_429() -> None:
         generation_id = await c.submit(REQUEST)
         await asyncio.gather(*(c.get_generation(generation_id) for _ in range(24)))
 
+    # The window is squeezed from a minute to a second, so the client's 2 % margin shrinks to 2 ms,
+    # less than a loaded machine's scheduling jitter (one violation seen in CI-like runs). Pacing
+    # at 9 per second keeps ~100 ms of slack, as 250 per minute keeps ~1 s of it.
     with Sandbox(rpm_limit=10, rate_window=1.0, queue_delay=0.01, run_delay=0.01) as sandbox:
         started = time.monotonic()
-        run(using(sandbox_client(sandbox, rpm=10, rate_period=1.0), scenario))
+        run(using(sandbox_client(sandbox, rpm=9, rate_period=1.0), scenario))
         elapsed = time.monotonic() - started
         stats = sandbox.stats()
     assert stats.rate_limit_violations == 0 and stats.throttled == 0
-    assert elapsed >= 2.4  # 25 calls spaced at 10 per second
+    assert elapsed >= 2.6  # 25 calls spaced at 9 per second
 
 
 def test_sandbox_429_with_retry_after_is_waited_out() -> None:
