@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The curate tour, on loopback only: no API key, no network. It starts the sandbox (a local fake
-# of inference.net), submits requests to it in groups and singly, harvests them, imports the
-# sample file of every record shape, and looks at the store with SQL.
+# of inference.net) and curate's webhook listener, submits requests in groups and singly and
+# harvests them, submits more that come back by webhook with no polling, imports the sample file
+# of every record shape, and looks at the store with SQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=demo-out
@@ -10,10 +11,21 @@ export CURATE_DB="$out/demo.duckdb"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-# The sandbox, on a free port; the harvest below polls it like the real API.
-curate sandbox --port 0 --queue-delay 0.3 --run-delay 0.7 --failure-rate 0.05 > "$out/sandbox.log" 2>&1 &
+# The webhook listener, on a free port: it stores what the sandbox pushes to it.
+export CURATE_WEBHOOK_IDS=demo-webhook-id
+curate listen --port 0 > "$out/listen.log" 2> "$out/listen-access.log" &
+listener=$!
+trap 'kill $listener 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "ready" "$out/listen.log" 2>/dev/null && break; sleep 0.1; done
+webhook_url=$(grep -o 'url=[^ ]*' "$out/listen.log" | cut -d= -f2)
+echo "listener: $webhook_url"
+
+# The sandbox, on a free port; the harvest below polls it like the real API, and it delivers
+# webhooks to the listener for requests that carry a webhook id.
+curate sandbox --port 0 --queue-delay 0.3 --run-delay 0.7 --failure-rate 0.05 --webhook-url "$webhook_url" \
+    > "$out/sandbox.log" 2>&1 &
 sandbox=$!
-trap 'kill $sandbox 2>/dev/null || true' EXIT
+trap 'kill $sandbox $listener 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "ready" "$out/sandbox.log" 2>/dev/null && break; sleep 0.1; done
 INFERENCE_BASE_URL=$(grep -o 'url=[^ ]*' "$out/sandbox.log" | cut -d= -f2)
 export INFERENCE_BASE_URL INFERENCE_API_KEY=sandbox-key
@@ -29,11 +41,26 @@ with open("demo-out/requests.jsonl", "w") as out:
 with open("demo-out/singles.jsonl", "w") as out:
     for seed in range(1000, 1010):
         out.write(json.dumps(chat_request(seed), ensure_ascii=False) + "\n")
+with open("demo-out/pushed.jsonl", "w") as out:
+    for seed in range(2000, 2100):
+        out.write(json.dumps(chat_request(seed), ensure_ascii=False) + "\n")
 PY
 
 step curate submit demo-out/requests.jsonl
 step curate submit demo-out/requests.jsonl
 step curate submit demo-out/singles.jsonl --group-size 1
+step curate harvest
+# These come back by webhook: the listener stores them and strikes them off the ledger.
+step curate submit demo-out/pushed.jsonl --webhook-id demo-webhook-id
+python - "${webhook_url%/webhook}/healthz" <<'PY'
+import json, sys, time, urllib.request
+for _ in range(300):  # until the ledger waits for nothing
+    health = json.load(urllib.request.urlopen(sys.argv[1]))
+    if health["ledger_pending"] == 0:
+        break
+    time.sleep(0.1)
+print("listener:", json.dumps(health["counters"]))
+PY
 step curate harvest
 step curate import samples/generations.jsonl
 step curate sql "select source, shape, state, count(*) as n from generations group by all order by n desc"
