@@ -20,7 +20,8 @@ from typing import Any, Self, TypeVar
 import uvicorn
 
 __all__ = [
-    "BackgroundServed", "BackgroundServer", "Server", "StartStop", "bind", "url_of", "uvicorn_config",
+    "BackgroundServed", "BackgroundServer", "Server", "StartStop", "bind", "serve_forever", "url_of",
+    "uvicorn_config",
 ]
 
 T = TypeVar("T")
@@ -235,3 +236,37 @@ class BackgroundServed(StartStop):
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def serve_forever(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    ready_line: Callable[[str], str],
+    announce: Callable[[str], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+    **uvicorn_options: Any,
+) -> None:
+    """Serve ``app`` in the foreground until SIGINT/SIGTERM.
+
+    Once listening, ``announce`` (default: print and flush) gets ``ready_line(url)``, where ``url``
+    is ``http(s)://HOST:PORT`` of the bound socket; ``uvicorn_options`` (TLS files) go to uvicorn.
+    """
+    sock = bind(host, port)
+    url = url_of(sock)
+    if uvicorn_options.get("ssl_certfile"):
+        url = url.replace("http://", "https://", 1)
+    line = ready_line(url)
+    say = announce if announce is not None else (lambda text: print(text, flush=True))
+    server = Server(
+        uvicorn_config(app, quiet_logging=False, **uvicorn_options),
+        on_started=lambda: say(line),
+        on_shutdown=on_shutdown,
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; that is a clean exit
+        pass
+    finally:
+        sock.close()

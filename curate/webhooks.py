@@ -50,7 +50,7 @@ from starlette.routing import Route
 from curate import ledger
 from curate.client import ApiError, ApiUnavailable, InferenceClient
 from curate.config import Settings
-from curate.serving import BackgroundServed, BackgroundServer, Server, bind, url_of, uvicorn_config
+from curate.serving import BackgroundServed, BackgroundServer, serve_forever
 from curate.store import Store, ingest
 
 __all__ = [
@@ -540,15 +540,8 @@ def run_forever(
     Once listening it calls ``announce`` with ``curate listen ready url=http://HOST:PORT/webhook``
     (the path token, if any, is not printed). ``uvicorn_options`` are passed on (TLS files).
     """
-    sock = bind(host, port)
     path = "/webhook" if listener.config.path_token is None else "/webhook/<path-token>"
-    url = url_of(sock).replace("http://", "https://" if uvicorn_options.get("ssl_certfile") else "http://")
-    line = f"{READY_PREFIX} url={url}{path}"
-    say = announce if announce is not None else (lambda text: print(text, flush=True))
-    server = Server(uvicorn_config(listener.app, quiet_logging=False, **uvicorn_options), on_started=lambda: say(line))
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; that is a clean exit
-        pass
-    finally:
-        sock.close()
+    serve_forever(
+        listener.app, host=host, port=port, announce=announce,
+        ready_line=lambda url: f"{READY_PREFIX} url={url}{path}", **uvicorn_options,
+    )

@@ -21,7 +21,7 @@ from curate.sandbox.app import SandboxApp
 from curate.sandbox.config import Fault, SandboxConfig, SandboxStats
 from curate.sandbox.lifecycle import BackgroundServed, Keyed, StartStop
 from curate.sandbox.webhooks import shared_ssl_context
-from curate.serving import BackgroundServer, Server, bind, url_of, uvicorn_config
+from curate.serving import BackgroundServer, serve_forever
 
 __all__ = ["READY_PREFIX", "Sandbox", "SandboxProcess", "run_forever"]
 
@@ -125,20 +125,10 @@ def run_forever(
     """
     config = config if config is not None else SandboxConfig()
     app = SandboxApp(config)
-    sock = bind(config.host, config.port)
-    line = f"{READY_PREFIX} url={url_of(sock)} api_key={config.api_key}"
-    say = announce if announce is not None else (lambda text: print(text, flush=True))
-    server = Server(
-        uvicorn_config(app, quiet_logging=False),
-        on_started=lambda: say(line),
-        on_shutdown=app.begin_shutdown,
+    serve_forever(
+        app, host=config.host, port=config.port, announce=announce, on_shutdown=app.begin_shutdown,
+        ready_line=lambda url: f"{READY_PREFIX} url={url} api_key={config.api_key}",
     )
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; that is a clean exit
-        pass
-    finally:
-        sock.close()
 
 
 class SandboxProcess(Keyed, StartStop):
