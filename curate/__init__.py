@@ -9,7 +9,14 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     settings = curate.Settings.from_env()
     curate.submit_file(store, settings, "requests.jsonl")
     curate.harvest(store, settings)
-    store.query("select state, count(*) from generations group by all")
+    db = curate.open("curate.duckdb")
+    db.sql("select model, count(*) from chat group by all").df()   # or .pl(), .arrow()
+    db.table("conversations").pl()
+    db.views()                                                      # name, what a row is, rows
+    db.snapshot("snapshot/")                                        # Parquet, read with no lock
+
+Every call opens the store read-only for its one query and lets go, so a notebook never stops a
+harvest, an import or a listener from writing.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from curate.harvest import HarvestSummary, harvest
 from curate.importer import ImportSummary, import_file, import_files
 from curate.models import GenerationForClient, WebhookEnvelope
 from curate.records import WriteCounts
-from curate.store import Store, StoreLocked
+from curate.store import Result, Store, StoreLocked, ViewInfo
+from curate.views import ViewError
 from curate.submit import InvalidRequests, SubmitSummary, submit_file
 
 __version__ = "0.1.0"
@@ -34,10 +42,13 @@ __all__ = [
     "InferenceClient",
     "InvalidRequests",
     "MissingApiKey",
+    "Result",
     "Settings",
     "Store",
     "StoreLocked",
     "SubmitSummary",
+    "ViewError",
+    "ViewInfo",
     "WebhookEnvelope",
     "WriteCounts",
     "__version__",
@@ -49,6 +60,14 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike[str] | None = None) -> Store:  # noqa: A001 - curate.open reads well
-    """Open (creating or migrating as needed) the store at ``path``, else ``$CURATE_DB``."""
-    return Store(Settings.from_env(db=path).db)
+def open(  # noqa: A001 - curate.open reads well
+    path: str | os.PathLike[str] | None = None,
+    *,
+    queries: list[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> Store:
+    """Open (creating or migrating as needed) the store at ``path``, else ``$CURATE_DB``.
+
+    ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
+    """
+    return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)

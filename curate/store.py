@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,12 +22,12 @@ import duckdb
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from curate import migrations, records
+from curate import migrations, records, views
 from curate.records import WriteCounts
 
 __all__ = [
-    "FastPathRefused", "Store", "StoreLocked", "WriteCounts", "WriteSession", "fast_insert", "ingest",
-    "ingest_texts", "merge_source",
+    "FastPathRefused", "Result", "Store", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "fast_insert",
+    "ingest", "ingest_texts", "merge_source",
 ]
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
@@ -56,12 +57,72 @@ def _is_lock_error(exc: BaseException) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Result:
+    """The rows of one query, already fetched: the store was let go before this was returned.
+
+    Convert with ``.arrow()`` (a ``pyarrow.Table``), ``.df()`` (pandas) or ``.pl()`` (polars).
+    """
+
+    table: pa.Table
+
+    def arrow(self) -> pa.Table:
+        return self.table
+
+    def df(self) -> Any:
+        """A pandas DataFrame (needs pandas: ``pip install 'curate[notebook]'``)."""
+        try:
+            import pandas  # noqa: F401 - only to say clearly what is missing
+        except ImportError:
+            raise ImportError("Result.df() needs pandas: pip install 'curate[notebook]'") from None
+        return self.table.to_pandas()
+
+    def pl(self) -> Any:
+        """A polars DataFrame (needs polars: ``pip install 'curate[notebook]'``)."""
+        try:
+            import polars
+        except ImportError:
+            raise ImportError("Result.pl() needs polars: pip install 'curate[notebook]'") from None
+        return polars.from_arrow(self.table)
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+    @property
+    def columns(self) -> list[str]:
+        return self.table.column_names
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __repr__(self) -> str:
+        return f"<Result {self.table.num_rows:,} rows: {', '.join(self.table.column_names)}>"
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A view of the store: its name, what one row is, its file, and (if counted) its rows."""
+
+    name: str
+    description: str
+    path: Path
+    rows: int | None
+
+
+def _env_queries() -> list[Path]:
+    value = os.environ.get("CURATE_QUERIES") or ""
+    return [Path(p) for p in value.split(os.pathsep) if p]
+
+
 class Store:
     """A curate store in one DuckDB file.
 
     ``lock_timeout`` bounds how long an open waits for another process to let go of the file;
-    ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps DuckDB's memory.
-    Creating a ``Store`` brings the file's schema up to date (creating the file if need be).
+    ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps DuckDB's memory;
+    ``queries`` are folders of view files added to (or overriding) the shipped ones (default
+    ``$CURATE_QUERIES``, folders separated by ``os.pathsep``).
+    Creating a ``Store`` brings the file's schema and its views up to date (creating the file if
+    need be). A broken view file does not stop it: its error is in ``view_errors``.
     """
 
     def __init__(
@@ -70,8 +131,11 @@ class Store:
         *,
         lock_timeout: float = 30.0,
         memory_limit: str | None = None,
+        queries: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.queries = [Path(q) for q in queries] if queries is not None else _env_queries()
+        self.view_errors: list[views.ViewError] = []
         self.lock_timeout = lock_timeout
         # DuckDB spills to disk past this, so an import's memory does not grow with its file.
         self.memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
@@ -113,13 +177,20 @@ class Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations; return the names that ran."""
+        """Apply pending migrations and refresh the views; return the migrations that ran."""
+        files = self.view_files()
         with _writer_lock(self.path):
             con = self._connect(read_only=False)
             try:
-                return migrations.apply(con)
+                applied = migrations.apply(con)
+                self.view_errors = views.refresh(con, files)
+                return applied
             finally:
                 con.close()
+
+    def view_files(self) -> list[views.View]:
+        """The view files in force: the shipped ones, then the ``queries`` folders' (later wins)."""
+        return views.load([views.QUERIES_DIR, *self.queries])
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -181,6 +252,49 @@ class Store:
         """Run one read-only query and return its rows as an Arrow table."""
         with self.read() as con:
             return con.sql(sql, params=params).to_arrow_table()
+
+    # -- the analyst's API: each call opens read-only, fetches, and lets go -----------------
+
+    def sql(self, sql: str, params: list[Any] | None = None) -> Result:
+        """Run one read-only query; ``.df()``, ``.pl()`` or ``.arrow()`` the result."""
+        return Result(self.query(sql, params))
+
+    def table(self, name: str) -> Result:
+        """Every row of a view or table (``db.table("chat")``)."""
+        return self.sql(f'select * from "{name.replace(chr(34), chr(34) * 2)}"')
+
+    def views(self, *, count: bool = True) -> list[ViewInfo]:
+        """The views, with what one row is and (``count``) how many rows each has now."""
+        files = self.view_files()
+        if not count:
+            return [ViewInfo(v.name, v.description, v.path, None) for v in files]
+        with self.read() as con:
+            described = views.describe(con, files)
+        return [ViewInfo(v.name, d, v.path, rows) for v, (_, d, rows) in zip(files, described, strict=True)]
+
+    def snapshot(self, folder: str | os.PathLike[str], names: Sequence[str] | None = None) -> list[Path]:
+        """Write views (default: every one) as ``FOLDER/NAME.parquet``, to read with no lock at all.
+
+        For long notebook sessions: read the files with pandas, polars or DuckDB while harvests
+        and listeners keep writing the store. Each file is written aside and renamed into place,
+        so a reader sees the old snapshot or the new one, never half of one.
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        wanted = list(names) if names is not None else [v.name for v in self.view_files()]
+        written = []
+        with self.read() as con:
+            present = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+            for name in wanted:
+                if name not in present:
+                    raise KeyError(f"{name}: no such view in {self.path}")
+                target = out / f"{name}.parquet"
+                partial = out / f".{name}.parquet.partial"
+                quoted = str(partial).replace("'", "''")
+                con.execute(f"copy (select * from \"{name}\") to '{quoted}' (format parquet, compression zstd)")
+                os.replace(partial, target)
+                written.append(target)
+        return written
 
 
 class WriteSession:

@@ -8,7 +8,7 @@ lists them.
 from __future__ import annotations
 
 from curate import __version__
-from curate.cli import api_commands, serve_commands, store_commands
+from curate.cli import api_commands, serve_commands, store_commands, view_commands
 from curate.cli._shared import app, out
 
 __all__ = ["app", "main"]
@@ -23,6 +23,7 @@ def version_command() -> None:
 for _name, _command in (
     ("import", store_commands.import_command),
     ("sql", store_commands.sql_command),
+    ("snapshot", view_commands.snapshot_command),
     ("submit", api_commands.submit_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),
@@ -31,6 +32,7 @@ for _name, _command in (
     ("version", version_command),
 ):
     app.command(_name)(_command)
+app.add_typer(view_commands.views_app, name="views")
 
 
 def main() -> None:

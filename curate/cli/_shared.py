@@ -29,8 +29,8 @@ from curate.store import Store, StoreLocked
 from curate.submit import InvalidRequests
 
 __all__ = [
-    "DbOption", "OutputFormat", "app", "err", "lock_timeout", "open_api", "open_store", "out", "print_table",
-    "user_errors",
+    "DbOption", "OutputFormat", "QueriesOption", "app", "err", "lock_timeout", "open_api", "open_store", "out",
+    "print_table", "user_errors",
 ]
 
 app = typer.Typer(
@@ -69,14 +69,29 @@ def user_errors() -> Iterator[None]:
     except MissingApiKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (StoreLocked, FileNotFoundError, duckdb.Error, httpx.HTTPError, ApiError,
+    except (StoreLocked, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,
             ApiUnavailable, InvalidRequests) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
-def open_store(db: Path | None) -> Store:
-    return Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout())
+QueriesOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--queries",
+        help="A folder of view files (NAME.sql) adding to or replacing the shipped views; repeatable "
+        "[env: CURATE_QUERIES, folders separated by ':'].",
+        show_default=False,
+    ),
+]
+
+
+def open_store(db: Path | None, queries: list[Path] | None = None) -> Store:
+    """The store, with any broken view file reported on stderr (the other views still work)."""
+    store = Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout(), queries=queries or None)
+    for error in store.view_errors:
+        typer.echo(f"warning: view {error.view} not created: {error}", err=True)
+    return store
 
 
 def open_api(db: Path | None) -> tuple[Settings, Store]:

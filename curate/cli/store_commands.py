@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate.cli._shared import DbOption, OutputFormat, err, open_store, out, print_table, user_errors
+from curate.cli._shared import DbOption, OutputFormat, QueriesOption, err, open_store, out, print_table, user_errors
 from curate.importer import import_files
 
 __all__ = ["import_command", "sql_command"]
@@ -64,8 +64,9 @@ def sql_command(
     query: Annotated[str, typer.Argument(help="A SQL query, run read-only.", show_default=False)],
     db: DbOption = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    queries: QueriesOption = None,
 ) -> None:
-    """Run a read-only SQL query against the store and print the result."""
+    """Run a read-only SQL query against the store (and its views: curate views) and print the result."""
     with user_errors():
-        result = open_store(db).query(query)
+        result = open_store(db, queries).query(query)
     print_table(result, fmt)
