@@ -30,8 +30,8 @@ from curate.importer import ImportSummary, import_file, import_files
 from curate.models import GenerationForClient, WebhookEnvelope
 from curate.records import WriteCounts
 from curate.store import Result, Store, StoreLocked, ViewInfo
-from curate.views import ViewError
 from curate.submit import InvalidRequests, SubmitSummary, submit_file
+from curate.views import ViewError
 
 __version__ = "0.1.0"
 
