@@ -36,37 +36,8 @@
 -- n_calls            bigint       calls in the trajectory: 1 + len(folded_ids)
 -- folded_ids         varchar[]    ids of the calls folded into it, shortest first (then by finished_at, id); empty when none
 
--- The rows of `chat`, as chat.sql reads them (read twice, for the hashes and for the rows: cheaper
--- than keeping them).
-with fields as not materialized (
-    select id, custom_id, model, prompt_tokens, completion_tokens, finished_at,
-           case
-               -- A GenerationForClient keeps request and response at its top: one parse of raw
-               -- gives all five fields (a third of the time of reading request and response).
-               when request_path = '$.request' and response_path = '$.response' then json_extract(raw, [
-                   '$.request.messages', '$.request.tools', '$.request.metadata',
-                   '$.response.choices[0].message', '$.response.choices[0].finish_reason'])
-               -- Any other record: its request and response as the generations view reads them.
-               else list_concat(
-                   coalesce(json_extract(coalesce(request_built, json_extract(raw, request_path)),
-                                         ['$.messages', '$.tools', '$.metadata']), [null, null, null]),
-                   coalesce(json_extract(coalesce(response_built, json_extract(raw, response_path)),
-                                         ['$.choices[0].message', '$.choices[0].finish_reason']), [null, null]))
-           end as f
-    from generation_rows
-    where state = 'Success'
-),
-calls as not materialized (
-    select id, custom_id, model,
-           -- Both parts are minified JSON: the answer goes in before the closing bracket.
-           (left(f[1], -1) || case when f[1] = '[]' then '' else ',' end || f[4] || ']')::json as messages,
-           nullif(f[2], 'null') as tools,
-           f[5] ->> '$' as finish_reason,
-           prompt_tokens, completion_tokens, finished_at,
-           nullif(f[3], 'null') as metadata
-    from fields
-    where starts_with(f[1], '[') and starts_with(f[4], '{')
-),
+-- The rows of `chat` (yours, if a queries folder replaces chat.sql).
+with calls as not materialized (select * from chat),
 -- Each call's messages in canonical form (keys sorted at every depth, null members dropped).
 canonical as (
     select id, finished_at, json_extract(json_normalize(json_strip_nulls(messages)), '$[*]') as canon

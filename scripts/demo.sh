@@ -70,4 +70,4 @@ step curate views
 step curate sql "select model, generations, success_rate, latency_p50_s from usage order by generations desc limit 4"
 step curate snapshot "$out/snapshot" --view chat --view conversations
 step curate sql "select id, custom_id, request ->> '\$.messages[-1].content' as last_prompt, response ->> '\$.choices[0].finish_reason' as finish from generations where source = 'group' limit 3" --format json
-printf '\nThe store is %s: open it in a notebook with\n  import curate; store = curate.open("%s")\n' "$CURATE_DB" "$CURATE_DB"
+printf '\nThe store is %s: open it in a notebook with\n  import curate; db = curate.open("%s"); db.table("chat").df()\n' "$CURATE_DB" "$CURATE_DB"

@@ -393,14 +393,17 @@ def test_curate_ships_the_five_views_each_describing_its_row_and_every_column(db
             assert header_columns(view.sql) == columns, view.name
 
 
-def test_conversations_and_duplicates_read_chat_rows_exactly_as_chat_does() -> None:
-    def calls(name: str) -> str:
-        sql = (views.QUERIES_DIR / f"{name}.sql").read_text()
-        start = sql.index("with fields as")
-        return sql[start:sql.index("\n)", sql.index("calls as", start)) + 2].replace(" not materialized", "")
-
-    assert calls("conversations") == calls("chat")
-    assert calls("duplicates") == calls("chat")
+def test_conversations_and_duplicates_follow_a_user_chat_view(db: Store, tmp_path: Path) -> None:
+    # What an analyst narrows chat to is what conversations and duplicates (and exports) see.
+    folder = tmp_path / "views"
+    folder.mkdir()
+    shipped = (views.QUERIES_DIR / "chat.sql").read_text()
+    (folder / "chat.sql").write_text(shipped.rstrip() + "\nwhere false\n")
+    with db.session() as session:
+        assert views.refresh(session.con, views.load([views.QUERIES_DIR, folder])) == []
+    with db.read() as con:
+        assert con.execute("select count(*) from conversations").fetchone() == (0,)
+        assert con.execute("select count(*) from duplicates").fetchone() == (0,)
 
 
 def test_describe_gives_each_view_its_description_and_row_count(db: Store) -> None:
@@ -494,10 +497,11 @@ def test_a_user_folder_overrides_a_shipped_view_by_name(db: Store, tmp_path: Pat
     loaded = views.load([views.QUERIES_DIR, folder])
     assert [v.name for v in loaded] == SHIPPED
     assert loaded[0].path == folder / "chat.sql" and loaded[0].description == "Only the ids."
-    with db.write() as con:
-        assert views.refresh(con, loaded) == []
+    with db.session() as session:  # autocommit, as when the store opens
+        errors = views.refresh(session.con, loaded)
     assert rows(db, "select * from chat order by id") == [{"id": "conv-1"}, {"id": "conv-2"}, {"id": "conv-3"}]
-    assert len(rows(db, "select * from conversations")) == 6  # the shipped views do not read chat
+    # conversations and duplicates read chat: an override without chat's columns breaks them, by name.
+    assert sorted(e.view for e in errors) == ["conversations", "duplicates"]
 
 
 def test_a_view_may_read_another_view_whatever_their_order(store: Store, tmp_path: Path) -> None:
