@@ -61,7 +61,7 @@ def settle(
     group, is marked done, so no harvest polls it again. One upsert, with no look at the stored
     generations: a receiver calls this for every batch, so it must not grow with the store.
     """
-    rows = [(i, "generation", None, state) for i, state in generations]
+    rows: list[tuple[str, str, str | None, str | None]] = [(i, "generation", None, state) for i, state in generations]
     for group_id, members in groups:
         rows.append((group_id, "group", None, "completed"))
         rows.extend((m, "generation", group_id, state) for m, state in members)
