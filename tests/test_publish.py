@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
 from typer.testing import CliRunner
 
-import curate.publish
 from curate import card
 from curate.cli.publish_commands import publish_command
 from curate.publish import HubError, PublishError, publish
+
+# The package exports the function curate.publish; the module is in sys.modules.
+PUBLISH = sys.modules["curate.publish"]
 
 REPO = "acme/chats"
 
@@ -391,7 +394,7 @@ def test_publish_refuses_a_repo_that_is_not_org_slash_name(export: Path, hub: Fa
 
 def test_publish_without_token_says_how_to_log_in(export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(curate.publish, "get_token", lambda: None)
+    monkeypatch.setattr(PUBLISH, "get_token", lambda: None)
     with pytest.raises(PublishError, match="no Hugging Face token to publish acme/chats with: log in with "
                                            "`hf auth login` .* or set HF_TOKEN"):
         publish(export, REPO)
@@ -400,8 +403,8 @@ def test_publish_without_token_says_how_to_log_in(export: Path, monkeypatch: pyt
 def test_publish_takes_the_token_from_hf_token(export: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens: list[str] = []
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    monkeypatch.setattr(curate.publish, "get_token", lambda: "hf_stored_login")
-    monkeypatch.setattr(curate.publish, "HfApi", lambda token: tokens.append(token) or hub)
+    monkeypatch.setattr(PUBLISH, "get_token", lambda: "hf_stored_login")
+    monkeypatch.setattr(PUBLISH, "HfApi", lambda token: tokens.append(token) or hub)
     publish(export, REPO)
     publish(export, REPO, token="hf_argument")
     assert tokens == ["hf_from_env", "hf_argument"]
@@ -448,7 +451,7 @@ def test_publish_names_a_broken_card_on_the_hub(export: Path, tmp_path: Path) ->
 def cli(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     """The command as the lead registers it, over the fake Hub, logged in through HF_TOKEN."""
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(curate.publish, "HfApi", lambda token: hub)
+    monkeypatch.setattr(PUBLISH, "HfApi", lambda token: hub)
     app = typer.Typer()
     app.callback()(lambda: None)
     app.command("publish")(publish_command)
