@@ -14,6 +14,8 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     db.table("conversations").pl()
     db.views()                                                      # name, what a row is, rows
     db.snapshot("snapshot/")                                        # Parquet, read with no lock
+    db.export("conversations", "out/", fmt="messages")              # a Hugging Face dataset folder
+    curate.publish("out/", "ORG/NAME")                              # to the Hub
 
 Every call opens the store read-only for its one query and lets go, so a notebook never stops a
 harvest, an import or a listener from writing.
@@ -25,9 +27,11 @@ import os
 
 from curate.client import InferenceClient
 from curate.config import MissingApiKey, Settings
+from curate.export import ExportError, ExportResult, export
 from curate.harvest import HarvestSummary, harvest
 from curate.importer import ImportSummary, import_file, import_files
 from curate.models import GenerationForClient, WebhookEnvelope
+from curate.publish import PublishError, PublishResult, publish
 from curate.records import WriteCounts
 from curate.store import Result, Store, StoreLocked, ViewInfo
 from curate.submit import InvalidRequests, SubmitSummary, submit_file
@@ -36,12 +40,16 @@ from curate.views import ViewError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExportError",
+    "ExportResult",
     "GenerationForClient",
     "HarvestSummary",
     "ImportSummary",
     "InferenceClient",
     "InvalidRequests",
     "MissingApiKey",
+    "PublishError",
+    "PublishResult",
     "Result",
     "Settings",
     "Store",
@@ -52,15 +60,17 @@ __all__ = [
     "WebhookEnvelope",
     "WriteCounts",
     "__version__",
+    "export",
     "harvest",
     "import_file",
     "import_files",
     "open",
+    "publish",
     "submit_file",
 ]
 
 
-def open(  # noqa: A001 - curate.open reads well
+def open(
     path: str | os.PathLike[str] | None = None,
     *,
     queries: list[str | os.PathLike[str]] | None = None,

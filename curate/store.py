@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +24,9 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
 from curate import migrations, records, views
 from curate.records import WriteCounts
+
+if TYPE_CHECKING:
+    from curate.export import ExportResult
 
 __all__ = [
     "FastPathRefused", "Result", "Store", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "fast_insert",
@@ -37,6 +40,8 @@ _LOCK_MARKERS = ("Could not set lock", "different configuration than existing co
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 DEFAULT_MEMORY_LIMIT = "1GB"
+
+T = TypeVar("T")
 
 _WRITER_LOCKS: dict[Path, threading.Lock] = {}
 _WRITER_LOCKS_GUARD = threading.Lock()
@@ -147,6 +152,16 @@ class Store:
         return f"Store({str(self.path)!r})"
 
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        def connect() -> duckdb.DuckDBPyConnection:
+            con = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": self.memory_limit})
+            # DuckDB's own progress bar would write into curate's output.
+            con.execute("set enable_progress_bar = false")
+            return con
+
+        return self._retrying_lock(connect)
+
+    def _retrying_lock(self, opening: Callable[[], T]) -> T:
+        """``opening()``, retried while another process holds the file, for ``lock_timeout``."""
         retrying = Retrying(
             retry=retry_if_exception(_is_lock_error),
             wait=wait_random_exponential(multiplier=0.005, max=0.2),
@@ -156,13 +171,7 @@ class Store:
         try:
             for attempt in retrying:
                 with attempt:
-                    con = duckdb.connect(
-                        str(self.path), read_only=read_only,
-                        config={"memory_limit": self.memory_limit},
-                    )
-                    # DuckDB's own progress bar would write into curate's output.
-                    con.execute("set enable_progress_bar = false")
-                    return con
+                    return opening()
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc):
                 raise
@@ -175,6 +184,20 @@ class Store:
                 "connects per query), then try again."
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def attached(self, con: duckdb.DuckDBPyConnection, alias: str = "store") -> Iterator[str]:
+        """The store attached read-only to another connection ``con`` as ``alias``, detached on exit.
+
+        For work that reads the store once and then goes on without it (an export's scratch
+        database): the store is held only while attached.
+        """
+        quoted = str(self.path).replace("'", "''")
+        self._retrying_lock(lambda: con.execute(f"attach '{quoted}' as \"{alias}\" (read_only)"))
+        try:
+            yield alias
+        finally:
+            con.execute(f'detach "{alias}"')
 
     def migrate(self) -> list[str]:
         """Apply pending migrations and refresh the views; return the migrations that ran."""
@@ -295,6 +318,17 @@ class Store:
                 os.replace(partial, target)
                 written.append(target)
         return written
+
+
+    def export(self, source: str, folder: str | os.PathLike[str], **options: Any) -> ExportResult:
+        """Export a view or SELECT to a Hugging Face dataset folder: ``db.export("chat", "out/")``.
+
+        The options are ``curate.export.export``'s (``fmt``, ``where``, ``limit``, ``test_size``,
+        ``split_by``, ``seed``, ``dedup``, ``strict``, ``license_id``).
+        """
+        from curate.export import export
+
+        return export(self, source, folder, **options)
 
 
 class WriteSession:

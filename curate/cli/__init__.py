@@ -8,11 +8,10 @@ lists them.
 from __future__ import annotations
 
 from curate import __version__
-from curate.cli import api_commands, serve_commands, store_commands, view_commands
+from curate.cli import api_commands, export_commands, publish_commands, serve_commands, store_commands, view_commands
 from curate.cli._shared import app, out
 
 __all__ = ["app", "main"]
-
 
 
 def version_command() -> None:
@@ -24,6 +23,8 @@ for _name, _command in (
     ("import", store_commands.import_command),
     ("sql", store_commands.sql_command),
     ("snapshot", view_commands.snapshot_command),
+    ("export", export_commands.export_command),
+    ("publish", publish_commands.publish_command),
     ("submit", api_commands.submit_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),

@@ -1,0 +1,90 @@
+"""``curate export``: a view or a SELECT to a Hugging Face dataset folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from curate import formats
+from curate.cli._shared import DbOption, QueriesOption, err, open_store, out, user_errors
+from curate.export import ExportError, export
+
+__all__ = ["export_command"]
+
+Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # type: ignore[misc]
+
+
+class Dedup(str, Enum):
+    exact = "exact"
+    none = "none"
+
+
+def export_command(
+    source: Annotated[
+        str, typer.Argument(help="A view name (chat, conversations, ...) or a SELECT with id and messages columns.",
+                            show_default=False)
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="The folder to write (a Hub dataset layout).",
+                                          show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", help="The dataset format.")] = Format["messages"],  # type: ignore[valid-type]
+    where: Annotated[str | None, typer.Option(help="A SQL condition over SOURCE's columns.", show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Keep a seeded sample of N matching rows.", show_default=False)] = None,
+    test_size: Annotated[float, typer.Option(help="The test split's fraction; 0 for train only.")] = 0.1,
+    split_by: Annotated[
+        str | None,
+        typer.Option(help="A SQL expression: rows sharing its value stay on one side "
+                          "[default: the conversation's opening messages].", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The seed of the split and of the row order.")] = 0,
+    dedup: Annotated[Dedup, typer.Option(help="exact: one row per identical messages and tools.")] = Dedup.exact,
+    strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row is invalid for the format.")] = False,
+    license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    db: DbOption = None,
+    queries: QueriesOption = None,
+) -> None:
+    """Export SOURCE to a dataset folder: validated, deduplicated, split, with lineage and a card.
+
+    The folder loads with datasets.load_dataset(FOLDER) and publishes with curate publish.
+    The same store and arguments write the same bytes.
+    """
+    started = time.perf_counter()
+    with user_errors():
+        store = open_store(db, queries)
+        try:
+            result = export(
+                store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
+                split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
+                progress=None if as_json else lambda message: err.print(
+                    f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
+            )
+        except ExportError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({
+            "folder": str(result.folder), "format": result.format, "counts": result.counts,
+            "invalid": result.invalid, "files": [str(p) for p in result.files],
+            "shared_keys": result.shared_keys, "shared_prompts": result.shared_prompts,
+            "fingerprint": result.fingerprint, "seconds": round(result.seconds, 2),
+        }))
+        return
+    steps = Table("step", "rows", title=f"{result.format} → {result.folder}")
+    for step, n in result.counts.items():
+        steps.add_row(step, f"{n:,}")
+    out.print(steps)
+    if result.invalid:
+        reasons = Table("dropped because", "rows", "e.g.")
+        for reason, n in result.invalid.items():
+            reasons.add_row(reason, f"{n:,}", ", ".join(result.invalid_examples[reason]))
+        out.print(reasons)
+    out.print(f"split check: {result.shared_keys} split keys and {result.shared_prompts} identical prompts "
+              "in more than one split", highlight=False)
+    for path in [*result.files, result.folder / "lineage.parquet", result.folder / "README.md"]:
+        typer.echo(f"wrote {path}")

@@ -1,0 +1,638 @@
+"""Export: a view or a SELECT becomes a Hugging Face dataset folder, validated, split, with lineage.
+
+This module owns the path from the store to a folder laid out as a Hub dataset repository:
+
+    FOLDER/README.md                                the dataset card (YAML header, then prose)
+    FOLDER/data/<split>-NNNNN-of-NNNNN.parquet      messages, prompt-completion, sharegpt, alpaca
+    FOLDER/data/<split>.jsonl                       openai, catalyst
+    FOLDER/lineage.parquet                          each exported row → its generation id(s)
+
+What a row is in each format, and which rows a format cannot hold, is ``formats.py``'s. Here:
+
+1. **One read of the store.** The source is read once, into a scratch DuckDB file inside the
+   folder (``.curate-export/``), already converted to typed messages, with each row's drop
+   reason, content hash and split side; the store is attached read-only only for that read.
+   Rows are stored in a seeded shuffle order (md5 of seed and id), the order they are written in.
+2. **Decisions on key columns.** ``--limit`` keeps the first N matching rows of that order (a
+   seeded sample); invalid rows are counted per reason; exact duplicates (same typed messages and
+   tools) keep the first finished, then the smallest id. Only small columns are read here.
+3. **Streaming out.** Each split is scanned in stored order (DuckDB keeps insertion order for a
+   scan and filter) as Arrow batches into Parquet row groups of fixed size, or JSON lines, so
+   memory stays flat and the same store and arguments give the same bytes.
+
+Splits: a row's side depends only on its split key and the seed (md5, not DuckDB's ``hash``, so
+it holds across versions): growing the store never moves a conversation from test to train, and
+every row sharing a key is on one side. The default key is the conversation's opening (its
+messages up to and including the first user message), which every call of a conversation, and
+every exact duplicate, shares.
+
+Nothing in the folder changes until everything is written: the new data, lineage and card are
+renamed into place at the end, and an existing card's hand-written prose is kept (``card.merge``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from curate import card, formats
+from curate.store import Store
+
+__all__ = [
+    "DEDUP",
+    "DEFAULT_SHARD_BYTES",
+    "ExportError",
+    "ExportResult",
+    "export",
+]
+
+DEDUP = ("exact", "none")
+# Shards of about this much source JSON each; the Hub's viewer and streaming like files well
+# under its 5 GB limit, and a few hundred MB keep a shard quick to download and to retry.
+DEFAULT_SHARD_BYTES = 256 * 2**20
+# Rows per Parquet row group: fixed, so that the files do not depend on DuckDB's batch sizes.
+ROW_GROUP_ROWS = 10_000
+SCRATCH = ".curate-export"
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The optional columns an export reads when the source has them.
+_OPTIONAL = {
+    "tools": "json",
+    "model": "varchar",
+    "finish_reason": "varchar",
+    "prompt_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "finished_at": "timestamptz",
+}
+
+
+class ExportError(ValueError):
+    """The export cannot be made as asked; the message names the argument or row at fault."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and the row counts at each step."""
+
+    folder: Path
+    format: str
+    query: str
+    counts: dict[str, int]  # source, filtered, valid, deduplicated, then one entry per split
+    splits: dict[str, int]
+    invalid: dict[str, int]  # reason → rows
+    invalid_examples: dict[str, list[str]]  # reason → a few ids
+    files: list[Path]
+    shared_keys: int  # split-key values on both sides (0 by construction; checked)
+    shared_prompts: int  # identical prompts (messages before the answer) on both sides
+    fingerprint: str
+    seconds: float
+    card: str = field(repr=False)
+
+
+def _source_query(source: str) -> str:
+    text = source.strip().rstrip(";").strip()
+    if not text:
+        raise ExportError("SOURCE is empty: give a view name (chat, conversations, ...) or a SELECT")
+    if _IDENT.fullmatch(text):
+        return f'select * from "{text}"'
+    return text
+
+
+def _check_arguments(fmt: str, test_size: float, limit: int | None, dedup: str, shard_bytes: int) -> None:
+    if fmt not in formats.FORMATS:
+        raise ExportError(f"--format {fmt}: expected one of {', '.join(formats.FORMATS)}")
+    if not 0 <= test_size < 1:
+        raise ExportError(f"--test-size {test_size}: expected a fraction from 0 (no test split) to below 1")
+    if limit is not None and limit < 1:
+        raise ExportError(f"--limit {limit}: expected a positive number of rows")
+    if dedup not in DEDUP:
+        raise ExportError(f"--dedup {dedup}: expected one of {', '.join(DEDUP)}")
+    if shard_bytes < 1:
+        raise ExportError("shard_bytes must be positive")
+
+
+def _check_folder(folder: Path) -> str | None:
+    """The folder's current card if it is a previous export; None if new or empty; else refuse."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise ExportError(f"{folder}: exists and is not a folder")
+    readme = folder / "README.md"
+    if readme.exists():
+        text = readme.read_text(encoding="utf-8")
+        if card.block(text) is not None:
+            return text
+    if any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise ExportError(
+            f"{folder}: not empty and not a curate export (no README.md with curate's block); "
+            "export into a new or empty folder, or one an earlier export wrote"
+        )
+    return None
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------- pass 1: the one read of the store
+
+
+def _describe(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, str]:
+    try:
+        rows = con.execute(f"describe select * from ({query}) as source").fetchall()
+    except duckdb.Error as exc:
+        raise ExportError(f"SOURCE: {exc}") from None
+    columns = {name: str(kind) for name, kind, *_ in rows}
+    missing = [name for name in ("id", "messages") if name not in columns]
+    if missing:
+        raise ExportError(
+            f"SOURCE has no column {' or '.join(missing)}: an export reads id and messages (JSON text, "
+            f"as the chat and conversations views have); it has {', '.join(columns) or 'no columns'}"
+        )
+    return columns
+
+
+def _read_source(
+    con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], *, fmt: str, where: str | None,
+    split_by: str | None, seed: int, test_size: float,
+) -> None:
+    optional = ",\n".join(
+        f"source.{name}::{kind} as {name}" if name in columns else f"null::{kind} as {name}"
+        for name, kind in _OPTIONAL.items()
+    )
+    # A conversation row lists the calls folded into it: all of them made the row.
+    generation_ids = (
+        "list_concat(source.folded_ids::varchar[], [source.id::varchar])" if "folded_ids" in columns
+        else "[source.id::varchar]"
+    )
+    matched = f"coalesce(({where}), false)" if where else "true"
+    key = f"({split_by})::varchar" if split_by else "null::varchar"
+    # The opening: the text of the messages up to and including the first user message.
+    opening = ("array_to_string(list_transform(t[1:coalesce(list_position(list_transform(t, lambda m: m.role), 'user'), "
+               "len(t))], lambda m: m.role || ':' || coalesce(m.content, to_json(m.content_parts)::varchar, '')), chr(30))")
+    seed_text = _sql_text(f"{seed}:")
+    sql = f"""
+create temp table export_rows as
+with source_rows as (
+    select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
+           {matched} as matched, {key} as split_key, source.messages::varchar as messages_text
+    from ({query}) as source
+),
+typed as (
+    select * exclude (messages_text),
+           case when matched then {formats.typed_messages("messages_text")} end as t,
+           strlen(messages_text) as nbytes
+    from source_rows
+),
+checked as (
+    select *, case when matched then {formats.drop_reason(fmt)} end as reason
+    from typed
+),
+keyed as (
+    select *, case when matched and reason is null then coalesce(split_key, {opening}, id) end as side_key
+    from checked
+)
+select id, generation_ids, model, finish_reason, prompt_tokens, completion_tokens, finished_at,
+       matched, reason, matched and reason is null as keep, t, tools, nbytes,
+       case when matched and reason is null then hash(t, tools) end as content_hash,
+       md5(side_key) as split_group,
+       case when side_key is not null then
+           case when md5_number_lower({seed_text} || side_key) / 18446744073709551616.0 < {test_size!r}
+                then 'test' else 'train' end end as split,
+       case when matched and reason is null and len(t) > 1 then hash(t[1:-2]) end as prompt_hash
+from keyed
+order by md5({seed_text} || id), id
+"""
+    try:
+        con.execute(sql)
+    except duckdb.Error as exc:
+        where_hint = " (check --where and --split-by: they are SQL over SOURCE's columns)" if where or split_by else ""
+        raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
+
+
+def _fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
+    """A digest of the store's generations (count, XOR of every stored body's hash)."""
+    [(count, xor)] = con.execute("select count(*), coalesce(bit_xor(raw_hash), 0) from generation_rows").fetchall()
+    return hashlib.sha256(f"{count}:{xor}".encode()).hexdigest()[:16], int(count)
+
+
+def _view_sql(store: Store, source: str) -> str | None:
+    """The file of the view SOURCE names, as its author wrote it (None for a SELECT)."""
+    views = {v.name: v for v in store.view_files()}
+    view = views.get(source.strip())
+    return view.sql if view is not None else None
+
+
+# ---------------------------------------------------------------- pass 2: decisions on key columns
+
+
+@dataclass
+class _Decisions:
+    counts: dict[str, int]
+    splits: dict[str, int]
+    invalid: dict[str, int]
+    invalid_examples: dict[str, list[str]]
+    shared_keys: int
+    shared_prompts: int
+
+
+def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) -> _Decisions:
+    source = _one(con, "select count(*) from temp.export_rows")
+    if limit is not None:
+        # A seeded sample: the first N matching rows in the stored (shuffled) order.
+        con.execute(f"""
+            update temp.export_rows set matched = false, keep = false, reason = null
+            where rowid in (select rowid from temp.export_rows where matched order by rowid offset {int(limit)})""")
+    filtered = _one(con, "select count(*) from temp.export_rows where matched")
+    invalid = con.execute("""
+        select reason, count(*), list(id order by id)[1:3] from temp.export_rows
+        where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
+    valid = filtered - sum(n for _, n, _ in invalid)
+    con.execute("create temp table export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
+    if dedup == "exact":
+        con.execute("""
+            insert into temp.export_duplicates
+            select content_hash, first(rowid order by finished_at nulls last, id),
+                   list(id order by finished_at nulls last, id)[2:]
+            from temp.export_rows where keep group by content_hash having count(*) > 1""")
+        con.execute("""
+            update temp.export_rows set keep = false
+            where rowid in (select r.rowid from temp.export_rows r join temp.export_duplicates d using (content_hash)
+                            where r.keep and r.rowid <> d.kept_rowid)""")
+    deduplicated = _one(con, "select count(*) from temp.export_rows where keep")
+    splits = dict(con.execute(
+        "select split, count(*) from temp.export_rows where keep group by split order by split desc").fetchall())
+    shared_keys = _one(con, """select count(*) from (select split_group from temp.export_rows where keep
+                                group by split_group having count(distinct split) > 1)""")
+    shared_prompts = _one(con, """select count(*) from (select prompt_hash from temp.export_rows
+                                   where keep and prompt_hash is not null
+                                   group by prompt_hash having count(distinct split) > 1)""")
+    counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
+    counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
+    return _Decisions(
+        counts=counts,
+        splits={name: splits[name] for name in ("train", "test") if name in splits},
+        invalid={reason: n for reason, n, _ in invalid},
+        invalid_examples={reason: list(ids) for reason, _, ids in invalid},
+        shared_keys=shared_keys,
+        shared_prompts=shared_prompts,
+    )
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    rows = con.execute(sql).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+# ---------------------------------------------------------------- pass 3: streaming the splits out
+
+
+def _batches(con: duckdb.DuckDBPyConnection, fmt: str, split: str) -> Iterator[pa.RecordBatch]:
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
+    # No ORDER BY: a scan and a filter keep the stored (shuffled) order, without a sort.
+    yield from con.sql(f"select {cols} from temp.export_rows where keep and split = {_sql_text(split)}").to_arrow_reader(
+        batch_size=ROW_GROUP_ROWS
+    )
+
+
+def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: int, nbytes: int,
+                   data: Path, shard_bytes: int) -> list[Path]:
+    """The split as Parquet shards of about ``shard_bytes`` of source JSON each, written by DuckDB.
+
+    DuckDB's own writer, fed in stored order, writes the same bytes for the same rows (tested),
+    and its JSON columns read back as Arrow's ``arrow.json`` type, which ``datasets`` loads as
+    ``Json()``: no row passes through Python.
+    """
+    shards = max(1, math.ceil(nbytes / shard_bytes))
+    per_shard = math.ceil(rows / shards)
+    bounds = con.execute(f"""
+        select min(rowid), max(rowid) from (
+            select rowid, (row_number() over (order by rowid) - 1) // {per_shard} as shard
+            from temp.export_rows where keep and split = {_sql_text(split)})
+        group by shard order by shard""").fetchall()
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
+    paths = []
+    for i, (low, high) in enumerate(bounds):
+        path = data / f"{split}-{i:05d}-of-{len(bounds):05d}.parquet"
+        con.execute(f"""
+            copy (select {cols} from temp.export_rows
+                  where keep and split = {_sql_text(split)} and rowid between {low} and {high})
+            to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size {ROW_GROUP_ROWS})""")
+        paths.append(path)
+    return paths
+
+
+def _write_jsonl(con: duckdb.DuckDBPyConnection, fmt: str, split: str, data: Path) -> list[Path]:
+    path = data / f"{split}.jsonl"
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for batch in _batches(con, fmt, split):
+            if batch.num_rows:
+                out.write("\n".join(batch.column(0).to_pylist()))
+                out.write("\n")
+    return [path]
+
+
+def _write_lineage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    con.execute(f"""
+        copy (select r.split, (row_number() over (partition by r.split order by r.rowid) - 1)::bigint as "row",
+                     r.id, r.generation_ids, coalesce(d.duplicate_ids, []::varchar[]) as duplicate_ids
+              from temp.export_rows r left join temp.export_duplicates d on d.kept_rowid = r.rowid
+              where r.keep
+              order by r.split desc, "row")
+        to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size 100000)""")
+
+
+# ---------------------------------------------------------------- the card
+
+
+def _stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    models = con.execute("""
+        select coalesce(model, '(none)'), split, count(*) from temp.export_rows where keep
+        group by all order by 1, 2 desc""").fetchall()
+    tokens = con.execute("""
+        select split, count(prompt_tokens), sum(prompt_tokens), round(avg(prompt_tokens)),
+               quantile_disc(prompt_tokens, 0.5), quantile_disc(prompt_tokens, 0.9), max(prompt_tokens),
+               count(completion_tokens), sum(completion_tokens), round(avg(completion_tokens)),
+               quantile_disc(completion_tokens, 0.5), quantile_disc(completion_tokens, 0.9), max(completion_tokens)
+        from temp.export_rows where keep group by split order by split desc""").fetchall()
+    return {"models": models, "tokens": tokens}
+
+
+def _feature(name: str | None, kind: pa.DataType) -> dict[str, Any]:
+    """A column's Hugging Face feature in the card's YAML form (what ``datasets`` writes itself)."""
+    out: dict[str, Any] = {} if name is None else {"name": name}
+    if isinstance(kind, pa.JsonType):
+        out["dtype"] = "json"
+    elif pa.types.is_list(kind):
+        item = _feature(None, kind.value_type)
+        out["list"] = item.get("struct", item.get("dtype"))
+    elif pa.types.is_struct(kind):
+        out["struct"] = [_feature(kind.field(i).name, kind.field(i).type) for i in range(kind.num_fields)]
+    else:
+        out["dtype"] = str(kind)
+    return out
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+_FORMAT_PROSE = {
+    "messages": "Hugging Face conversational: a `messages` list (role, content, content_parts, tool_calls, "
+                "tool_call_id, name) and `tools`. Content is text in `content`, or a list of text/image parts in "
+                "`content_parts`. Tool-call `arguments` and `tools` are JSON (`datasets`' `Json()` feature: "
+                "they load as Python objects, whatever their shapes).",
+    "prompt-completion": "Hugging Face conversational prompt-completion: `prompt` (the messages before the "
+                         "answer), `completion` (the answer) and `tools`, typed as in the `messages` format.",
+    "openai": "OpenAI chat fine-tuning JSONL: one `{\"messages\": [...], \"tools\": [...]}` per line, tool-call "
+              "arguments as JSON strings, only the keys OpenAI accepts. Every line passed OpenAI's published "
+              "rules before it was written.",
+    "sharegpt": "ShareGPT: `conversations` of `{from, value}` (human, gpt, system). Rows with tool calls or "
+                "images do not fit and were dropped.",
+    "alpaca": "Alpaca: `instruction`, `input` (empty), `output`, and `system`. Single-turn rows only.",
+    "catalyst": "inference.net's dataset format: one `{\"request\": ..., \"response\": ...}` per line, the "
+                "request the messages before the answer (with model and tools), the response a chat completion.",
+}
+
+
+def _render_card(
+    *, name: str, fmt: str, query: str, view_sql: str | None, when: str, fingerprint: str, generations: int,
+    store: Path, decisions: _Decisions, files: dict[str, list[Path]], folder: Path, stats: dict[str, Any],
+    seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str,
+) -> str:
+    from curate import __version__
+
+    jsonl = fmt in formats.JSONL_FORMATS
+    data_files = [
+        {"split": split, "path": f"data/{split}.jsonl" if jsonl else f"data/{split}-*"} for split in decisions.splits
+    ]
+    features = formats.FEATURES[fmt] if jsonl else [_feature(f.name, f.type) for f in formats.SCHEMAS[fmt]]
+    header: dict[str, Any] = {
+        "license": license_id,
+        "task_categories": ["text-generation"],
+        "tags": ["curate", "inference.net", "fine-tuning", fmt],
+        "size_categories": [_size_category(decisions.counts["deduplicated"])],
+        "configs": [{"config_name": "default", "data_files": data_files}],
+        "dataset_info": {
+            "features": features,
+            "splits": [{"name": split, "num_examples": n} for split, n in decisions.splits.items()],
+        },
+    }
+    c = decisions.counts
+    split_rule = f"`{split_by}`" if split_by else "the conversation (its messages up to and including the first user message)"
+    lines = [
+        card.START,
+        f"# {name}",
+        "",
+        f"A fine-tuning dataset exported by curate from inference.net generations, in the `{fmt}` format. "
+        + _FORMAT_PROSE[fmt],
+        "",
+        "## How it was made",
+        "",
+        f"- Exported {when} by curate {__version__} (DuckDB {duckdb.__version__}).",
+        f"- Store: `{store.name}`, fingerprint `{fingerprint}` ({generations:,} generations).",
+        f"- Split: test fraction {test_size:g}, seed {seed}, by {split_rule}; duplicates: {dedup}.",
+        "- Query:",
+        "",
+        "```sql",
+        query,
+        "```",
+    ]
+    if view_sql:
+        lines += ["", "<details><summary>The view it reads</summary>", "", "```sql", view_sql.strip(), "```", "",
+                  "</details>"]
+    lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
+    lines += [f"| {step} | {c[step]:,} |" for step in ("source", "filtered", "valid", "deduplicated")]
+    lines += [f"| {split} | {n:,} |" for split, n in decisions.splits.items()]
+    if decisions.invalid:
+        lines += ["", "Rows dropped as invalid for this format:", "", "| reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {n:,} |" for reason, n in decisions.invalid.items()]
+    lines += [
+        "",
+        "## Split check",
+        "",
+        f"- Split-key values found in more than one split: **{decisions.shared_keys}**.",
+        ("- Identical prompts (the messages before the answer) found in more than one split: "
+         f"**{decisions.shared_prompts}**."),
+    ]
+    if stats["models"]:
+        split_names = list(decisions.splits)
+        lines += ["", "## Models", "", "| model | " + " | ".join(split_names) + " |",
+                  "|---|" + "---:|" * len(split_names)]
+        per_model: dict[str, dict[str, int]] = {}
+        for model, split, n in stats["models"]:
+            per_model.setdefault(model, {})[split] = n
+        lines += [f"| {model} | " + " | ".join(f"{by.get(s, 0):,}" for s in split_names) + " |"
+                  for model, by in per_model.items()]
+    if any(row[1] for row in stats["tokens"]):
+        lines += ["", "## Tokens", "", "As reported by the API's `usage`, per row (the last call of a conversation).",
+                  "", "| split | tokens | rows | total | mean | p50 | p90 | max |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for split, *vals in stats["tokens"]:
+            for label, (n, total, mean, p50, p90, top) in (("prompt", vals[0:6]), ("completion", vals[6:12])):
+                if n:
+                    lines.append(f"| {split} | {label} | {n:,} | {total:,} | {int(mean):,} | {p50:,} | {p90:,} | {top:,} |")
+    lines += ["", "## Files", ""]
+    for split, paths in files.items():
+        lines += [f"- `{p.relative_to(folder).as_posix()}`" for p in paths]
+    lines += [
+        ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
+         "`generation_ids` (the inference.net generations it was made from) and `duplicate_ids` (exact "
+         "duplicates dropped in its favour)."),
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'ds = load_dataset("path/to/this/folder")  # or "ORG/NAME" once published',
+        "```",
+        card.END,
+        "",
+    ]
+    return card.compose(header, "\n".join(lines))
+
+
+# ---------------------------------------------------------------- the whole export
+
+
+def export(
+    store: Store,
+    source: str,
+    folder: str | os.PathLike[str],
+    *,
+    fmt: str = "messages",
+    where: str | None = None,
+    limit: int | None = None,
+    test_size: float = 0.1,
+    split_by: str | None = None,
+    seed: int = 0,
+    dedup: str = "exact",
+    strict: bool = False,
+    license_id: str = card.PLACEHOLDER_LICENSE,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``source`` (a view name or a SELECT with ``id`` and ``messages``) to ``folder`` in ``fmt``.
+
+    ``where``: a SQL condition over the source's columns; ``limit``: keep a seeded sample of N
+    matching rows; ``test_size``: the fraction for the test split (0: train only); ``split_by``:
+    a SQL expression whose rows stay on one side (default: the conversation's opening);
+    ``dedup``: ``exact`` keeps one row per identical messages+tools, ``none`` keeps all;
+    ``strict``: refuse to write anything if a row is invalid for ``fmt``.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _message: None)
+    _check_arguments(fmt, test_size, limit, dedup, shard_bytes)
+    query = _source_query(source)
+    out = Path(folder)
+    existing_card = _check_folder(out)
+    scratch = out / SCRATCH
+    created = not out.exists()
+    shutil.rmtree(scratch, ignore_errors=True)  # left by an export that crashed
+    (scratch / "data").mkdir(parents=True)
+    try:
+        decisions, files, fingerprint, text = _export_into(
+            store, source, query, out, scratch, fmt=fmt, where=where, limit=limit, test_size=test_size,
+            split_by=split_by, seed=seed, dedup=dedup, strict=strict, license_id=license_id,
+            shard_bytes=shard_bytes, say=say,
+        )
+        if existing_card is not None:
+            text = card.merge(existing_card, text)
+        (scratch / "README.md").write_text(text, encoding="utf-8")
+        _swap_in(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+    return ExportResult(
+        folder=out, format=fmt, query=_full_query(query, where, limit), counts=decisions.counts,
+        splits=decisions.splits, invalid=decisions.invalid, invalid_examples=decisions.invalid_examples,
+        files=[p for paths in files.values() for p in paths], shared_keys=decisions.shared_keys,
+        shared_prompts=decisions.shared_prompts, fingerprint=fingerprint,
+        seconds=time.perf_counter() - started, card=text,
+    )
+
+
+def _export_into(
+    store: Store, source: str, query: str, out: Path, scratch: Path, *, fmt: str, where: str | None,
+    limit: int | None, test_size: float, split_by: str | None, seed: int, dedup: str, strict: bool,
+    license_id: str, shard_bytes: int, say: Callable[[str], None],
+) -> tuple[_Decisions, dict[str, list[Path]], str, str]:
+    """Everything but the final move: data, lineage and card written into ``scratch``."""
+    # An in-memory database whose temporary tables spill to the scratch folder past the limit.
+    con = duckdb.connect(":memory:", config={"memory_limit": store.memory_limit})
+    try:
+        con.execute("set enable_progress_bar = false")
+        con.execute(f"set temp_directory = {_sql_text(str(scratch / 'spill'))}")
+        say(f"reading {source.strip() if _IDENT.fullmatch(source.strip()) else 'the query'} from {store.path}")
+        with store.attached(con, "store"):
+            con.execute("use store")
+            try:
+                columns = _describe(con, query)
+                fingerprint, generations = _fingerprint(con)
+                _read_source(con, query, columns, fmt=fmt, where=where, split_by=split_by, seed=seed,
+                             test_size=test_size)
+            finally:
+                con.execute("use memory")
+        view_sql = _view_sql(store, source)
+        say("validating, deduplicating and splitting")
+        decisions = _decide(con, limit=limit, dedup=dedup)
+        if strict and decisions.invalid:
+            detail = "; ".join(f"{reason}: {n} (e.g. {', '.join(decisions.invalid_examples[reason])})"
+                               for reason, n in decisions.invalid.items())
+            raise ExportError(f"--strict: {sum(decisions.invalid.values())} rows do not fit {fmt}: {detail}")
+        if not decisions.splits:
+            raise ExportError(f"nothing to export: {decisions.counts['filtered']} rows matched, "
+                              f"{decisions.counts['valid']} fit {fmt}")
+        files: dict[str, list[Path]] = {}
+        for split, rows in decisions.splits.items():
+            say(f"writing {split}: {rows:,} rows")
+            if fmt in formats.JSONL_FORMATS:
+                files[split] = _write_jsonl(con, fmt, split, scratch / "data")
+            else:
+                nbytes = _one(con, f"select sum(nbytes) from temp.export_rows where keep and split = {_sql_text(split)}")
+                files[split] = _write_parquet(con, fmt, split, rows, nbytes, scratch / "data", shard_bytes)
+        _write_lineage(con, scratch / "lineage.parquet")
+        final_files = {s: [out / "data" / p.name for p in paths] for s, paths in files.items()}
+        text = _render_card(
+            name=out.resolve().name, fmt=fmt, query=_full_query(query, where, limit), view_sql=view_sql,
+            when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), fingerprint=fingerprint,
+            generations=generations, store=store.path, decisions=decisions, files=final_files, folder=out,
+            stats=_stats(con), seed=seed, test_size=test_size, split_by=split_by, dedup=dedup,
+            license_id=license_id,
+        )
+    finally:
+        con.close()
+    return decisions, final_files, fingerprint, text
+
+
+def _full_query(query: str, where: str | None, limit: int | None) -> str:
+    text = f"select * from ({query}) as source" if where or limit else query
+    if where:
+        text += f"\nwhere {where}"
+    if limit:
+        text += f"\n-- then a sample of {limit:,} rows: the first in the order of md5(seed:id)"
+    return text
+
+
+def _swap_in(scratch: Path, out: Path) -> None:
+    """Move the new data, lineage and card into ``out``, replacing an earlier export's."""
+    old = scratch / "old-data"
+    if (out / "data").exists():
+        os.replace(out / "data", old)
+    os.replace(scratch / "data", out / "data")
+    os.replace(scratch / "lineage.parquet", out / "lineage.parquet")
+    os.replace(scratch / "README.md", out / "README.md")

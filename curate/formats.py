@@ -1,0 +1,542 @@
+"""Fine-tuning dataset formats, as DuckDB SQL over the ``chat`` view's columns.
+
+This module owns what one exported row is in each format: how a row's ``messages`` JSON text
+(and ``tools``, ``model``, ``finish_reason``) becomes typed columns, which rows a format cannot
+hold and why, the Arrow schema and Hugging Face features of each format, and OpenAI's published
+chat fine-tuning rules (``validate_openai``). Reading stores, splitting, and writing files,
+cards and lineage belong to ``export.py``.
+
+Everything per row is SQL, so an export streams Arrow batches out of DuckDB and never builds a
+Python object per row. ``convert(batch, fmt)`` runs the same SQL over one Arrow batch (tests,
+notebooks). A row goes through three expressions:
+
+* ``typed_messages(col)``: the messages JSON parsed once into ``MESSAGE_TYPE``;
+* ``drop_reason(fmt)``: NULL when the row fits ``fmt``, else a fixed sentence (counted per reason);
+* ``columns(fmt)``: the format's output columns, computed from the typed messages.
+
+Typing decisions
+----------------
+* **Content** is ``content: string`` when the message sent a string (NULL when it sent null) and
+  ``content_parts: list<struct<type, text, image_url: struct<url, detail>>>`` when it sent a list
+  of parts (``content`` is then NULL). Chat templates read ``content`` as text; a JSON-typed
+  content would show analysts quoted strings. Parts other than ``text`` and ``image_url`` are
+  refused ("unsupported content part").
+* **Tool-call arguments** are parsed JSON in ``messages`` and ``prompt-completion``: Arrow's
+  ``arrow.json`` extension type, which ``datasets`` reads as its ``Json()`` feature, so
+  ``row["messages"][i]["tool_calls"][0]["function"]["arguments"]`` is a dict, and calls whose
+  arguments have different shapes (``{"n": 1}`` beside ``{"n": "one"}``) sit in one column,
+  which a struct type cannot do. Arguments that do not parse are refused. In ``openai`` and
+  ``catalyst`` they are JSON strings, as OpenAI's API sends and its fine-tuning expects.
+* **Tools** are JSON (``Json()``): JSON schemas are arbitrary. NULL when none were offered.
+* Message keys other than role, content, tool_calls, tool_call_id and name (refusal, reasoning
+  fields, legacy function_call, ...) are not carried. An empty ``tool_calls`` list is read as none.
+* JSON text is minified by DuckDB, so a round trip gives the same JSON values, not the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+__all__ = [
+    "FEATURES",
+    "FORMATS",
+    "JSONL_FORMATS",
+    "MESSAGE_TYPE",
+    "SCHEMAS",
+    "Invalid",
+    "columns",
+    "convert",
+    "drop_reason",
+    "dumps",
+    "messages_from_arrow",
+    "typed_messages",
+    "validate_openai",
+]
+
+FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst")
+# Written as one JSON line per example, as OpenAI's and inference.net's uploads read them.
+JSONL_FORMATS = ("openai", "catalyst")
+
+_TOOL_CALL = pa.struct(
+    [
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("function", pa.struct([("name", pa.string()), ("arguments", pa.json_())])),
+    ]
+)
+_PART = pa.struct(
+    [
+        ("type", pa.string()),
+        ("text", pa.string()),
+        ("image_url", pa.struct([("url", pa.string()), ("detail", pa.string())])),
+    ]
+)
+MESSAGE_TYPE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("content_parts", pa.list_(_PART)),
+        ("tool_calls", pa.list_(_TOOL_CALL)),
+        ("tool_call_id", pa.string()),
+        ("name", pa.string()),
+    ]
+)
+_MESSAGES = pa.list_(MESSAGE_TYPE)
+
+# The columns each format writes (lineage is kept apart, in lineage.parquet).
+SCHEMAS: dict[str, pa.Schema] = {
+    "messages": pa.schema([("messages", _MESSAGES), ("tools", pa.json_())]),
+    "openai": pa.schema([("json", pa.string())]),
+    "prompt-completion": pa.schema([("prompt", _MESSAGES), ("completion", _MESSAGES), ("tools", pa.json_())]),
+    "sharegpt": pa.schema([("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))]),
+    "alpaca": pa.schema(
+        [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()), ("system", pa.string())]
+    ),
+    "catalyst": pa.schema([("json", pa.string())]),
+}
+
+# Hugging Face features, in the dataset card's YAML form, for the JSONL formats (the Parquet
+# formats carry theirs in the files' schema). Each line is kept as sent: messages, tools,
+# request and response decode to Python objects whatever their shapes.
+FEATURES: dict[str, list[dict[str, Any]]] = {
+    "openai": [{"name": "messages", "list": "json"}, {"name": "tools", "list": "json"}],
+    "catalyst": [{"name": "request", "dtype": "json"}, {"name": "response", "dtype": "json"}],
+}
+
+
+@dataclass
+class Invalid:
+    """Rows a format could not hold: ``counts`` per reason, and ``dropped`` as (id, reason) pairs."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, row_id: str, reason: str) -> None:
+        self.counts[reason] += 1
+        self.dropped.append((row_id, reason))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ids(self) -> list[str]:
+        return [row_id for row_id, _ in self.dropped]
+
+
+def dumps(value: Any) -> str:
+    """Minified UTF-8 JSON, keys in their given order: how curate writes JSON from Python."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- the SQL, stage by stage
+
+# One json_transform parses each row's messages once. tool_calls comes out as JSON text, whose
+# first character tells its type ('[' an array, 'n' null) without a second parse (json_transform
+# would turn a string tool_calls into NULL). A role that is not a string is read as its JSON
+# text (and fails openai's rules).
+#
+# Content: when every content in the row's text is a string or null (no `"content":` followed by
+# anything but a quote or null, which a string's escaped quotes cannot fake), content is read as
+# text by the same parse: the fast path, nearly every row. Otherwise content is read as JSON, so
+# that a list of parts is told from text and a number or an object is refused.
+_FAST_MESSAGE = (
+    '[{"role":"VARCHAR","content":"VARCHAR","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"}]'
+)
+_SLOW_MESSAGE = (
+    '[{"role":"VARCHAR","content":"JSON","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"}]'
+)
+_RAW_CALLS = '[{"id":"VARCHAR","type":"VARCHAR","function":{"name":"VARCHAR","arguments":"JSON"}}]'
+_RAW_PARTS = '[{"type":"VARCHAR","text":"VARCHAR","image_url":{"url":"VARCHAR","detail":"VARCHAR"}}]'
+_NOT_TEXT_CONTENT = r'"content"\s*:\s*[^"n\s]'
+
+# A tool call's arguments: parsed JSON (NULL when missing or when a string does not parse).
+_CALLS = f"""case when starts_with(m.tool_calls, '[') and m.tool_calls <> '[]' then
+      list_transform(json_transform(m.tool_calls, '{_RAW_CALLS}'), lambda c: struct_pack(
+        id := c.id, type := c.type,
+        function := struct_pack(name := c.function.name, arguments := case
+          when not starts_with(c.function.arguments, '"') then c.function.arguments
+          when json_valid(c.function.arguments ->> '$') then json(c.function.arguments ->> '$') end))) end"""
+
+
+def typed_messages(col: str = "messages") -> str:
+    """SQL: ``col`` (JSON text) as ``list<MESSAGE_TYPE>``; NULL unless a JSON array.
+
+    Each message also carries ``_bad_content`` and ``_bad_calls`` flags for ``drop_reason``;
+    ``columns`` leaves them out. Tool-call arguments that are missing or do not parse are NULL.
+    """
+    fast = f"""list_transform(json_transform({col}, '{_FAST_MESSAGE}'), lambda m: struct_pack(
+    role := m.role, content := m.content, content_parts := null::{_PARTS_SQL},
+    tool_calls := {_CALLS},
+    tool_call_id := m.tool_call_id, name := m.name, _bad_content := false,
+    _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
+    slow = f"""list_transform(json_transform({col}, '{_SLOW_MESSAGE}'), lambda m: struct_pack(
+    role := m.role,
+    content := case when starts_with(m.content, '"') then m.content ->> '$' end,
+    content_parts := case when starts_with(m.content, '[') then json_transform(m.content, '{_RAW_PARTS}') end,
+    tool_calls := {_CALLS},
+    tool_call_id := m.tool_call_id, name := m.name,
+    _bad_content := coalesce(left(m.content, 1) not in ('"', '[', 'n'), false),
+    _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
+    return f"""case when not json_valid({col}) or json_type({col}) <> 'ARRAY' then null
+     when regexp_matches({col}, '{_NOT_TEXT_CONTENT}') then {slow}
+     else {fast} end"""
+
+
+_PARTS_SQL = "struct(type varchar, text varchar, image_url struct(url varchar, detail varchar))[]"
+
+
+# Text of a typed message: its content, or its text parts joined by a newline.
+def _text(m: str) -> str:
+    return f"coalesce({m}.content, array_to_string(list_transform({m}.content_parts, lambda p: p.text), chr(10)), '')"
+
+
+def _any(msgs: str, predicate: str) -> str:
+    return f"coalesce(list_bool_or(list_transform({msgs}, lambda m: {predicate})), false)"
+
+
+_NON_TEXT = "list_bool_or(list_transform(coalesce(m.content_parts, []), lambda p: p.type <> 'text'))"
+_HAS_CALLS = "m.tool_calls is not null or m.role = 'tool'"
+
+# Each format's own rules, after the common ones, as (condition over the typed `t`, reason).
+_OPENAI_RULES: list[tuple[str, str]] = [
+    (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant', 'tool')"),
+     "role is not one of system, developer, user, assistant, tool"),
+    (_any("t", "m.role = 'assistant' and m.content is null and m.content_parts is null and m.tool_calls is null"),
+     "content is null or missing outside an assistant tool call"),
+    (_any("t", "m.content_parts is not null and m.role <> 'user'"), "content parts are only allowed in user messages"),
+    (_any("t", "m.tool_calls is not null and m.role <> 'assistant'"), "tool_calls is only allowed on assistant messages"),
+    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: coalesce(c.id, '') = ''))"),
+     "tool call has no id"),
+    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.type is distinct from 'function'))"),
+     'tool call type is not "function"'),
+    # Each tool message names a call made by an assistant message before it.
+    (("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and not "
+      "coalesce(list_contains(flatten(list_transform(t[1:i - 1], lambda m: list_transform(coalesce(m.tool_calls, []), "
+      "lambda c: c.id))), t[i].tool_call_id), false))), false)"),
+     "tool message does not answer an earlier tool call"),
+    (("tools is not null and not coalesce(list_bool_and(list_transform(json_extract(tools, '$[*]'), lambda d: "
+      "coalesce(d ->> '$.type' = 'function' and json_type(d, '$.function.name') = 'VARCHAR' "
+      "and d ->> '$.function.name' <> '', false))), true)"),
+     "tools must be a list of function definitions with a name"),
+]
+
+_RULES: dict[str, list[tuple[str, str]]] = {
+    "messages": [],
+    "openai": [(cond, f"openai: {reason}") for cond, reason in _OPENAI_RULES],
+    "prompt-completion": [("len(t) < 2", "no prompt before the answer")],
+    "sharegpt": [
+        (_any("t", _HAS_CALLS), "tool calls do not fit sharegpt"),
+        (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant')"), "role does not fit sharegpt"),
+        (_any("t", _NON_TEXT), "non-text content does not fit sharegpt"),
+    ],
+    "alpaca": [
+        (_any("t", _HAS_CALLS), "tool calls do not fit alpaca"),
+        (("list_transform(list_filter(t, lambda m: m.role not in ('system', 'developer')), lambda m: m.role) "
+          "<> ['user', 'assistant'] or (len(t) = 3 and t[1].role not in ('system', 'developer'))"),
+         "not a single turn: does not fit alpaca"),
+        (_any("t", _NON_TEXT), "non-text content does not fit alpaca"),
+    ],
+    "catalyst": [],
+}
+
+# The rules every format shares, in the order a row is tested (its first failure is its reason).
+_COMMON: list[tuple[str, str]] = [
+    ("t is null or len(t) = 0", "messages is not a non-empty JSON array"),
+    (_any("t", "m.role is null"), "message without a role"),
+    (_any("t", "m._bad_content"), "content is neither text nor parts"),
+    (_any("t", "list_bool_or(list_transform(coalesce(m.content_parts, []), lambda p: "
+                "not coalesce((p.type = 'text' and p.text is not null) or (p.type = 'image_url' and p.image_url.url is not null), false)))"),
+     "unsupported content part"),
+    (_any("t", "coalesce(m._bad_calls, false)"), "tool_calls is not a list"),
+    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.name is null))"),
+     "tool call without a function name"),
+    # typed_messages leaves NULL arguments where they were missing or did not parse.
+    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.arguments is null))"),
+     "tool call arguments are not valid JSON"),
+    ("tools is not null and (not json_valid(tools) or json_type(tools) <> 'ARRAY')", "tools is not a JSON array"),
+    ("t[-1].role <> 'assistant'", "last message is not an assistant answer"),
+    ("t[-1].tool_calls is null and coalesce(t[-1].content, '') = '' and t[-1].content_parts is null", "empty answer"),
+]
+
+
+def _check(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def drop_reason(fmt: str) -> str:
+    """SQL: why a row (typed messages ``t``, tools JSON ``tools``) does not fit ``fmt``; NULL if it fits.
+
+    The common rules first, then the format's own; a row's first failure is its reason.
+    """
+    _check(fmt)
+    whens = "\n".join(f"  when {cond} then '{reason}'" for cond, reason in [*_COMMON, *_RULES[fmt]])
+    return f"case\n{whens}\nend"
+
+
+# ---------------------------------------------------------------- output columns per format
+
+# A typed message as an OpenAI request body carries it: null members left out (an assistant's
+# content beside its tool calls too), arguments as JSON strings.
+def _plain(m: str, *, empty_content: bool) -> str:
+    content = f"coalesce({m}.content, '')" if empty_content else f"{m}.content"
+    return f"""json_strip_nulls(to_json(struct_pack(
+    role := {m}.role,
+    content := case when {m}.content_parts is not null then to_json(list_transform({m}.content_parts, lambda p:
+        case when p.type = 'text' then to_json(struct_pack(type := p.type, text := p.text))
+             else json_strip_nulls(to_json(struct_pack(type := p.type, image_url := p.image_url))) end))
+      when {m}.role = 'assistant' and {m}.tool_calls is not null then to_json({m}.content)
+      else to_json({content}) end,
+    tool_calls := list_transform({m}.tool_calls, lambda c: struct_pack(id := c.id, type := c.type,
+        function := struct_pack(name := c.function.name, arguments := c.function.arguments::varchar))),
+    tool_call_id := {m}.tool_call_id,
+    name := {m}.name)))"""
+
+
+def _json_list(items: str, each: str) -> str:
+    return f"('[' || array_to_string(list_transform({items}, lambda m: {each}), ',') || ']')"
+
+
+# The typed messages without the flags typed_messages adds for drop_reason.
+_CLEAN = (
+    "list_transform(t, lambda m: struct_pack(role := m.role, content := m.content, content_parts := m.content_parts, "
+    "tool_calls := m.tool_calls, tool_call_id := m.tool_call_id, name := m.name))"
+)
+
+
+def columns(fmt: str) -> dict[str, str]:
+    """SQL per output column of ``fmt``, over typed messages ``t``, ``tools`` JSON, ``model`` and
+    ``finish_reason`` (NULL when the source has none). Arrow types as in ``SCHEMAS[fmt]`` once
+    cast (DuckDB gives JSON as text)."""
+    _check(fmt)
+    if fmt == "messages":
+        return {"messages": _CLEAN, "tools": "tools"}
+    if fmt == "prompt-completion":
+        return {"prompt": f"{_CLEAN}[1:-2]", "completion": f"{_CLEAN}[-1:]", "tools": "tools"}
+    if fmt == "sharegpt":
+        return {"conversations": "list_transform(t, lambda m: struct_pack(\"from\" := case m.role when 'user' then "
+                                 "'human' when 'assistant' then 'gpt' else 'system' end, value := "
+                                 f"{_text('m')}))"}
+    if fmt == "alpaca":
+        return {
+            "instruction": _text("list_filter(t, lambda m: m.role = 'user')[1]"),
+            "input": "''",
+            "output": _text("t[-1]"),
+            "system": f"case when t[1].role in ('system', 'developer') then {_text('t[1]')} end",
+        }
+    if fmt == "openai":
+        messages = _json_list("t", _plain("m", empty_content=True))
+        # An empty tools list says no more than none, and stricter validators refuse it: left out.
+        return {"json": f"'{{\"messages\":' || {messages} || coalesce(',\"tools\":' || nullif(tools::varchar, '[]'), '') || '}}'"}
+    # catalyst: {"request": {model, messages, tools}, "response": {choices: [{index, message, finish_reason}], model}}
+    request = (f"'{{' || coalesce('\"model\":' || to_json(model) || ',', '') || '\"messages\":' || "
+               f"{_json_list('t[1:-2]', _plain('m', empty_content=False))} || coalesce(',\"tools\":' || tools, '') || '}}'")
+    response = (f"'{{\"choices\":[{{\"index\":0,\"message\":' || {_plain('t[-1]', empty_content=False)} || "
+                "coalesce(',\"finish_reason\":' || to_json(finish_reason), '') || '}]' || "
+                "coalesce(',\"model\":' || to_json(model), '') || '}'")
+    return {"json": f"'{{\"request\":' || {request} || ',\"response\":' || {response} || '}}'"}
+
+
+# ---------------------------------------------------------------- one batch, for tests and notebooks
+
+
+def convert(batch: pa.RecordBatch | pa.Table, fmt: str) -> tuple[pa.Table, Invalid]:
+    """Convert rows with ``id``, ``messages`` (JSON text) and optionally ``tools``, ``model`` and
+    ``finish_reason`` to ``fmt``; rows keep their order.
+
+    Returns the rows that fit (``id`` first, then ``SCHEMAS[fmt]``) and the ones dropped, with
+    the reason of each. The same SQL as ``curate export``, in a private in-memory DuckDB.
+    """
+    _check(fmt)
+    names = batch.schema.names
+    optional = ", ".join(
+        f"{name}::varchar as {name}" if name in names else f"null::varchar as {name}" for name in ("tools", "model", "finish_reason")
+    )
+    src = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    con = duckdb.connect()
+    try:
+        con.register("src", src)
+        cols = columns(fmt)
+        rows = con.sql(f"""
+            with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional} from src),
+                 d as (select *, {drop_reason(fmt)} as reason from r)
+            select id, reason, {", ".join(f'{expr} as "{name}"' for name, expr in cols.items())}
+            from d order by n""").to_arrow_table()
+    finally:
+        con.close()
+    invalid = Invalid()
+    for row_id, reason in zip(rows.column("id").to_pylist(), rows.column("reason").to_pylist(), strict=True):
+        if reason is not None:
+            invalid.add(row_id, reason)
+    kept = rows.filter(rows.column("reason").is_null()).drop_columns(["reason"])
+    schema = pa.schema([pa.field("id", pa.string()), *SCHEMAS[fmt]])
+    return kept.select(schema.names).cast(schema), invalid
+
+
+# ---------------------------------------------------------------- reading formats back
+
+
+def _arguments(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _plain_py(message: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message["role"]}
+    parts = message.get("content_parts")
+    if parts is not None:
+        out["content"] = [
+            {"type": "text", "text": p["text"]}
+            if p["type"] == "text"
+            else {"type": p["type"], "image_url": {k: v for k, v in (p["image_url"] or {}).items() if v is not None}}
+            for p in parts
+        ]
+    else:
+        out["content"] = message.get("content")
+    if message.get("tool_calls") is not None:
+        out["tool_calls"] = [
+            {
+                "id": c["id"],
+                "type": c["type"],
+                "function": {"name": c["function"]["name"], "arguments": dumps(_arguments(c["function"]["arguments"]))},
+            }
+            for c in message["tool_calls"]
+        ]
+    for key in ("tool_call_id", "name"):
+        if message.get(key) is not None:
+            out[key] = message[key]
+    return out
+
+
+def messages_from_arrow(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rebuild OpenAI chat messages from a ``messages`` value (``MESSAGE_TYPE`` items as dicts,
+    e.g. a row of a loaded dataset): ``content`` always (a string, null, or the list of parts),
+    the other keys only when set, tool-call arguments as minified JSON strings."""
+    return [_plain_py(m) for m in messages]
+
+
+# ---------------------------------------------------------------- OpenAI's fine-tuning rules
+
+_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool")
+_OPENAI_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "weight")
+_OPENAI_TOP_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _function_tools(tools: Any) -> bool:
+    return isinstance(tools, list) and all(
+        isinstance(t, dict)
+        and t.get("type") == "function"
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+        and bool(t["function"]["name"])
+        for t in tools
+    )
+
+
+def validate_openai(example: Mapping[str, Any]) -> list[str]:
+    """The problems OpenAI's chat fine-tuning checks would find in one JSONL example; [] if none.
+
+    Rules: the example is ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?}``; each
+    message is an object with a role in system/developer/user/assistant/tool and no other keys than
+    role, content, name, tool_calls, tool_call_id, weight; content is a string (a list of parts is
+    allowed for user messages), null only for an assistant message with tool_calls; at least one
+    assistant message; ``weight`` only on assistant messages and 0 or 1; each tool call has a
+    non-empty string ``id``, ``type == "function"``, a ``function.name`` and a ``function.arguments``
+    string that parses as JSON; each tool message has a ``tool_call_id`` naming a call made by an
+    earlier assistant message; tools are function definitions with a name.
+    Each problem is a fixed sentence (no positions), so problems can be counted as reasons. The
+    export's SQL (``drop_reason("openai")``) applies the same rules; a test holds them together.
+    """
+    errors: list[str] = []
+
+    def err(text: str) -> None:
+        if text not in errors:
+            errors.append(text)
+
+    if not isinstance(example, Mapping):
+        return ["example is not an object"]
+    for key in example:
+        if key not in _OPENAI_TOP_KEYS:
+            err(f"unexpected top-level key {key}")
+    messages = example.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return [*errors, "messages is missing or empty"]
+    tools = example.get("tools")
+    if tools is not None and not _function_tools(tools):
+        err("tools must be a list of function definitions with a name")
+    call_ids: set[str] = set()
+    assistants = 0
+    for m in messages:
+        if not isinstance(m, dict):
+            err("message is not an object")
+            continue
+        role = m.get("role")
+        if role not in _OPENAI_ROLES:
+            err("role is not one of system, developer, user, assistant, tool")
+        for key in m:
+            if key not in _OPENAI_MESSAGE_KEYS:
+                err(f"unexpected message key {key}")
+        if role == "assistant":
+            assistants += 1
+        content = m.get("content")
+        calls = m.get("tool_calls")
+        if content is None:
+            if not (role == "assistant" and calls):
+                err("content is null or missing outside an assistant tool call")
+        elif isinstance(content, list):
+            if role != "user":
+                err("content parts are only allowed in user messages")
+        elif not isinstance(content, str):
+            err("content is not a string")
+        if "weight" in m:
+            if role != "assistant":
+                err("weight is only allowed on assistant messages")
+            elif m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+                err("weight must be 0 or 1")
+        if calls is not None:
+            if role != "assistant":
+                err("tool_calls is only allowed on assistant messages")
+            if not isinstance(calls, list) or not calls:
+                err("tool_calls must be a non-empty list")
+                calls = []
+            for call in calls:
+                if not isinstance(call, dict):
+                    err("tool call is not an object")
+                    continue
+                if not isinstance(call.get("id"), str) or not call["id"]:
+                    err("tool call has no id")
+                else:
+                    call_ids.add(call["id"])
+                if call.get("type") != "function":
+                    err('tool call type is not "function"')
+                fn = call.get("function")
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                    err("tool call has no function name")
+                    continue
+                args = fn.get("arguments")
+                if not isinstance(args, str):
+                    err("tool call arguments are not a JSON string")
+                elif not _is_json(args):
+                    err("tool call arguments do not parse as JSON")
+        if role == "tool":
+            answered = m.get("tool_call_id")
+            if not isinstance(answered, str) or answered not in call_ids:
+                err("tool message does not answer an earlier tool call")
+    if assistants == 0:
+        err("no assistant message")
+    return errors
