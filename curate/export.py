@@ -13,6 +13,7 @@ What a row is in each format, and which rows a format cannot hold, is ``formats.
    folder (``.curate-export/``), already converted to typed messages, with each row's drop
    reason, content hash and split side; the store is attached read-only only for that read.
    Rows are stored in a seeded shuffle order (md5 of seed and id), the order they are written in.
+   The scratch database is a file, compressed, so memory stays under the store's limit.
 2. **Decisions on key columns.** ``--limit`` keeps the first N matching rows of that order (a
    seeded sample); invalid rows are counted per reason; exact duplicates (same typed messages and
    tools) keep the first finished, then the smallest id. Only small columns are read here.
@@ -183,7 +184,7 @@ def _read_source(
                "len(t))], lambda m: m.role || ':' || coalesce(m.content, to_json(m.content_parts)::varchar, '')), chr(30))")
     seed_text = _sql_text(f"{seed}:")
     sql = f"""
-create temp table export_rows as
+create table work.export_rows as
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
            {matched} as matched, {key} as split_key, source.messages::varchar as messages_text
@@ -210,9 +211,11 @@ select id, generation_ids, model, finish_reason, prompt_tokens, completion_token
        case when side_key is not null then
            case when md5_number_lower({seed_text} || side_key) / 18446744073709551616.0 < {test_size!r}
                 then 'test' else 'train' end end as split,
-       case when matched and reason is null and len(t) > 1 then hash(t[1:-2]) end as prompt_hash
+       case when matched and reason is null and len(t) > 1 then hash(t[1:-2]) end as prompt_hash,
+       md5_number_lower({seed_text} || id) as shuffle
 from keyed
-order by md5({seed_text} || id), id
+-- Each split's rows together, in the seeded order: a split is then one contiguous range to write.
+order by split nulls last, shuffle, id
 """
     try:
         con.execute(sql)
@@ -248,34 +251,34 @@ class _Decisions:
 
 
 def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) -> _Decisions:
-    source = _one(con, "select count(*) from temp.export_rows")
+    source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
         # A seeded sample: the first N matching rows in the stored (shuffled) order.
         con.execute(f"""
-            update temp.export_rows set matched = false, keep = false, reason = null
-            where rowid in (select rowid from temp.export_rows where matched order by rowid offset {int(limit)})""")
-    filtered = _one(con, "select count(*) from temp.export_rows where matched")
+            update work.export_rows set matched = false, keep = false, reason = null
+            where rowid in (select rowid from work.export_rows where matched order by shuffle, id offset {int(limit)})""")
+    filtered = _one(con, "select count(*) from work.export_rows where matched")
     invalid = con.execute("""
-        select reason, count(*), list(id order by id)[1:3] from temp.export_rows
+        select reason, count(*), list(id order by id)[1:3] from work.export_rows
         where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
     valid = filtered - sum(n for _, n, _ in invalid)
-    con.execute("create temp table export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
+    con.execute("create table work.export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
     if dedup == "exact":
         con.execute("""
-            insert into temp.export_duplicates
+            insert into work.export_duplicates
             select content_hash, first(rowid order by finished_at nulls last, id),
                    list(id order by finished_at nulls last, id)[2:]
-            from temp.export_rows where keep group by content_hash having count(*) > 1""")
+            from work.export_rows where keep group by content_hash having count(*) > 1""")
         con.execute("""
-            update temp.export_rows set keep = false
-            where rowid in (select r.rowid from temp.export_rows r join temp.export_duplicates d using (content_hash)
+            update work.export_rows set keep = false
+            where rowid in (select r.rowid from work.export_rows r join work.export_duplicates d using (content_hash)
                             where r.keep and r.rowid <> d.kept_rowid)""")
-    deduplicated = _one(con, "select count(*) from temp.export_rows where keep")
+    deduplicated = _one(con, "select count(*) from work.export_rows where keep")
     splits = dict(con.execute(
-        "select split, count(*) from temp.export_rows where keep group by split order by split desc").fetchall())
-    shared_keys = _one(con, """select count(*) from (select split_group from temp.export_rows where keep
+        "select split, count(*) from work.export_rows where keep group by split order by split desc").fetchall())
+    shared_keys = _one(con, """select count(*) from (select split_group from work.export_rows where keep
                                 group by split_group having count(distinct split) > 1)""")
-    shared_prompts = _one(con, """select count(*) from (select prompt_hash from temp.export_rows
+    shared_prompts = _one(con, """select count(*) from (select prompt_hash from work.export_rows
                                    where keep and prompt_hash is not null
                                    group by prompt_hash having count(distinct split) > 1)""")
     counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
@@ -301,7 +304,7 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 def _batches(con: duckdb.DuckDBPyConnection, fmt: str, split: str) -> Iterator[pa.RecordBatch]:
     cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
     # No ORDER BY: a scan and a filter keep the stored (shuffled) order, without a sort.
-    yield from con.sql(f"select {cols} from temp.export_rows where keep and split = {_sql_text(split)}").to_arrow_reader(
+    yield from con.sql(f"select {cols} from work.export_rows where keep and split = {_sql_text(split)}").to_arrow_reader(
         batch_size=ROW_GROUP_ROWS
     )
 
@@ -319,14 +322,14 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: i
     bounds = con.execute(f"""
         select min(rowid), max(rowid) from (
             select rowid, (row_number() over (order by rowid) - 1) // {per_shard} as shard
-            from temp.export_rows where keep and split = {_sql_text(split)})
+            from work.export_rows where keep and split = {_sql_text(split)})
         group by shard order by shard""").fetchall()
     cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
     paths = []
     for i, (low, high) in enumerate(bounds):
         path = data / f"{split}-{i:05d}-of-{len(bounds):05d}.parquet"
         con.execute(f"""
-            copy (select {cols} from temp.export_rows
+            copy (select {cols} from work.export_rows
                   where keep and split = {_sql_text(split)} and rowid between {low} and {high})
             to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size {ROW_GROUP_ROWS})""")
         paths.append(path)
@@ -347,7 +350,7 @@ def _write_lineage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     con.execute(f"""
         copy (select r.split, (row_number() over (partition by r.split order by r.rowid) - 1)::bigint as "row",
                      r.id, r.generation_ids, coalesce(d.duplicate_ids, []::varchar[]) as duplicate_ids
-              from temp.export_rows r left join temp.export_duplicates d on d.kept_rowid = r.rowid
+              from work.export_rows r left join work.export_duplicates d on d.kept_rowid = r.rowid
               where r.keep
               order by r.split desc, "row")
         to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size 100000)""")
@@ -358,14 +361,14 @@ def _write_lineage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 def _stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     models = con.execute("""
-        select coalesce(model, '(none)'), split, count(*) from temp.export_rows where keep
+        select coalesce(model, '(none)'), split, count(*) from work.export_rows where keep
         group by all order by 1, 2 desc""").fetchall()
     tokens = con.execute("""
         select split, count(prompt_tokens), sum(prompt_tokens), round(avg(prompt_tokens)),
                quantile_disc(prompt_tokens, 0.5), quantile_disc(prompt_tokens, 0.9), max(prompt_tokens),
                count(completion_tokens), sum(completion_tokens), round(avg(completion_tokens)),
                quantile_disc(completion_tokens, 0.5), quantile_disc(completion_tokens, 0.9), max(completion_tokens)
-        from temp.export_rows where keep group by split order by split desc""").fetchall()
+        from work.export_rows where keep group by split order by split desc""").fetchall()
     return {"models": models, "tokens": tokens}
 
 
@@ -572,8 +575,8 @@ def _export_into(
     license_id: str, shard_bytes: int, say: Callable[[str], None],
 ) -> tuple[_Decisions, dict[str, list[Path]], str, str]:
     """Everything but the final move: data, lineage and card written into ``scratch``."""
-    # An in-memory database whose temporary tables spill to the scratch folder past the limit.
-    con = duckdb.connect(":memory:", config={"memory_limit": store.memory_limit})
+    # A scratch database file: DuckDB compresses what it keeps there, and spills past the limit.
+    con = duckdb.connect(str(scratch / "work.duckdb"), config={"memory_limit": store.memory_limit})
     try:
         con.execute("set enable_progress_bar = false")
         con.execute(f"set temp_directory = {_sql_text(str(scratch / 'spill'))}")
@@ -586,7 +589,7 @@ def _export_into(
                 _read_source(con, query, columns, fmt=fmt, where=where, split_by=split_by, seed=seed,
                              test_size=test_size)
             finally:
-                con.execute("use memory")
+                con.execute("use work")
         view_sql = _view_sql(store, source)
         say("validating, deduplicating and splitting")
         decisions = _decide(con, limit=limit, dedup=dedup)
@@ -598,14 +601,18 @@ def _export_into(
             raise ExportError(f"nothing to export: {decisions.counts['filtered']} rows matched, "
                               f"{decisions.counts['valid']} fit {fmt}")
         files: dict[str, list[Path]] = {}
+        # One thread for the files: with two, DuckDB's writer cut row groups differently from run
+        # to run when memory was short (1M rows, 1 GB), so the bytes differed. It costs ~10 %.
+        con.execute("set threads = 1")
         for split, rows in decisions.splits.items():
             say(f"writing {split}: {rows:,} rows")
             if fmt in formats.JSONL_FORMATS:
                 files[split] = _write_jsonl(con, fmt, split, scratch / "data")
             else:
-                nbytes = _one(con, f"select sum(nbytes) from temp.export_rows where keep and split = {_sql_text(split)}")
+                nbytes = _one(con, f"select sum(nbytes) from work.export_rows where keep and split = {_sql_text(split)}")
                 files[split] = _write_parquet(con, fmt, split, rows, nbytes, scratch / "data", shard_bytes)
         _write_lineage(con, scratch / "lineage.parquet")
+        con.execute("reset threads")
         final_files = {s: [out / "data" / p.name for p in paths] for s, paths in files.items()}
         text = _render_card(
             name=out.resolve().name, fmt=fmt, query=_full_query(query, where, limit), view_sql=view_sql,

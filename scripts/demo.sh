@@ -70,4 +70,16 @@ step curate views
 step curate sql "select model, generations, success_rate, latency_p50_s from usage order by generations desc limit 4"
 step curate snapshot "$out/snapshot" --view chat --view conversations
 step curate sql "select id, custom_id, request ->> '\$.messages[-1].content' as last_prompt, response ->> '\$.choices[0].finish_reason' as finish from generations where source = 'group' limit 3" --format json
+# Datasets: the conversations as Hugging Face messages, and the stop-finished chats as OpenAI JSONL.
+step curate export conversations --out "$out/dataset-messages" --test-size 0.2
+step curate export chat --format openai --out "$out/dataset-openai" --where "finish_reason = 'stop'" --test-size 0.2
+python - "$out" <<'PY'
+import sys
+import datasets
+datasets.disable_progress_bars()
+for name in ("dataset-messages", "dataset-openai"):
+    loaded = datasets.load_dataset(f"{sys.argv[1]}/{name}", cache_dir=f"{sys.argv[1]}/hf-cache")
+    print(name, {split: len(rows) for split, rows in loaded.items()}, "->", list(loaded["train"].features))
+PY
 printf '\nThe store is %s: open it in a notebook with\n  import curate; db = curate.open("%s"); db.table("chat").df()\n' "$CURATE_DB" "$CURATE_DB"
+printf 'The datasets are in %s/dataset-messages and %s/dataset-openai (README.md is each card);\npublish one with: curate publish %s/dataset-messages --repo ORG/NAME\n' "$out" "$out" "$out"
