@@ -201,17 +201,21 @@ checked as (
     from typed
 ),
 keyed as (
-    select *, case when matched and reason is null then coalesce(split_key, {opening}, id) end as side_key
+    -- Each message hashed once: the row's content hash and its prompt's (all but the answer)
+    -- are hashes of these, not of copies of the messages.
+    select *,
+           case when matched and reason is null then md5(coalesce(split_key, {opening}, id)) end as split_group,
+           case when matched and reason is null then list_transform(t, lambda m: hash(m)) end as message_hashes
     from checked
 )
 select id, generation_ids, model, finish_reason, prompt_tokens, completion_tokens, finished_at,
        matched, reason, matched and reason is null as keep, t, tools, nbytes,
-       case when matched and reason is null then hash(t, tools) end as content_hash,
-       md5(side_key) as split_group,
-       case when side_key is not null then
-           case when md5_number_lower({seed_text} || side_key) / 18446744073709551616.0 < {test_size!r}
+       hash(message_hashes, tools) as content_hash,
+       split_group,
+       case when split_group is not null then
+           case when md5_number_lower({seed_text} || split_group) / 18446744073709551616.0 < {test_size!r}
                 then 'test' else 'train' end end as split,
-       case when matched and reason is null and len(t) > 1 then hash(t[1:-2]) end as prompt_hash,
+       case when len(t) > 1 then hash(message_hashes[1:-2]) end as prompt_hash,
        md5_number_lower({seed_text} || id) as shuffle
 from keyed
 -- Each split's rows together, in the seeded order: a split is then one contiguous range to write.
