@@ -25,6 +25,8 @@ from rich.table import Table
 
 from curate.client import ApiError, ApiUnavailable
 from curate.config import MissingApiKey, Settings
+from curate.export import ExportError
+from curate.publish import HubError, PublishError
 from curate.store import Store, StoreLocked
 from curate.submit import InvalidRequests
 
@@ -66,7 +68,10 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can act on into one line on stderr and an exit code."""
     try:
         yield
-    except MissingApiKey as exc:
+    except HubError as exc:  # a PublishError, but the Hub's failure, not the user's input
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (MissingApiKey, ExportError, PublishError) as exc:  # an argument, file or login to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (StoreLocked, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from curate import formats
 from curate.cli._shared import DbOption, QueriesOption, err, open_store, out, user_errors
-from curate.export import ExportError, export
+from curate.export import export
 
 __all__ = ["export_command"]
 
@@ -57,16 +57,12 @@ def export_command(
     started = time.perf_counter()
     with user_errors():
         store = open_store(db, queries)
-        try:
-            result = export(
-                store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
-                split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
-                progress=None if as_json else lambda message: err.print(
-                    f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
-            )
-        except ExportError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        result = export(
+            store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
+            split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
+            progress=None if as_json else lambda message: err.print(
+                f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
+        )
     if as_json:
         typer.echo(json.dumps({
             "folder": str(result.folder), "format": result.format, "counts": result.counts,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from curate.cli._shared import user_errors
-from curate.publish import HubError, PublishError, publish
+from curate.publish import publish
 
 __all__ = ["publish_command"]
 
@@ -36,7 +34,7 @@ def publish_command(
     there by hand are kept), and deletes data files an earlier export left that this one has not.
     Log in first with `hf auth login`, or set HF_TOKEN.
     """
-    with user_errors(), _publish_errors():
+    with user_errors():
         result = publish(folder, repo, private=private, revision=revision, message=message)
     # Plain lines, not rich: paths and URLs stay whole and unstyled for scripts that read them.
     for path in result.uploaded:
@@ -45,15 +43,3 @@ def publish_command(
         typer.echo(f"deleted {path}")
     typer.echo(result.url)
 
-
-@contextmanager
-def _publish_errors() -> Iterator[None]:
-    # A folder, name or login to fix exits 2, like a missing API key; a Hub failure exits 1, like an API error.
-    try:
-        yield
-    except HubError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except PublishError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
