@@ -407,8 +407,8 @@ _FORMAT_PROSE = {
     "prompt-completion": "Hugging Face conversational prompt-completion: `prompt` (the messages before the "
                          "answer), `completion` (the answer) and `tools`, typed as in the `messages` format.",
     "openai": "OpenAI chat fine-tuning JSONL: one `{\"messages\": [...], \"tools\": [...]}` per line, tool-call "
-              "arguments as JSON strings, only the keys OpenAI accepts. Every line passed OpenAI's published "
-              "rules before it was written.",
+              "arguments as JSON strings, only the keys OpenAI accepts (a null content outside an assistant "
+              "turn is written as empty text). Every line passed OpenAI's published rules before it was written.",
     "sharegpt": "ShareGPT: `conversations` of `{from, value}` (human, gpt, system). Rows with tool calls or "
                 "images do not fit and were dropped.",
     "alpaca": "Alpaca: `instruction`, `input` (empty), `output`, and `system`. Single-turn rows only.",
