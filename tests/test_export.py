@@ -337,6 +337,15 @@ def test_the_card_has_the_hub_header_and_the_provenance(filled: Store, tmp_path:
         assert text in body
 
 
+def test_datasets_reads_the_cards_splits_whole(filled: Store, tmp_path: Path) -> None:
+    from datasets.info import DatasetInfosDict
+
+    result = export(filled, "chat", tmp_path / "out", test_size=0.3)
+    header, _ = card.split((tmp_path / "out" / "README.md").read_text(encoding="utf-8"))
+    infos = DatasetInfosDict.from_dataset_card_data(header)  # what load_dataset reads; it ignores a bad one
+    assert {name: s.num_examples for name, s in infos["default"].splits.items()} == result.splits
+
+
 def test_reexport_keeps_hand_written_prose(filled: Store, tmp_path: Path) -> None:
     export(filled, "chat", tmp_path / "out")
     readme = tmp_path / "out" / "README.md"
