@@ -12,14 +12,16 @@ What a row is in each format, and which rows a format cannot hold, is ``formats.
 1. **One read of the store.** The source is read once, into a scratch DuckDB file inside the
    folder (``.curate-export/``), already converted to typed messages, with each row's drop
    reason, content hash and split side; the store is attached read-only only for that read.
-   Rows are stored in a seeded shuffle order (md5 of seed and id), the order they are written in.
-   The scratch database is a file, compressed, so memory stays under the store's limit.
+   Rows are stored split by split, each in a seeded shuffle order (md5 of seed and id), the order
+   they are written in. The scratch database is a file, compressed, so memory stays under the
+   store's limit.
 2. **Decisions on key columns.** ``--limit`` keeps the first N matching rows of that order (a
    seeded sample); invalid rows are counted per reason; exact duplicates (same typed messages and
    tools) keep the first finished, then the smallest id. Only small columns are read here.
-3. **Streaming out.** Each split is scanned in stored order (DuckDB keeps insertion order for a
-   scan and filter) as Arrow batches into Parquet row groups of fixed size, or JSON lines, so
-   memory stays flat and the same store and arguments give the same bytes.
+3. **Writing out.** Each split is one contiguous range of the scratch table, scanned in stored
+   order (DuckDB keeps insertion order for a scan and a filter) and written by DuckDB itself, as
+   Parquet shards or JSON lines, on one thread, so memory stays flat and the same store and
+   arguments give the same bytes. No row passes through Python.
 
 Splits: a row's side depends only on its split key and the seed (md5, not DuckDB's ``hash``, so
 it holds across versions): growing the store never moves a conversation from test to train, and
@@ -39,7 +41,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +65,7 @@ DEDUP = ("exact", "none")
 # Shards of about this much source JSON each; the Hub's viewer and streaming like files well
 # under its 5 GB limit, and a few hundred MB keep a shard quick to download and to retry.
 DEFAULT_SHARD_BYTES = 256 * 2**20
-# Rows per Parquet row group: fixed, so that the files do not depend on DuckDB's batch sizes.
+# Rows per Parquet row group: small enough for the Hub's viewer and for streaming reads.
 ROW_GROUP_ROWS = 10_000
 SCRATCH = ".curate-export"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -305,14 +307,6 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 # ---------------------------------------------------------------- pass 3: streaming the splits out
 
 
-def _batches(con: duckdb.DuckDBPyConnection, fmt: str, split: str) -> Iterator[pa.RecordBatch]:
-    cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
-    # No ORDER BY: a scan and a filter keep the stored (shuffled) order, without a sort.
-    yield from con.sql(f"select {cols} from work.export_rows where keep and split = {_sql_text(split)}").to_arrow_reader(
-        batch_size=ROW_GROUP_ROWS
-    )
-
-
 def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: int, nbytes: int,
                    data: Path, shard_bytes: int) -> list[Path]:
     """The split as Parquet shards of about ``shard_bytes`` of source JSON each, written by DuckDB.
@@ -341,12 +335,13 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: i
 
 
 def _write_jsonl(con: duckdb.DuckDBPyConnection, fmt: str, split: str, data: Path) -> list[Path]:
+    """The split as one JSON line per row, written by DuckDB: a one-column CSV with no quoting is
+    the lines as they are (a JSON line holds no raw newline or control character to quote)."""
     path = data / f"{split}.jsonl"
-    with path.open("w", encoding="utf-8", newline="\n") as out:
-        for batch in _batches(con, fmt, split):
-            if batch.num_rows:
-                out.write("\n".join(batch.column(0).to_pylist()))
-                out.write("\n")
+    (name, expr), = formats.columns(fmt).items()
+    con.execute(f"""
+        copy (select {expr} as "{name}" from work.export_rows where keep and split = {_sql_text(split)})
+        to {_sql_text(str(path))} (format csv, header false, quote '', escape '', delimiter '\x01')""")
     return [path]
 
 
