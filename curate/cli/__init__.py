@@ -8,7 +8,15 @@ lists them.
 from __future__ import annotations
 
 from curate import __version__
-from curate.cli import api_commands, export_commands, publish_commands, serve_commands, store_commands, view_commands
+from curate.cli import (
+    api_commands,
+    export_commands,
+    publish_commands,
+    serve_commands,
+    stats_commands,
+    store_commands,
+    view_commands,
+)
 from curate.cli._shared import app, out
 
 __all__ = ["app", "main"]
@@ -22,6 +30,7 @@ def version_command() -> None:
 for _name, _command in (
     ("import", store_commands.import_command),
     ("sql", store_commands.sql_command),
+    ("stats", stats_commands.stats_command),
     ("snapshot", view_commands.snapshot_command),
     ("export", export_commands.export_command),
     ("publish", publish_commands.publish_command),

@@ -1,0 +1,170 @@
+"""The store's overview: what ``curate stats`` prints, as one value a notebook can read too.
+
+This module owns ``Stats`` and ``stats(store)``: how many generations there are by state, model
+and source, what the ledger still waits for, what was refused and why, the dates the generations
+span, the tokens they used, and how many rows the ``chat`` and ``conversations`` views give. It
+reads everything in one read-only connection, with one SQL query per figure group, never a
+Python loop over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from curate.store import Store
+
+__all__ = ["OTHER_MODELS", "STATES", "TOP_MODELS", "TOP_REASONS", "Counts", "Stats", "stats"]
+
+STATES = ("Queued", "In Progress", "Success", "Failed")
+"""The generation states, in the order a generation goes through them; always all listed."""
+
+TOP_MODELS = 10
+"""How many models are named; the rest are counted together as ``OTHER_MODELS``."""
+
+OTHER_MODELS = "(other)"
+
+TOP_REASONS = 3
+"""How many of the most frequent reject reasons are named."""
+
+Counts = tuple[tuple[str, int], ...]
+"""(name, count) pairs, in the order they are shown."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The store at one moment: counts, date range, tokens and view sizes.
+
+    Counts are (name, count) pairs, largest first (``by_state``: in ``STATES`` order, then any
+    other state seen). A generation with no model or state counts under ``"(none)"``. Dates are
+    ``None`` in a store with no such timestamp. ``mean_tokens_per_success`` is the mean
+    ``total_tokens`` of the ``Success`` generations that report it (``None`` if none).
+    ``chat_rows`` and ``conversations`` are ``None`` when that view cannot be queried (a broken
+    view file that replaces it).
+    """
+
+    generations: int
+    by_state: Counts
+    by_model: Counts
+    by_source: Counts
+    ledger_pending: int
+    ledger_pending_groups: int
+    rejects: int
+    top_reject_reasons: Counts
+    first_dispatched_at: datetime | None
+    last_dispatched_at: datetime | None
+    first_finished_at: datetime | None
+    last_finished_at: datetime | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    mean_tokens_per_success: float | None
+    chat_rows: int | None
+    conversations: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: counts as ``{name: count}`` objects, datetimes as ISO 8601 strings."""
+        result: dict[str, Any] = {}
+        for field in fields(self):
+            name, value = field.name, getattr(self, field.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = dict(value)
+            result[name] = value
+        return result
+
+
+_NONE = "(none)"
+
+_TOTALS = """
+    select count(*),
+           min(dispatched_at), max(dispatched_at), min(finished_at), max(finished_at),
+           coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+           coalesce(sum(total_tokens), 0),
+           avg(total_tokens) filter (where state = 'Success')
+    from generation_rows
+"""
+
+_BY_STATE = f"""
+    select coalesce(state, '{_NONE}') as state, count(*) as n
+    from generation_rows group by all
+"""
+
+_BY_MODEL = f"""
+    with counted as (
+        select coalesce(model, '{_NONE}') as model, count(*) as n from generation_rows group by all
+    ), ranked as (
+        select model, n, row_number() over (order by n desc, model) as rank from counted
+    )
+    select case when rank <= {TOP_MODELS} then model else '{OTHER_MODELS}' end as name, sum(n)::bigint
+    from ranked group by all order by min(rank)
+"""
+
+_BY_SOURCE = "select source, count(*) as n from generation_rows group by all order by n desc, source"
+
+_LEDGER = """
+    select count(*), count(*) filter (where kind = 'group') from ledger where done_at is null
+"""
+
+_REJECT_REASONS = f"""
+    select reason, count(*) as n from rejects group by all order by n desc, reason limit {TOP_REASONS}
+"""
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    row = con.execute(sql).fetchone()
+    assert row is not None, "an aggregate always returns a row"
+    return row
+
+
+def _pairs(con: duckdb.DuckDBPyConnection, sql: str) -> Counts:
+    return tuple((str(name), int(n)) for name, n in con.execute(sql).fetchall())
+
+
+def _view_rows(con: duckdb.DuckDBPyConnection, view: str) -> int | None:
+    try:
+        return int(_one(con, f'select count(*) from "{view}"')[0])
+    except duckdb.Error:
+        return None
+
+
+def stats(store: Store) -> Stats:
+    """The store's overview, read in one read-only connection."""
+    with store.read() as con:
+        (generations, first_dispatched, last_dispatched, first_finished, last_finished,
+         prompt, completion, total, mean_success) = _one(con, _TOTALS)
+        seen = dict(_pairs(con, _BY_STATE))
+        by_state = tuple((s, seen.pop(s, 0)) for s in STATES) + tuple(
+            sorted(seen.items(), key=lambda pair: (-pair[1], pair[0]))
+        )
+        by_model = _pairs(con, _BY_MODEL)
+        by_source = _pairs(con, _BY_SOURCE)
+        pending, pending_groups = _one(con, _LEDGER)
+        rejects = int(_one(con, "select count(*) from rejects")[0])
+        reasons = _pairs(con, _REJECT_REASONS)
+        chat_rows = _view_rows(con, "chat")
+        conversations = _view_rows(con, "conversations")
+    return Stats(
+        generations=int(generations),
+        by_state=by_state,
+        by_model=by_model,
+        by_source=by_source,
+        ledger_pending=int(pending),
+        ledger_pending_groups=int(pending_groups),
+        rejects=rejects,
+        top_reject_reasons=reasons,
+        first_dispatched_at=first_dispatched,
+        last_dispatched_at=last_dispatched,
+        first_finished_at=first_finished,
+        last_finished_at=last_finished,
+        prompt_tokens=int(prompt),
+        completion_tokens=int(completion),
+        total_tokens=int(total),
+        mean_tokens_per_success=None if mean_success is None else float(mean_success),
+        chat_rows=chat_rows,
+        conversations=conversations,
+    )
