@@ -51,7 +51,7 @@ import duckdb
 import pyarrow as pa
 
 from curate import card, formats
-from curate.store import Store
+from curate.store import Store, no_progress_bar
 
 __all__ = [
     "DEDUP",
@@ -582,7 +582,7 @@ def _export_into(
     # A scratch database file: DuckDB compresses what it keeps there, and spills past the limit.
     con = duckdb.connect(str(scratch / "work.duckdb"), config={"memory_limit": store.memory_limit})
     try:
-        con.execute("set enable_progress_bar = false")
+        no_progress_bar(con)
         con.execute(f"set temp_directory = {_sql_text(str(scratch / 'spill'))}")
         say(f"reading {source.strip() if _IDENT.fullmatch(source.strip()) else 'the query'} from {store.path}")
         with store.attached(con, "store"):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FastPathRefused", "Result", "Store", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "fast_insert",
-    "ingest", "ingest_texts", "merge_source",
+    "ingest", "ingest_texts", "merge_source", "no_progress_bar",
 ]
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
@@ -50,6 +50,18 @@ _WRITER_LOCKS_GUARD = threading.Lock()
 def _writer_lock(path: Path) -> threading.Lock:
     with _WRITER_LOCKS_GUARD:
         return _WRITER_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
+def no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
+    """Turn DuckDB's own progress bar off: it would write into curate's output.
+
+    In a Jupyter kernel without ipywidgets DuckDB refuses any change to the setting, and its bar
+    is already off there.
+    """
+    try:
+        con.execute("set enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass
 
 
 class StoreLocked(RuntimeError):
@@ -154,8 +166,7 @@ class Store:
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         def connect() -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": self.memory_limit})
-            # DuckDB's own progress bar would write into curate's output.
-            con.execute("set enable_progress_bar = false")
+            no_progress_bar(con)
             return con
 
         return self._retrying_lock(connect)

@@ -2,7 +2,8 @@
 # The curate tour, on loopback only: no API key, no network. It starts the sandbox (a local fake
 # of inference.net) and curate's webhook listener, submits requests in groups and singly and
 # harvests them, submits more that come back by webhook with no polling, imports the sample file
-# of every record shape, and looks at the store with SQL.
+# of every record shape, prints the store's overview and views, and exports two datasets it loads
+# back. README's quickstart lists the same `step` lines (a test holds them together).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=demo-out
@@ -63,16 +64,14 @@ print("listener:", json.dumps(health["counters"]))
 PY
 step curate harvest
 step curate import samples/generations.jsonl
-step curate sql "select source, shape, state, count(*) as n from generations group by all order by n desc"
-step curate sql "select model, count(*) as n, sum(prompt_tokens) as prompt, sum(completion_tokens) as completion from generations group by all order by n desc"
-step curate sql "select line, reason from rejects"
+step curate stats
 step curate views
 step curate sql "select model, generations, success_rate, latency_p50_s from usage order by generations desc limit 4"
-step curate snapshot "$out/snapshot" --view chat --view conversations
-step curate sql "select id, custom_id, request ->> '\$.messages[-1].content' as last_prompt, response ->> '\$.choices[0].finish_reason' as finish from generations where source = 'group' limit 3" --format json
+step curate sql "select line, reason from rejects"
+step curate snapshot demo-out/snapshot --view chat --view conversations
 # Datasets: the conversations as Hugging Face messages, and the stop-finished chats as OpenAI JSONL.
-step curate export conversations --out "$out/dataset-messages" --test-size 0.2
-step curate export chat --format openai --out "$out/dataset-openai" --where "finish_reason = 'stop'" --test-size 0.2
+step curate export conversations --out demo-out/dataset-messages --test-size 0.2
+step curate export chat --format openai --out demo-out/dataset-openai --where "finish_reason = 'stop'" --test-size 0.2
 python - "$out" <<'PY'
 import sys
 import datasets
@@ -81,5 +80,5 @@ for name in ("dataset-messages", "dataset-openai"):
     loaded = datasets.load_dataset(f"{sys.argv[1]}/{name}", cache_dir=f"{sys.argv[1]}/hf-cache")
     print(name, {split: len(rows) for split, rows in loaded.items()}, "->", list(loaded["train"].features))
 PY
-printf '\nThe store is %s: open it in a notebook with\n  import curate; db = curate.open("%s"); db.table("chat").df()\n' "$CURATE_DB" "$CURATE_DB"
+printf '\nThe store is %s: explore it in notebooks/explore.ipynb (CURATE_DB=%s jupyter lab notebooks/),\nor in any notebook with: import curate; db = curate.open("%s"); db.table("chat").df()\n' "$CURATE_DB" "$CURATE_DB" "$CURATE_DB"
 printf 'The datasets are in %s/dataset-messages and %s/dataset-openai (README.md is each card);\npublish one with: curate publish %s/dataset-messages --repo ORG/NAME\n' "$out" "$out" "$out"
