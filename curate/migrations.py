@@ -143,8 +143,55 @@ def m004_submissions_and_ledger(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m005_curation(con: duckdb.DuckDBPyConnection) -> None:
+    # What the curation passes find, kept apart from the generations they describe: the store's
+    # bodies are never modified, and each pass can be re-run (it replaces its own rows).
+    # `near_duplicate_rows`: one row per member of a cluster of near-identical chat rows (compared on
+    # their prompt or their whole conversation), the cluster named by its representative's id.
+    con.execute(
+        """
+        create table near_duplicate_rows (
+            id          varchar not null,
+            on_what     varchar not null,
+            cluster_id  varchar not null,
+            similarity  double,
+            threshold   double not null,
+            computed_at timestamptz not null,
+            primary key (on_what, id)
+        )
+        """
+    )
+    # `pii_findings`: one row per span of personal data or secret found in a message.
+    con.execute(
+        """
+        create table pii_findings (
+            id            varchar not null,
+            message_index integer not null,
+            kind          varchar not null,
+            span_start    integer not null,
+            span_end      integer not null,
+            detector      varchar not null,
+            scanned_at    timestamptz not null
+        )
+        """
+    )
+    # `contamination`: one row per (chat row, eval item) pair sharing enough n-grams.
+    con.execute(
+        """
+        create table contamination (
+            id            varchar not null,
+            eval_set      varchar not null,
+            eval_item     varchar not null,
+            shared_ngrams integer not null,
+            ngram         integer not null,
+            found_at      timestamptz not null
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
-    m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger,
+    m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation,
 ]
 
 

@@ -55,6 +55,18 @@ EXPECTED = {
         ("next_poll_at", "TIMESTAMP WITH TIME ZONE"), ("last_state", "VARCHAR"),
         ("last_seen_at", "TIMESTAMP WITH TIME ZONE"), ("done_at", "TIMESTAMP WITH TIME ZONE"),
     ],
+    "near_duplicate_rows": [
+        ("id", "VARCHAR"), ("on_what", "VARCHAR"), ("cluster_id", "VARCHAR"), ("similarity", "DOUBLE"),
+        ("threshold", "DOUBLE"), ("computed_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    "pii_findings": [
+        ("id", "VARCHAR"), ("message_index", "INTEGER"), ("kind", "VARCHAR"), ("span_start", "INTEGER"),
+        ("span_end", "INTEGER"), ("detector", "VARCHAR"), ("scanned_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    "contamination": [
+        ("id", "VARCHAR"), ("eval_set", "VARCHAR"), ("eval_item", "VARCHAR"), ("shared_ngrams", "INTEGER"),
+        ("ngram", "INTEGER"), ("found_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
 }
 
 

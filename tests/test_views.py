@@ -367,7 +367,7 @@ def test_usage_has_one_row_per_model_and_day(db: Store) -> None:
 
 # --- the shipped files --------------------------------------------------------------------------
 
-SHIPPED = ["chat", "conversations", "duplicates", "failures", "usage"]
+SHIPPED = ["chat", "contaminated", "conversations", "duplicates", "failures", "near_duplicates", "pii", "usage"]
 _TYPES = {"timestamptz": "TIMESTAMP WITH TIME ZONE"}
 
 
@@ -383,7 +383,7 @@ def header_columns(sql: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_curate_ships_the_five_views_each_describing_its_row_and_every_column(db: Store) -> None:
+def test_curate_ships_its_views_each_describing_its_row_and_every_column(db: Store) -> None:
     shipped = views.load([views.QUERIES_DIR])
     assert [v.name for v in shipped] == SHIPPED
     with db.read() as con:
@@ -410,7 +410,8 @@ def test_describe_gives_each_view_its_description_and_row_count(db: Store) -> No
     with db.read() as con:
         described = views.describe(con, views.load([views.QUERIES_DIR]))
     assert [(name, n) for name, _, n in described] == [
-        ("chat", 9), ("conversations", 6), ("duplicates", 1), ("failures", 2), ("usage", 5),
+        ("chat", 9), ("contaminated", 0), ("conversations", 6), ("duplicates", 1), ("failures", 2),
+        ("near_duplicates", 0), ("pii", 0), ("usage", 5),
     ]
     assert described[0][1] == "One row per Success chat generation: the messages sent, followed by the model's answer."
 

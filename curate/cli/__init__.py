@@ -18,6 +18,9 @@ from curate.cli import (
     view_commands,
 )
 from curate.cli._shared import app, out
+from curate.cli.curation_decontaminate import decontaminate_command
+from curate.cli.curation_neardup import dedup_app
+from curate.cli.curation_pii import scan_app
 
 __all__ = ["app", "main"]
 
@@ -34,6 +37,7 @@ for _name, _command in (
     ("snapshot", view_commands.snapshot_command),
     ("export", export_commands.export_command),
     ("publish", publish_commands.publish_command),
+    ("decontaminate", decontaminate_command),
     ("submit", api_commands.submit_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),
@@ -43,6 +47,8 @@ for _name, _command in (
 ):
     app.command(_name)(_command)
 app.add_typer(view_commands.views_app, name="views")
+app.add_typer(dedup_app, name="dedup")
+app.add_typer(scan_app, name="scan")
 
 
 def main() -> None:

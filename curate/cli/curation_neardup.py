@@ -1,0 +1,53 @@
+"""``curate dedup near``: cluster near-identical chat rows into the ``near_duplicates`` table."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
+from curate.neardup import near_duplicates
+
+__all__ = ["dedup_app"]
+
+dedup_app = typer.Typer(
+    help="Find duplicates beyond exact copies (exact ones are the duplicates view).",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+
+
+class CompareOn(str, Enum):
+    prompt = "prompt"
+    conversation = "conversation"
+
+
+@dedup_app.command("near")
+def near_command(
+    threshold: Annotated[
+        float, typer.Option(help="Estimated Jaccard similarity (0 to 1] of word shingles that joins two rows.")
+    ] = 0.85,
+    on: Annotated[
+        CompareOn, typer.Option(help="Compare the request messages (prompt) or every message (conversation).")
+    ] = CompareOn.prompt,
+    db: DbOption = None,
+    queries: QueriesOption = None,
+) -> None:
+    """Cluster near-identical chat rows (MinHash + LSH); replace the clusters in near_duplicates.
+
+    Texts are compared lowercased, without punctuation, whitespace collapsed. Each cluster is
+    named by its longest text (then the first finished, then the smallest id); see them with
+    curate sql "select * from near_duplicates".
+    """
+    if not 0 < threshold <= 1:
+        typer.echo(f"error: --threshold must be in (0, 1], not {threshold:g}", err=True)
+        raise typer.Exit(2)
+    with user_errors():
+        result = near_duplicates(open_store(db, queries), threshold=threshold, on=on.value)
+    out.print(
+        f"{result.rows:,} chat rows compared on {result.on} at threshold {result.threshold:g}: "
+        f"{result.clusters:,} clusters holding {result.rows_in_clusters:,} rows ({result.seconds:.1f}s)",
+        highlight=False,
+    )

@@ -1,0 +1,52 @@
+"""``curate scan pii``: find personal data and secrets in the chat messages (see ``curate.pii``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from curate import pii
+from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
+
+__all__ = ["scan_app"]
+
+scan_app = typer.Typer(
+    help="Curation passes over the chat rows; each records what it finds apart from the stored bodies.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+)
+
+
+@scan_app.callback()
+def scan_callback() -> None:
+    """Curation passes over the chat rows; each records what it finds apart from the stored bodies."""
+    # A callback keeps `scan` a group of commands even while `pii` is its only one.
+
+
+@scan_app.command("pii")
+def pii_command(
+    db: DbOption = None,
+    queries: QueriesOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as one JSON object.")] = False,
+) -> None:
+    """Find emails, phone numbers, card numbers, IP addresses and secrets in every chat message.
+
+    Replaces the table pii_findings (one row per span found); the view pii lists the chat rows
+    with findings. The stored bodies are never modified.
+    """
+    with user_errors():
+        result = pii.scan(open_store(db, queries))
+    counts = {kind: result.findings.get(kind, 0) for kind in pii.KINDS}
+    if as_json:
+        typer.echo(json.dumps({"rows": result.rows, "messages": result.messages, "findings": counts,
+                               "total": result.total, "seconds": round(result.seconds, 3)}))
+        return
+    table = Table("kind", "findings")
+    for kind, n in counts.items():
+        table.add_row(kind, f"{n:,}")
+    out.print(table)
+    out.print(f"scanned {result.rows:,} chat rows ({result.messages:,} messages) in {result.seconds:.1f}s: "
+              f"{result.total:,} findings; see the view pii and the table pii_findings", highlight=False)

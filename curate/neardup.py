@@ -1,0 +1,216 @@
+"""Near-duplicate chat rows: MinHash signatures, LSH bands, clusters kept in ``near_duplicates``.
+
+``near_duplicates(store)`` reads each row of the ``chat`` view once, as Arrow batches: DuckDB
+extracts the text of the messages (the request's on ``on="prompt"``, all of them on
+``on="conversation"``) and normalises it (lowercase, punctuation removed, whitespace collapsed).
+Each text becomes a set of shingles (``shingle`` words, or ``shingle`` characters when it has
+fewer words) and a MinHash signature (rensa, fixed seed). Rows whose signatures agree on a whole
+LSH band are candidates; candidates whose estimated Jaccard similarity reaches ``threshold`` are
+joined, and the connected components of two rows or more are the clusters. A cluster is named by
+its representative: the longest text, then the first finished, then the smallest id.
+
+The clusters replace the previous ones for the same ``on`` in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import rensa
+
+from curate.store import Store
+
+__all__ = ["NearDupResult", "near_duplicates"]
+
+On = Literal["prompt", "conversation"]
+SEED = 1729
+BATCH_ROWS = 10_000
+
+# The text of one message: its content when a string, the text of its parts when a list.
+_MESSAGE_TEXT = """
+    case json_type(m, '$.content')
+        when 'VARCHAR' then m ->> '$.content'
+        when 'ARRAY' then array_to_string(json_extract_string(m, '$.content[*].text'), ' ')
+        else ''
+    end
+"""
+
+
+def _texts_sql(on: On) -> str:
+    messages = "msgs" if on == "conversation" else "list_slice(msgs, 1, len(msgs) - 1)"
+    return f"""
+        with rows as (select id, finished_at, json_extract(messages, '$[*]') as msgs from chat),
+        joined as (
+            select id, finished_at,
+                   lower(array_to_string(list_transform({messages}, lambda m: {_MESSAGE_TEXT}), ' ')) as t
+            from rows
+        )
+        select id, finished_at,
+               trim(regexp_replace(regexp_replace(t, '[[:punct:]]', '', 'g'), '\\s+', ' ', 'g')) as text
+        from joined
+    """
+
+
+@dataclass(frozen=True)
+class NearDupResult:
+    """What one run found: rows scanned, clusters (of two rows or more), rows in them, and time."""
+
+    on: str
+    threshold: float
+    rows: int
+    clusters: int
+    rows_in_clusters: int
+    seconds: float
+
+
+def shingles(text: str, size: int) -> list[str]:
+    """The distinct ``size``-word shingles of a normalised text, or its ``size``-character ones."""
+    words = text.split(" ")
+    if len(words) >= size:
+        return list({" ".join(words[i : i + size]) for i in range(len(words) - size + 1)})
+    if len(text) > size:
+        return list({text[i : i + size] for i in range(len(text) - size + 1)})
+    return [text]
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) minimising false positives plus false negatives around ``threshold``."""
+
+    def integral(f: object, lo: float, hi: float) -> float:
+        steps = 200
+        width = (hi - lo) / steps
+        return sum(f(lo + (i + 0.5) * width) for i in range(steps)) * width  # type: ignore[operator]
+
+    best = (num_perm, 1)
+    best_error = float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = integral(lambda s, b=b, r=r: 1 - (1 - s**r) ** b, 0.0, threshold)
+            fn = integral(lambda s, b=b, r=r: 1 - (1 - (1 - s**r) ** b), threshold, 1.0)
+            if fp + fn < best_error:
+                best, best_error = (b, r), fp + fn
+    return best
+
+
+class _Components:
+    def __init__(self, n: int) -> None:
+        self.parent = array("q", range(n))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_duplicates(
+    store: Store,
+    *,
+    threshold: float = 0.85,
+    on: On = "prompt",
+    num_perm: int = 128,
+    shingle: int = 5,
+) -> NearDupResult:
+    """Cluster the ``chat`` rows whose texts are near-identical; replace the clusters for ``on``."""
+    if on not in ("prompt", "conversation"):
+        raise ValueError(f"on must be 'prompt' or 'conversation', not {on!r}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], not {threshold}")
+    started = time.perf_counter()
+    ids: list[str] = []
+    finished: list[object] = []
+    lengths = array("q")
+    signatures = array("I")  # num_perm per row with text; rows without text have none
+    has_text = bytearray()
+    with store.read() as con:
+        reader = con.sql(_texts_sql(on)).to_arrow_reader(batch_size=BATCH_ROWS)
+        for batch in reader:
+            texts = batch.column("text").to_pylist()
+            ids.extend(batch.column("id").to_pylist())
+            finished.extend(batch.column("finished_at").to_pylist())
+            token_sets = []
+            for text in texts:
+                text = text or ""
+                lengths.append(len(text))
+                has_text.append(1 if text else 0)
+                if text:
+                    token_sets.append(shingles(text, shingle))
+            if token_sets:
+                matrix = rensa.RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, SEED)
+                for row in matrix.to_rows():
+                    signatures.extend(row)
+    n = len(ids)
+    # Row number of each signature (rows without text are never clustered).
+    signed = [i for i in range(n) if has_text[i]]
+    components = _Components(n)
+
+    def similarity(a: int, b: int) -> float:
+        sa, sb = a * num_perm, b * num_perm
+        x, y = signatures[sa : sa + num_perm], signatures[sb : sb + num_perm]
+        return sum(1 for p, q in zip(x, y, strict=True) if p == q) / num_perm
+
+    bands, per_band = lsh_bands(threshold, num_perm)
+    for band in range(bands):
+        lo = band * per_band
+        keys = [hash(signatures[s * num_perm + lo : s * num_perm + lo + per_band].tobytes()) for s in range(len(signed))]
+        order = sorted(range(len(signed)), key=keys.__getitem__)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and keys[order[end]] == keys[order[start]]:
+                end += 1
+            if end - start > 1:
+                # Compare each member with one member of each component already in the bucket.
+                reps: list[int] = []
+                for s in sorted(order[start:end]):
+                    for m in reps:
+                        if components.find(signed[s]) != components.find(signed[m]) and similarity(s, m) >= threshold:
+                            components.union(signed[s], signed[m])
+                    if all(components.find(signed[m]) != components.find(signed[s]) for m in reps):
+                        reps.append(s)
+            start = end
+
+    signature_of = {row: s for s, row in enumerate(signed)}
+    members: dict[int, list[int]] = {}
+    for row in signed:
+        members.setdefault(components.find(row), []).append(row)
+    out_ids: list[str] = []
+    out_clusters: list[str] = []
+    out_similarity: list[float] = []
+    clusters = 0
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        clusters += 1
+        rep = min(rows, key=lambda r: (-lengths[r], finished[r] is None, finished[r], ids[r]))
+        for row in rows:
+            out_ids.append(ids[row])
+            out_clusters.append(ids[rep])
+            out_similarity.append(1.0 if row == rep else similarity(signature_of[row], signature_of[rep]))
+    found = pa.table(
+        {"id": pa.array(out_ids, pa.string()), "cluster_id": pa.array(out_clusters, pa.string()),
+         "similarity": pa.array(out_similarity, pa.float64())}
+    )
+    with store.write() as con:
+        con.execute("delete from near_duplicate_rows where on_what = ?", [on])
+        con.register("found_near_duplicates", found)
+        con.execute(
+            "insert into near_duplicate_rows (id, on_what, cluster_id, similarity, threshold, computed_at) "
+            "select id, ?, cluster_id, similarity, ?, now() from found_near_duplicates",
+            [on, threshold],
+        )
+        con.unregister("found_near_duplicates")
+    return NearDupResult(
+        on=on, threshold=threshold, rows=n, clusters=clusters, rows_in_clusters=len(out_ids),
+        seconds=time.perf_counter() - started,
+    )
