@@ -56,12 +56,14 @@ from curate.store import Store, no_progress_bar
 __all__ = [
     "DEDUP",
     "DEFAULT_SHARD_BYTES",
+    "PII",
     "ExportError",
     "ExportResult",
     "export",
 ]
 
-DEDUP = ("exact", "none")
+DEDUP = ("exact", "near", "none")
+PII = ("keep", "drop")
 # Shards of about this much source JSON each; the Hub's viewer and streaming like files well
 # under its 5 GB limit, and a few hundred MB keep a shard quick to download and to retry.
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -112,7 +114,8 @@ def _source_query(source: str) -> str:
     return text
 
 
-def _check_arguments(fmt: str, test_size: float, limit: int | None, dedup: str, shard_bytes: int) -> None:
+def _check_arguments(fmt: str, test_size: float, limit: int | None, dedup: str, shard_bytes: int,
+                     pii: str = "keep") -> None:
     if fmt not in formats.FORMATS:
         raise ExportError(f"--format {fmt}: expected one of {', '.join(formats.FORMATS)}")
     if not 0 <= test_size < 1:
@@ -121,6 +124,8 @@ def _check_arguments(fmt: str, test_size: float, limit: int | None, dedup: str, 
         raise ExportError(f"--limit {limit}: expected a positive number of rows")
     if dedup not in DEDUP:
         raise ExportError(f"--dedup {dedup}: expected one of {', '.join(DEDUP)}")
+    if pii not in PII:
+        raise ExportError(f"--pii {pii}: expected one of {', '.join(PII)}")
     if shard_bytes < 1:
         raise ExportError("shard_bytes must be positive")
 
@@ -180,7 +185,9 @@ def _read_source(
         else "[source.id::varchar]"
     )
     matched = f"coalesce(({where}), false)" if where else "true"
-    key = f"({split_by})::varchar" if split_by else "null::varchar"
+    # Without --split-by, a near-duplicate cluster (curate dedup near) is one key, so its rows
+    # share a side: a paraphrase cannot sit in train while its twin is in test.
+    key = f"({split_by})::varchar" if split_by else "near.cluster_id"
     # The opening: the text of the messages up to and including the first user message.
     opening = ("array_to_string(list_transform(t[1:coalesce(list_position(list_transform(t, lambda m: m.role), 'user'), "
                "len(t))], lambda m: m.role || ':' || coalesce(m.content, to_json(m.content_parts)::varchar, '')), chr(30))")
@@ -190,7 +197,7 @@ create table work.export_rows as
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
            {matched} as matched, {key} as split_key, source.messages::varchar as messages_text
-    from ({query}) as source
+    from ({query}) as source left join work.near as near on near.id = source.id::varchar
 ),
 typed as (
     select * exclude (messages_text),
@@ -230,6 +237,15 @@ order by split nulls last, shuffle, id
         raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
 
 
+def _copy_curation(con: duckdb.DuckDBPyConnection, near_on: str) -> None:
+    """What the curation passes found (their tables are small), copied while the store is attached."""
+    con.execute(f"""create table work.near as select id, cluster_id from store.near_duplicate_rows
+                    where on_what = {_sql_text(near_on)}""")
+    con.execute("""create table work.contaminated as select id, list(distinct eval_set order by eval_set) as eval_sets
+                   from store.contamination group by id""")
+    con.execute("create table work.pii as select distinct id from store.pii_findings")
+
+
 def _fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
     """A digest of the store's generations (count, XOR of every stored body's hash)."""
     [(count, xor)] = con.execute("select count(*), coalesce(bit_xor(raw_hash), 0) from generation_rows").fetchall()
@@ -254,9 +270,18 @@ class _Decisions:
     invalid_examples: dict[str, list[str]]
     shared_keys: int
     shared_prompts: int
+    straddling_clusters: int = 0
+    removed: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) -> _Decisions:
+def _drop(con: duckdb.DuckDBPyConnection, ids_sql: str) -> int:
+    """Drop kept rows whose id ``ids_sql`` lists; how many rows are kept after."""
+    con.execute(f"update work.export_rows set keep = false where keep and id in ({ids_sql})")
+    return _one(con, "select count(*) from work.export_rows where keep")
+
+
+def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pii: str = "keep",
+            exclude_contaminated: bool = False) -> _Decisions:
     source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
         # A seeded sample: the first N matching rows in the stored (shuffled) order.
@@ -269,7 +294,7 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) ->
         where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
     valid = filtered - sum(n for _, n, _ in invalid)
     con.execute("create table work.export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
-    if dedup == "exact":
+    if dedup in ("exact", "near"):
         con.execute("""
             insert into work.export_duplicates
             select content_hash, first(rowid order by finished_at nulls last, id),
@@ -280,6 +305,19 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) ->
             where rowid in (select r.rowid from work.export_rows r join work.export_duplicates d using (content_hash)
                             where r.keep and r.rowid <> d.kept_rowid)""")
     deduplicated = _one(con, "select count(*) from work.export_rows where keep")
+    counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
+    removed: dict[str, dict[str, int]] = {}
+    if dedup == "near":  # one row per cluster: its representative
+        counts["near-deduplicated"] = _drop(con, "select id from work.near where id <> cluster_id")
+    if exclude_contaminated:
+        removed["eval sets"] = dict(con.execute("""
+            select eval_set, count(*) from (
+                select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
+                where r.keep)
+            group by eval_set order by eval_set""").fetchall())
+        counts["decontaminated"] = _drop(con, "select id from work.contaminated")
+    if pii == "drop":
+        counts["without PII"] = _drop(con, "select id from work.pii")
     splits = dict(con.execute(
         "select split, count(*) from work.export_rows where keep group by split order by split desc").fetchall())
     shared_keys = _one(con, """select count(*) from (select split_group from work.export_rows where keep
@@ -287,7 +325,8 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) ->
     shared_prompts = _one(con, """select count(*) from (select prompt_hash from work.export_rows
                                    where keep and prompt_hash is not null
                                    group by prompt_hash having count(distinct split) > 1)""")
-    counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
+    straddling = _one(con, """select count(*) from (select n.cluster_id from work.export_rows r join work.near n using (id)
+                               where r.keep group by n.cluster_id having count(distinct r.split) > 1)""")
     counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
     return _Decisions(
         counts=counts,
@@ -296,6 +335,8 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str) ->
         invalid_examples={reason: list(ids) for reason, _, ids in invalid},
         shared_keys=shared_keys,
         shared_prompts=shared_prompts,
+        straddling_clusters=straddling,
+        removed=removed,
     )
 
 
@@ -464,8 +505,11 @@ def _render_card(
         lines += ["", "<details><summary>The view it reads</summary>", "", "```sql", view_sql.strip(), "```", "",
                   "</details>"]
     lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
-    lines += [f"| {step} | {c[step]:,} |" for step in ("source", "filtered", "valid", "deduplicated")]
+    lines += [f"| {step} | {n:,} |" for step, n in c.items() if step not in decisions.splits]
     lines += [f"| {split} | {n:,} |" for split, n in decisions.splits.items()]
+    for what, counts in decisions.removed.items():
+        lines += ["", f"Rows removed as found in {what}:", "", "| name | rows |", "|---|---:|"]
+        lines += [f"| {name} | {n:,} |" for name, n in counts.items()] or ["| (none) | 0 |"]
     if decisions.invalid:
         lines += ["", "Rows dropped as invalid for this format:", "", "| reason | rows |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in decisions.invalid.items()]
@@ -474,6 +518,8 @@ def _render_card(
         "## Split check",
         "",
         f"- Split-key values found in more than one split: **{decisions.shared_keys}**.",
+        ("- Near-duplicate clusters (`curate dedup near`) found in more than one split: "
+         f"**{decisions.straddling_clusters}**."),
         ("- Identical prompts (the messages before the answer) found in more than one split: "
          f"**{decisions.shared_prompts}**."),
     ]
@@ -527,6 +573,9 @@ def export(
     split_by: str | None = None,
     seed: int = 0,
     dedup: str = "exact",
+    near_on: str = "prompt",
+    exclude_contaminated: bool = False,
+    pii: str = "keep",
     strict: bool = False,
     license_id: str = card.PLACEHOLDER_LICENSE,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -537,12 +586,15 @@ def export(
     ``where``: a SQL condition over the source's columns; ``limit``: keep a seeded sample of N
     matching rows; ``test_size``: the fraction for the test split (0: train only); ``split_by``:
     a SQL expression whose rows stay on one side (default: the conversation's opening);
-    ``dedup``: ``exact`` keeps one row per identical messages+tools, ``none`` keeps all;
+    ``dedup``: ``exact`` keeps one row per identical messages+tools, ``near`` also one row per
+    near-duplicate cluster (``curate dedup near``, on ``near_on``), ``none`` keeps all;
+    ``exclude_contaminated``: drop rows ``curate decontaminate`` found in an eval set;
+    ``pii``: ``drop`` rows in which ``curate scan pii`` found personal data or secrets;
     ``strict``: refuse to write anything if a row is invalid for ``fmt``.
     """
     started = time.perf_counter()
     say = progress or (lambda _message: None)
-    _check_arguments(fmt, test_size, limit, dedup, shard_bytes)
+    _check_arguments(fmt, test_size, limit, dedup, shard_bytes, pii)
     query = _source_query(source)
     out = Path(folder)
     existing_card = _check_folder(out)
@@ -554,7 +606,7 @@ def export(
         decisions, files, fingerprint, text = _export_into(
             store, source, query, out, scratch, fmt=fmt, where=where, limit=limit, test_size=test_size,
             split_by=split_by, seed=seed, dedup=dedup, strict=strict, license_id=license_id,
-            shard_bytes=shard_bytes, say=say,
+            shard_bytes=shard_bytes, say=say, near_on=near_on, exclude_contaminated=exclude_contaminated, pii=pii,
         )
         if existing_card is not None:
             text = card.merge(existing_card, text)
@@ -576,7 +628,8 @@ def export(
 def _export_into(
     store: Store, source: str, query: str, out: Path, scratch: Path, *, fmt: str, where: str | None,
     limit: int | None, test_size: float, split_by: str | None, seed: int, dedup: str, strict: bool,
-    license_id: str, shard_bytes: int, say: Callable[[str], None],
+    license_id: str, shard_bytes: int, say: Callable[[str], None], near_on: str = "prompt",
+    exclude_contaminated: bool = False, pii: str = "keep",
 ) -> tuple[_Decisions, dict[str, list[Path]], str, str]:
     """Everything but the final move: data, lineage and card written into ``scratch``."""
     # A scratch database file: DuckDB compresses what it keeps there, and spills past the limit.
@@ -590,13 +643,14 @@ def _export_into(
             try:
                 columns = _describe(con, query)
                 fingerprint, generations = _fingerprint(con)
+                _copy_curation(con, near_on)
                 _read_source(con, query, columns, fmt=fmt, where=where, split_by=split_by, seed=seed,
                              test_size=test_size)
             finally:
                 con.execute("use work")
         view_sql = _view_sql(store, source)
         say("validating, deduplicating and splitting")
-        decisions = _decide(con, limit=limit, dedup=dedup)
+        decisions = _decide(con, limit=limit, dedup=dedup, pii=pii, exclude_contaminated=exclude_contaminated)
         if strict and decisions.invalid:
             detail = "; ".join(f"{reason}: {n} (e.g. {', '.join(decisions.invalid_examples[reason])})"
                                for reason, n in decisions.invalid.items())

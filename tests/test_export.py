@@ -409,3 +409,55 @@ def test_db_export_is_the_same_export(filled: Store, tmp_path: Path) -> None:
     assert isinstance(result, ExportResult)
     export(filled, "chat", tmp_path / "b", fmt="messages", seed=3)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+# ---------------------------------------------------------------- what the curation passes found
+
+
+def _chat_ids(store: Store) -> list[str]:
+    return [r["id"] for r in store.query("select id from chat order by id").to_pylist()]
+
+
+def test_dedup_near_keeps_one_row_per_cluster_its_representative(filled: Store, tmp_path: Path) -> None:
+    ids = _chat_ids(filled)
+    with filled.write() as con:  # what `curate dedup near` writes
+        con.executemany("insert into near_duplicate_rows values (?, 'prompt', ?, 0.9, 0.85, now())",
+                        [(ids[0], ids[0]), (ids[1], ids[0]), (ids[2], ids[0])])
+    result = export(filled, "chat", tmp_path / "out", test_size=0, dedup="near")
+    kept = {r["id"] for r in _lineage(tmp_path / "out").values()}
+    assert ids[0] in kept and ids[1] not in kept and ids[2] not in kept
+    assert result.counts["near-deduplicated"] == result.counts["deduplicated"] - 2
+
+
+def test_a_near_duplicate_cluster_stays_on_one_side_of_the_split(filled: Store, tmp_path: Path) -> None:
+    ids = _chat_ids(filled)
+    with filled.write() as con:
+        con.executemany("insert into near_duplicate_rows values (?, 'prompt', ?, 0.9, 0.85, now())",
+                        [(i, ids[0]) for i in ids[:10]])
+    for seed in range(4):
+        result = export(filled, "chat", tmp_path / f"s{seed}", test_size=0.5, seed=seed)
+        side = {r["id"]: r["split"] for r in _lineage(tmp_path / f"s{seed}").values()}
+        assert len({side[i] for i in ids[:10]}) == 1
+        assert result.card.count("Near-duplicate clusters (`curate dedup near`) found in more than one split: **0**") == 1
+
+
+def test_exclude_contaminated_drops_rows_an_eval_set_holds_and_names_the_set(filled: Store, tmp_path: Path) -> None:
+    ids = _chat_ids(filled)
+    with filled.write() as con:  # what `curate decontaminate` writes
+        con.executemany("insert into contamination values (?, ?, 'q1', 3, 13, now())",
+                        [(ids[0], "gsm8k"), (ids[1], "mmlu"), (ids[1], "gsm8k")])
+    result = export(filled, "chat", tmp_path / "out", test_size=0, exclude_contaminated=True)
+    kept = {r["id"] for r in _lineage(tmp_path / "out").values()}
+    assert not kept & {ids[0], ids[1]}
+    assert result.counts["decontaminated"] == result.counts["deduplicated"] - 2
+    assert "| gsm8k | 2 |" in result.card and "| mmlu | 1 |" in result.card
+
+
+def test_pii_drop_removes_rows_with_findings_and_keep_keeps_them(filled: Store, tmp_path: Path) -> None:
+    ids = _chat_ids(filled)
+    with filled.write() as con:  # what `curate scan pii` writes
+        con.execute("insert into pii_findings values (?, 0, 'email', 3, 20, 'regex', now())", [ids[0]])
+    dropped = export(filled, "chat", tmp_path / "drop", test_size=0, pii="drop")
+    kept = export(filled, "chat", tmp_path / "keep", test_size=0)
+    assert ids[0] not in {r["id"] for r in _lineage(tmp_path / "drop").values()}
+    assert dropped.counts["without PII"] == kept.counts["deduplicated"] - 1

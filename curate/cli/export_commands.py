@@ -22,7 +22,13 @@ Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # t
 
 class Dedup(str, Enum):
     exact = "exact"
+    near = "near"
     none = "none"
+
+
+class Pii(str, Enum):
+    keep = "keep"
+    drop = "drop"
 
 
 def export_command(
@@ -42,7 +48,12 @@ def export_command(
                           "[default: the conversation's opening messages].", show_default=False),
     ] = None,
     seed: Annotated[int, typer.Option(help="The seed of the split and of the row order.")] = 0,
-    dedup: Annotated[Dedup, typer.Option(help="exact: one row per identical messages and tools.")] = Dedup.exact,
+    dedup: Annotated[Dedup, typer.Option(
+        help="exact: one row per identical messages and tools; near: also one per near-duplicate "
+             "cluster (run curate dedup near first).")] = Dedup.exact,
+    exclude_contaminated: Annotated[bool, typer.Option(
+        "--exclude-contaminated", help="Drop rows curate decontaminate found in an eval set.")] = False,
+    pii: Annotated[Pii, typer.Option(help="drop: rows where curate scan pii found personal data or secrets.")] = Pii.keep,
     strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row is invalid for the format.")] = False,
     license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -60,6 +71,7 @@ def export_command(
         result = export(
             store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
             split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
+            exclude_contaminated=exclude_contaminated, pii=pii.value,
             progress=None if as_json else lambda message: err.print(
                 f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
         )
