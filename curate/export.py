@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 DEDUP = ("exact", "near", "none")
-PII = ("keep", "drop")
+PII = ("keep", "drop", "redact")
 # Shards of about this much source JSON each; the Hub's viewer and streaming like files well
 # under its 5 GB limit, and a few hundred MB keep a shard quick to download and to retry.
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -243,7 +243,9 @@ def _copy_curation(con: duckdb.DuckDBPyConnection, near_on: str) -> None:
                     where on_what = {_sql_text(near_on)}""")
     con.execute("""create table work.contaminated as select id, list(distinct eval_set order by eval_set) as eval_sets
                    from store.contamination group by id""")
-    con.execute("create table work.pii as select distinct id from store.pii_findings")
+    con.execute("""create table work.pii_spans as select id, message_index, kind, span_start, span_end, detector
+                   from store.pii_findings""")
+    con.execute("create table work.pii as select distinct id from work.pii_spans")
 
 
 def _fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
@@ -278,6 +280,45 @@ def _drop(con: duckdb.DuckDBPyConnection, ids_sql: str) -> int:
     """Drop kept rows whose id ``ids_sql`` lists; how many rows are kept after."""
     con.execute(f"update work.export_rows set keep = false where keep and id in ({ids_sql})")
     return _one(con, "select count(*) from work.export_rows where keep")
+
+
+def _redact(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
+    """Replace each span ``curate scan pii`` found with its placeholder, in the rows kept.
+
+    The scan's spans are offsets into a message's text content; a row whose finding is in content
+    parts, or whose message no longer matches the spans (a SELECT that rewrote the messages), is
+    dropped rather than exported half-redacted. Returns the rows kept and the spans per kind.
+    """
+    from curate.pii import Finding, redact
+
+    found = con.execute("""
+        select r.rowid, s.message_index, r.t[s.message_index + 1].content,
+               list((s.span_start, s.span_end, s.kind, s.detector) order by s.span_start)
+        from work.export_rows r join work.pii_spans s using (id)
+        where r.keep group by all order by 1, 2""").fetchall()
+    unsafe: set[int] = set()
+    redacted: dict[str, list[Any]] = {"rid": [], "position": [], "content": []}
+    kinds: dict[str, int] = {}
+    for rid, index, text, spans in found:
+        if text is None or any(end > len(text) for _, end, _, _ in spans):
+            unsafe.add(rid)
+            continue
+        redacted["rid"].append(rid)
+        redacted["position"].append(index + 1)
+        redacted["content"].append(redact(text, [Finding(start, end, kind, det) for start, end, kind, det in spans]))
+        for _, _, kind, _ in spans:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    if unsafe:
+        con.execute(f"update work.export_rows set keep = false where rowid in ({', '.join(map(str, sorted(unsafe)))})")
+    if redacted["rid"]:
+        con.register("redacted", pa.table(redacted))
+        con.execute("""
+            update work.export_rows set t = list_transform(t, lambda m, i: struct_update(m,
+                content := coalesce(red.contents[i], m.content)))
+            from (select rid, map(list(position), list(content)) as contents from redacted group by rid) as red
+            where export_rows.rowid = red.rid""")
+        con.unregister("redacted")
+    return _one(con, "select count(*) from work.export_rows where keep"), dict(sorted(kinds.items()))
 
 
 def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pii: str = "keep",
@@ -318,6 +359,8 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pi
         counts["decontaminated"] = _drop(con, "select id from work.contaminated")
     if pii == "drop":
         counts["without PII"] = _drop(con, "select id from work.pii")
+    elif pii == "redact":
+        counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
     splits = dict(con.execute(
         "select split, count(*) from work.export_rows where keep group by split order by split desc").fetchall())
     shared_keys = _one(con, """select count(*) from (select split_group from work.export_rows where keep

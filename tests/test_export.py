@@ -461,3 +461,20 @@ def test_pii_drop_removes_rows_with_findings_and_keep_keeps_them(filled: Store, 
     kept = export(filled, "chat", tmp_path / "keep", test_size=0)
     assert ids[0] not in {r["id"] for r in _lineage(tmp_path / "drop").values()}
     assert dropped.counts["without PII"] == kept.counts["deduplicated"] - 1
+
+
+def test_pii_redact_replaces_the_spans_in_the_export_and_leaves_the_store_alone(store: Store, tmp_path: Path) -> None:
+    from curate.pii import scan
+
+    record = _record(500, [{"role": "user", "content": "Write to jane.doe@example.com or call +1 415-555-2671."}],
+                     {"role": "assistant", "content": "Sure, I will email jane.doe@example.com."})
+    store.ingest_texts([json.dumps(record), json.dumps(generation_record(501))], source="t")
+    scan(store)
+    result = export(store, "chat", tmp_path / "out", test_size=0, pii="redact")
+    rows = {lin["id"]: i for (_, i), lin in _lineage(tmp_path / "out").items()}
+    messages = _load(tmp_path / "out")["train"][rows[generation_id(500)]]["messages"]
+    assert [m["content"] for m in messages] == ["Write to [EMAIL] or call [PHONE].", "Sure, I will email [EMAIL]."]
+    assert result.counts["PII redacted"] == 2
+    assert "| email | 2 |" in result.card
+    raw = store.query("select raw from generation_rows where id = ?", [generation_id(500)]).to_pylist()[0]["raw"]
+    assert "jane.doe@example.com" in raw

@@ -29,6 +29,7 @@ class Dedup(str, Enum):
 class Pii(str, Enum):
     keep = "keep"
     drop = "drop"
+    redact = "redact"
 
 
 def export_command(
@@ -53,7 +54,8 @@ def export_command(
              "cluster (run curate dedup near first).")] = Dedup.exact,
     exclude_contaminated: Annotated[bool, typer.Option(
         "--exclude-contaminated", help="Drop rows curate decontaminate found in an eval set.")] = False,
-    pii: Annotated[Pii, typer.Option(help="drop: rows where curate scan pii found personal data or secrets.")] = Pii.keep,
+    pii: Annotated[Pii, typer.Option(help="What to do with what curate scan pii found: drop the rows, or redact the spans "
+                                    "([EMAIL], [PHONE], [SECRET], ...).")] = Pii.keep,
     strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row is invalid for the format.")] = False,
     license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
