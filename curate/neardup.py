@@ -3,8 +3,10 @@
 ``near_duplicates(store)`` reads each row of the ``chat`` view once, as Arrow batches: DuckDB
 extracts the text of the messages (the request's on ``on="prompt"``, all of them on
 ``on="conversation"``) and normalises it (lowercase, punctuation removed, whitespace collapsed).
-Each text becomes a set of shingles (``shingle`` words, or ``shingle`` characters when it has
-fewer words) and a MinHash signature (rensa, fixed seed). Rows whose signatures agree on a whole
+Each text becomes a set of ``shingle``-character shingles and a MinHash signature (rensa, fixed
+seed). Characters, not words: chat prompts are short, and in a 40-word prompt one changed word
+alters 5 of 37 word 5-grams (Jaccard ~0.76, a miss at 0.85) but ~10 of ~250 character 5-grams
+(~0.92, a hit), while unrelated prompts share few character 5-grams. Rows whose signatures agree on a whole
 LSH band are candidates; candidates whose estimated Jaccard similarity reaches ``threshold`` are
 joined, and the connected components of two rows or more are the clusters. A cluster is named by
 its representative: the longest text, then the first finished, then the smallest id.
@@ -68,12 +70,9 @@ class NearDupResult:
 
 
 def shingles(text: str, size: int) -> list[str]:
-    """The distinct ``size``-word shingles of a normalised text, or its ``size``-character ones."""
-    words = text.split(" ")
-    if len(words) >= size:
-        return list({" ".join(words[i : i + size]) for i in range(len(words) - size + 1)})
+    """The distinct ``size``-character shingles of a normalised text (the text itself if shorter)."""
     if len(text) > size:
-        return list({text[i : i + size] for i in range(len(text) - size + 1)})
+        return sorted({text[i : i + size] for i in range(len(text) - size + 1)})
     return [text]
 
 
