@@ -49,6 +49,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.formats import json_message_text
 from curate.store import Store
 
 __all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminationResult", "EvalItem", "decontaminate",
@@ -222,10 +223,7 @@ widths as (select distinct width from eval_hashed),
 chat_words as (
     select id, regexp_extract_all(lower(array_to_string(list_transform(
                json_extract(messages, '$[*]'),
-               lambda m: case json_type(m, '$.content')
-                        when 'VARCHAR' then m ->> '$.content'
-                        when 'ARRAY' then array_to_string(json_extract_string(m, '$.content[*].text'), ' ')
-                    end), ' ')), '{_WORD}') as words
+               lambda m: {json_message_text('m')}), ' ')), '{_WORD}') as words
     from chat
 ),
 chat_grams as (

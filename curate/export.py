@@ -93,7 +93,7 @@ class ExportResult:
     folder: Path
     format: str
     query: str
-    counts: dict[str, int]  # source, filtered, valid, deduplicated, then one entry per split
+    counts: dict[str, int]  # each step in order (source, filtered, valid, deduplicated, ...), then each split
     splits: dict[str, int]
     invalid: dict[str, int]  # reason → rows
     invalid_examples: dict[str, list[str]]  # reason → a few ids

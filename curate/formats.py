@@ -55,6 +55,7 @@ __all__ = [
     "convert",
     "drop_reason",
     "dumps",
+    "json_message_text",
     "messages_from_arrow",
     "typed_messages",
     "validate_openai",
@@ -191,6 +192,16 @@ def typed_messages(col: str = "messages") -> str:
 
 
 _PARTS_SQL = "struct(type varchar, text varchar, image_url struct(url varchar, detail varchar))[]"
+
+
+def json_message_text(m: str) -> str:
+    """SQL: the text of ``m``, one chat message as JSON: its content when a string, the text of
+    its parts (space-joined) when a list, else ``''``. For passes that read ``chat`` without
+    typing it (near-duplicates, decontamination)."""
+    return f"""case json_type({m}, '$.content')
+        when 'VARCHAR' then {m} ->> '$.content'
+        when 'ARRAY' then array_to_string(json_extract_string({m}, '$.content[*].text'), ' ')
+        else '' end"""
 
 
 # Text of a typed message: its content, or its text parts joined by a newline.

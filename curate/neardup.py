@@ -24,6 +24,7 @@ from typing import Literal
 import pyarrow as pa
 import rensa
 
+from curate.formats import json_message_text
 from curate.store import Store
 
 __all__ = ["NearDupResult", "near_duplicates"]
@@ -32,15 +33,6 @@ On = Literal["prompt", "conversation"]
 SEED = 1729
 BATCH_ROWS = 10_000
 
-# The text of one message: its content when a string, the text of its parts when a list.
-_MESSAGE_TEXT = """
-    case json_type(m, '$.content')
-        when 'VARCHAR' then m ->> '$.content'
-        when 'ARRAY' then array_to_string(json_extract_string(m, '$.content[*].text'), ' ')
-        else ''
-    end
-"""
-
 
 def _texts_sql(on: On) -> str:
     messages = "msgs" if on == "conversation" else "list_slice(msgs, 1, len(msgs) - 1)"
@@ -48,7 +40,7 @@ def _texts_sql(on: On) -> str:
         with rows as (select id, finished_at, json_extract(messages, '$[*]') as msgs from chat),
         joined as (
             select id, finished_at,
-                   lower(array_to_string(list_transform({messages}, lambda m: {_MESSAGE_TEXT}), ' ')) as t
+                   lower(array_to_string(list_transform({messages}, lambda m: {json_message_text('m')}), ' ')) as t
             from rows
         )
         select id, finished_at,
