@@ -1,4 +1,4 @@
-"""Near-duplicate chat rows: MinHash signatures, LSH bands, clusters kept in ``near_duplicates``.
+"""Near-duplicate chat rows: MinHash signatures, LSH bands, clusters kept in ``near_duplicate_rows``.
 
 ``near_duplicates(store)`` reads each row of the ``chat`` view once, as Arrow batches: DuckDB
 extracts the text of the messages (the request's on ``on="prompt"``, all of them on

@@ -1,4 +1,4 @@
-"""``curate dedup near``: cluster near-identical chat rows into the ``near_duplicates`` table."""
+"""``curate dedup near``: cluster near-identical chat rows into the ``near_duplicate_rows`` table."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class CompareOn(str, Enum):
 @dedup_app.command("near")
 def near_command(
     threshold: Annotated[
-        float, typer.Option(help="Estimated Jaccard similarity (0 to 1] of word shingles that joins two rows.")
+        float, typer.Option(help="Estimated Jaccard similarity (0 to 1] of character 5-grams that joins two rows.")
     ] = 0.85,
     on: Annotated[
         CompareOn, typer.Option(help="Compare the request messages (prompt) or every message (conversation).")
@@ -35,7 +35,7 @@ def near_command(
     db: DbOption = None,
     queries: QueriesOption = None,
 ) -> None:
-    """Cluster near-identical chat rows (MinHash + LSH); replace the clusters in near_duplicates.
+    """Cluster near-identical chat rows (MinHash + LSH); replace the clusters in near_duplicate_rows.
 
     Texts are compared lowercased, without punctuation, whitespace collapsed. Each cluster is
     named by its longest text (then the first finished, then the smallest id); see them with
