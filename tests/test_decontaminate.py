@@ -169,6 +169,18 @@ def test_two_sets_with_one_name_are_refused(store: Store, tmp_path: Path) -> Non
         decontaminate(store, [first, second])
 
 
+def test_a_bad_eval_line_is_named_and_the_earlier_findings_stay(store: Store, tmp_path: Path) -> None:
+    ingest(store, chat_row(1, QUESTION))
+    evals = gsm8k(tmp_path)
+    decontaminate(store, [evals])
+    before = pairs(store)
+    with evals.open("a", encoding="utf-8") as out:
+        out.write('{"question": "cut off\n')
+    with pytest.raises(ValueError, match=r"gsm8k.jsonl:3: not JSON"):
+        decontaminate(store, [evals])
+    assert pairs(store) == before and before
+
+
 def test_the_contaminated_view_has_one_row_per_flagged_chat_row(store: Store, tmp_path: Path) -> None:
     both, one, _ = ingest(store, chat_row(1, QUESTION, OTHER), chat_row(2, OTHER), chat_row(3, "Hello."))
     other_set = write_jsonl(tmp_path / "other.jsonl", [{"question": QUESTION}])
