@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
 
 demo: install

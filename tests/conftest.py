@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import duckdb
 import pytest
 
 from curate.store import Store
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +48,17 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
             out.write(record if isinstance(record, str) else json.dumps(record, ensure_ascii=False))
             out.write("\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session, started only if a test asks for it."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """The SQLAlchemy URL of a fresh, empty database on the session's server, named after the test."""
+    stem = re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower()).strip("_")[:40] or "test"
+    return postgres_server.create_database(f"t_{stem}_{uuid.uuid4().hex[:8]}")
