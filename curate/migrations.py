@@ -190,8 +190,29 @@ def m005_curation(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m006_lake(con: duckdb.DuckDBPyConnection) -> None:
+    # `lake_sent`: which generations this store has appended to an Iceberg lake (curate.lake), one
+    # row per (lake, id, body). A row is claimed as `sending` before its commit and marked
+    # `committed` after, so a writer killed in between leaves a claim the next push settles.
+    con.execute(
+        """
+        create table lake_sent (
+            lake         varchar not null,
+            id           varchar not null,
+            raw_hash     ubigint not null,
+            batch_id     varchar not null,
+            state        varchar not null,
+            claimed_by   varchar not null,
+            claimed_at   timestamptz not null,
+            snapshot_id  bigint,
+            committed_at timestamptz
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
-    m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation,
+    m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
 ]
 
 

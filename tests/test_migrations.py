@@ -67,6 +67,11 @@ EXPECTED = {
         ("id", "VARCHAR"), ("eval_set", "VARCHAR"), ("eval_item", "VARCHAR"), ("shared_ngrams", "INTEGER"),
         ("ngram", "INTEGER"), ("found_at", "TIMESTAMP WITH TIME ZONE"),
     ],
+    "lake_sent": [
+        ("lake", "VARCHAR"), ("id", "VARCHAR"), ("raw_hash", "UBIGINT"), ("batch_id", "VARCHAR"),
+        ("state", "VARCHAR"), ("claimed_by", "VARCHAR"), ("claimed_at", "TIMESTAMP WITH TIME ZONE"),
+        ("snapshot_id", "BIGINT"), ("committed_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
 }
 
 

@@ -1,0 +1,585 @@
+"""The lake: one Apache Iceberg table of generations that several writers append to.
+
+One DuckDB file takes one writing process. Past one machine, every harvester, listener and
+importer keeps its own local store (its ledger, its merge, its crash safety) and also appends
+the terminal generations it stored to one Iceberg table, through ``pyiceberg`` and a SQL catalog
+(SQLite for one machine, PostgreSQL across machines). Analysts read the lake with DuckDB
+(``curate.open(lake=...)``, in ``curate.lakestore``).
+
+What shapes this module (measured in ../shared/docs/iceberg.md, pyiceberg 0.12):
+
+* The catalog takes about 10 commits a second whatever the number of writers, so writers
+  commit large batches (5,000 rows by default).
+* Concurrent commits conflict and are retried: the table asks pyiceberg for 20 retries, and a
+  batch whose retries run out is released and sent again on the next push, never dropped.
+* Iceberg does not enforce a unique id and upserts are copy-on-write, so writers only append;
+  an id two writers both stored is in the table twice, and readers keep the latest terminal row
+  per id (``DEDUP_ORDER``). Maintenance compacts those copies away.
+* The local store records what it sent (``lake_sent``) only after the commit, as a claim first
+  (``sending``) and ``committed`` after. A writer killed between the two leaves a claim; the next
+  push looks for the batch in the table (each file carries its batch id in ``lake_batch``, and
+  each snapshot in its summary) before sending it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pyarrow as pa
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from curate.records import COLUMNS
+
+if TYPE_CHECKING:
+    import duckdb
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.table import Table
+
+    from curate.store import Store
+
+__all__ = [
+    "DEDUP_ORDER", "DEFAULT_BATCH_ROWS", "DEFAULT_TABLE", "LAKE_COLUMNS", "Lake", "LakeConfig", "LakeError",
+    "LakePusher", "PushSummary", "batch_rows_default", "lake_rows_sql", "pending_count", "push",
+]
+
+log = logging.getLogger("curate.lake")
+
+DEFAULT_TABLE = "curate.generations"
+DEFAULT_BATCH_ROWS = 5_000
+# Which copy of an id readers keep: the latest finished, then the latest stored, then a fixed
+# order of bodies so that every reader picks the same one.
+DEDUP_ORDER = "finished_at desc nulls last, updated_at desc, raw_hash desc"
+# Only settled generations go to the lake: a Queued or In Progress row would be replaced later.
+TERMINAL = "state in ('Success', 'Failed')"
+# A claim older than this is taken to be abandoned by its writer even if its process seems alive.
+CLAIM_LEASE = timedelta(minutes=10)
+
+# The table's columns: the store's generation_rows (records.COLUMNS), then who sent each row.
+LAKE_COLUMNS = (*COLUMNS, "lake_writer", "lake_batch", "pushed_at")
+
+TABLE_PROPERTIES = {
+    # Commits conflict under concurrency; with 20 retries none failed in the measurements.
+    "commit.retry.num-retries": "20",
+    "commit.retry.min-wait-ms": "20",
+    "commit.retry.max-wait-ms": "2000",
+    # A commit in flight never outlives this, so maintenance can take older unreferenced files
+    # for orphans (its default margin is an hour).
+    "commit.retry.total-timeout-ms": "600000",
+    # Keeps the manifest count (and planning time) small as commits accumulate.
+    "commit.manifest-merge.enabled": "true",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # Compaction replaces files with files holding the same rows: it must not conflict with
+    # the appends that go on beside it (curate's table is append-only apart from compaction).
+    "write.delete.isolation-level": "snapshot",
+    "write.parquet.compression-codec": "zstd",
+}
+
+
+class LakeError(RuntimeError):
+    """A lake that cannot be reached or used as asked (a bad URI, a missing catalog, a failed commit)."""
+
+
+def _schema() -> Any:
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import DecimalType, LongType, NestedField, StringType, TimestamptzType
+
+    types: dict[str, Any] = {
+        "raw_hash": DecimalType(20, 0),  # DuckDB's ubigint: Iceberg has no unsigned type
+        "dispatched_at": TimestamptzType(), "finished_at": TimestamptzType(),
+        "first_seen_at": TimestamptzType(), "updated_at": TimestamptzType(), "pushed_at": TimestamptzType(),
+        "prompt_tokens": LongType(), "completion_tokens": LongType(), "total_tokens": LongType(),
+    }
+    # Every field optional: Arrow batches are nullable, and the id is unique by convention only.
+    return Schema(*(
+        NestedField(i, name, types.get(name, StringType()), required=False)
+        for i, name in enumerate(LAKE_COLUMNS, start=1)
+    ))
+
+
+def lake_rows_sql(source: str) -> str:
+    """A SELECT turning ``source`` (generation_rows' columns) into the lake's Arrow types."""
+    casts = {
+        "raw": "raw::varchar", "raw_hash": "raw_hash::decimal(20, 0)",
+        "request_built": "request_built::varchar", "response_built": "response_built::varchar",
+    }
+    return "select " + ", ".join(f"{casts.get(c, c)} as {c}" for c in COLUMNS) + f" from {source}"
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """Where a lake is: its SQL catalog, its warehouse folder and its table.
+
+    Written as one string (``--lake``, ``$CURATE_LAKE``):
+
+    * ``DIR``: a lake on this machine, catalog ``DIR/catalog.db`` (SQLite), warehouse ``DIR/warehouse``;
+    * ``postgresql://USER@HOST:PORT/DB?warehouse=/shared/lake``: a PostgreSQL catalog, for writers
+      on several machines (the warehouse must be storage they all reach);
+    * ``sqlite:////abs/catalog.db?warehouse=/abs/warehouse``.
+
+    ``table=NAMESPACE.NAME`` (default ``curate.generations``) may be added to any of them, as a
+    query parameter (for a folder: ``DIR?table=...``).
+    """
+
+    catalog_uri: str
+    warehouse: str
+    table: str = DEFAULT_TABLE
+
+    @classmethod
+    def parse(cls, value: str | os.PathLike[str]) -> LakeConfig:
+        text = os.fspath(value).strip()
+        if not text:
+            raise LakeError("the lake is empty: give a folder or a catalog URI (see curate lake --help)")
+        scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+        if not scheme:
+            path, _, query = text.partition("?")
+            params = dict(parse_qsl(query))
+            folder = Path(path).expanduser().resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            return cls(
+                catalog_uri=f"sqlite:///{folder / 'catalog.db'}",
+                warehouse=(folder / "warehouse").as_uri(),
+                table=_table_name(params.get("table", DEFAULT_TABLE), text),
+            )
+        if not scheme.startswith(("postgres", "sqlite")):
+            raise LakeError(
+                f"{_redacted(text)}: the lake's catalog must be a folder, postgresql://... or sqlite:///... "
+                "(pyiceberg's SQL catalog)"
+            )
+        parts = urlsplit(text)
+        params = dict(parse_qsl(parts.query))
+        warehouse = params.pop("warehouse", None)
+        table = params.pop("table", DEFAULT_TABLE)
+        if not warehouse:
+            raise LakeError(f"{_redacted(text)}: add ?warehouse=FOLDER_OR_URI (where the table's files go)")
+        if "://" not in warehouse:
+            warehouse = Path(warehouse).expanduser().resolve().as_uri()
+        scheme = parts.scheme
+        if scheme in ("postgresql", "postgres"):
+            scheme = "postgresql+psycopg2"
+        catalog_uri = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), ""))
+        return cls(catalog_uri=catalog_uri, warehouse=warehouse, table=_table_name(table, text))
+
+    @property
+    def identity(self) -> str:
+        """Names this lake in a local store's records: the catalog (no password) and the table."""
+        return f"{_redacted(self.catalog_uri)}#{self.table}"
+
+    def __str__(self) -> str:
+        return f"{self.identity} (warehouse {self.warehouse})"
+
+
+def _table_name(name: str, given: str) -> str:
+    if name.count(".") != 1 or not all(name.split(".")):
+        raise LakeError(f"{_redacted(given)}: table must be NAMESPACE.NAME, not {name!r}")
+    return name
+
+
+def _redacted(uri: str) -> str:
+    parts = urlsplit(uri) if "://" in uri else None
+    if parts is None or parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _is_commit_conflict(exc: BaseException) -> bool:
+    from pyiceberg.exceptions import CommitFailedException
+
+    return isinstance(exc, CommitFailedException)
+
+
+class Lake:
+    """A handle on the lake's table: created on first use, appended to with retries, planned for reading."""
+
+    def __init__(self, config: LakeConfig | str | os.PathLike[str]) -> None:
+        self.config = config if isinstance(config, LakeConfig) else LakeConfig.parse(config)
+        self._catalog: SqlCatalog | None = None
+        self._table: Table | None = None
+
+    def __repr__(self) -> str:
+        return f"Lake({self.config.identity!r})"
+
+    @property
+    def catalog(self) -> SqlCatalog:
+        if self._catalog is None:
+            self._catalog = self._connect()
+        return self._catalog
+
+    def _connect(self) -> SqlCatalog:
+        try:
+            from pyiceberg.catalog.sql import SqlCatalog
+            from sqlalchemy.exc import SQLAlchemyError
+        except ModuleNotFoundError as exc:
+            raise LakeError(f"a lake needs {exc.name}: pip install 'curate[lake]'") from exc
+
+        # Several writers starting at once may race to create the catalog's own tables.
+        for attempt in Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, SQLAlchemyError)),
+            wait=wait_random_exponential(multiplier=0.05, max=1), stop=stop_after_attempt(5), reraise=True,
+        ):
+            with attempt:
+                try:
+                    return SqlCatalog("curate", uri=self.config.catalog_uri, warehouse=self.config.warehouse)
+                except ModuleNotFoundError as exc:
+                    raise LakeError(f"{self.config.identity}: the catalog needs {exc.name} (pip install it)") from exc
+                except SQLAlchemyError as exc:
+                    if "could not connect" in str(exc).lower() or "connection refused" in str(exc).lower():
+                        raise LakeError(f"{self.config.identity}: cannot reach the catalog: {getattr(exc, 'orig', exc)}") from exc
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Let go of the catalog's database connections."""
+        if self._catalog is not None:
+            self._catalog.engine.dispose()
+            self._catalog = None
+            self._table = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def table(self, *, create: bool = True) -> Table:
+        """The table, reloaded from the catalog (created with its namespace if absent and ``create``)."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+
+        try:
+            self._table = self.catalog.load_table(self.config.table)
+            return self._table
+        except NoSuchTableError:
+            if not create:
+                raise LakeError(f"{self.config.identity}: no such table yet (nothing was pushed to this lake)") from None
+        namespace = self.config.table.split(".")[0]
+        try:
+            self.catalog.create_namespace(namespace)
+        except NamespaceAlreadyExistsError:
+            pass
+        try:
+            self._table = self.catalog.create_table(self.config.table, schema=_schema(), properties=TABLE_PROPERTIES)
+        except TableAlreadyExistsError:  # another writer made it first
+            self._table = self.catalog.load_table(self.config.table)
+        return self._table
+
+    def exists(self) -> bool:
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            self.catalog.load_table(self.config.table)
+        except NoSuchTableError:
+            return False
+        return True
+
+    def append(self, rows: pa.Table, *, batch_id: str, attempts: int = 5) -> int:
+        """Commit ``rows`` as one snapshot tagged with ``batch_id``; return the snapshot id.
+
+        pyiceberg retries a conflicting commit itself (the table's 20 retries); past those, the
+        whole append is tried again on a freshly loaded table, ``attempts`` times, before the
+        conflict is raised (the caller keeps the rows and sends them on its next push).
+        """
+        arrow = rows.cast(self.arrow_schema())
+        for attempt in Retrying(
+            retry=retry_if_exception(_is_commit_conflict),
+            wait=wait_random_exponential(multiplier=0.2, max=5), stop=stop_after_attempt(attempts), reraise=True,
+        ):
+            with attempt:
+                table = self.table()
+                table.append(arrow, snapshot_properties={"curate.batch": batch_id, "curate.writer": _writer_name()})
+                for snapshot in reversed(table.metadata.snapshots):
+                    if snapshot.summary is not None and snapshot.summary.get("curate.batch") == batch_id:
+                        return snapshot.snapshot_id
+                raise AssertionError(f"batch {batch_id} committed but its snapshot is not in the table")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def arrow_schema(self) -> pa.Schema:
+        from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+        schema = schema_to_pyarrow(_schema(), include_field_ids=False)
+        return pa.schema([f.with_type(pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f
+                          for f in schema])
+
+    def committed_batches(self, batch_ids: Iterable[str]) -> set[str]:
+        """Which of ``batch_ids`` are in the table: by snapshot summary, else by the rows' ``lake_batch``."""
+        from pyiceberg.expressions import In
+
+        wanted = set(batch_ids)
+        if not wanted or not self.exists():
+            return set()
+        table = self.table()
+        found = {s.summary.get("curate.batch", "") for s in table.metadata.snapshots if s.summary is not None} & wanted
+        rest = wanted - found
+        if rest and table.current_snapshot() is not None:
+            # Expired snapshots lose their summaries; the rows still say which batch they came in.
+            where = In("lake_batch", rest)  # type: ignore[call-arg, arg-type]  # In.__new__ is not seen
+            scanned = table.scan(row_filter=where, selected_fields=("lake_batch",)).to_arrow()
+            found |= {b for b in scanned.column("lake_batch").to_pylist() if b is not None}
+        return found
+
+    def snapshot_id(self) -> int | None:
+        """The current snapshot's id (None for an empty or absent table)."""
+        if not self.exists():
+            return None
+        snapshot = self.table().current_snapshot()
+        return snapshot.snapshot_id if snapshot is not None else None
+
+    def data_files(self) -> list[str]:
+        """Local paths of the Parquet files that make up the current snapshot."""
+        if not self.exists():
+            return []
+        files = []
+        for task in self.table().scan().plan_files():
+            if task.delete_files:
+                # curate never writes delete files; another engine may have. Reading the file
+                # list would then resurrect deleted rows.
+                raise LakeError(f"{self.config.identity}: the table has delete files, which curate cannot read")
+            files.append(_local_path(task.file.file_path))
+        return files
+
+
+def _local_path(location: str) -> str:
+    parts = urlsplit(location)
+    if parts.scheme in ("", "file"):
+        return parts.path
+    raise LakeError(f"{location}: curate reads lakes on local or mounted storage only (file://)")
+
+
+# -- pushing a local store's generations to the lake -------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushSummary:
+    """What one push did: rows and batches committed, and claims of dead writers resolved."""
+
+    rows: int = 0
+    batches: int = 0
+    recovered: int = 0  # abandoned batches found already in the lake
+    released: int = 0  # abandoned batches not in the lake, to be sent again
+    pending: int = 0  # rows still waiting after the push
+
+
+def _writer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pending_sql(limit: bool) -> str:
+    return f"""
+        select g.* from generation_rows g
+        where g.{TERMINAL}
+          and not exists (select 1 from lake_sent s
+                          where s.lake = $lake and s.id = g.id and s.raw_hash = g.raw_hash)
+        {"order by g.updated_at, g.id limit $limit" if limit else ""}
+    """
+
+
+def pending_count(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> int:
+    """Terminal generations of this store not yet committed (nor being sent) to ``lake``."""
+    row = con.execute(f"select count(*) from ({_pending_sql(False)})", {"lake": lake.identity}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _abandoned(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> list[str]:
+    host = socket.gethostname()
+    rows = con.execute(
+        "select batch_id, any_value(claimed_by), min(claimed_at) from lake_sent "
+        "where lake = ? and state = 'sending' group by batch_id",
+        [lake.identity],
+    ).fetchall()
+    now = datetime.now(UTC)
+    dead = []
+    for batch_id, claimed_by, claimed_at in rows:
+        claim_host, _, pid = str(claimed_by).rpartition(":")
+        if claimed_by == _writer_name():
+            continue  # this process's own batch in flight (another thread)
+        died = claim_host == host and pid.isdigit() and not _pid_alive(int(pid))
+        if died or (claimed_at is not None and now - claimed_at > CLAIM_LEASE):
+            dead.append(batch_id)
+    return dead
+
+
+def _recover(store: Store, lake: Lake) -> tuple[int, int]:
+    """Settle batches claimed by writers that died before recording their commit."""
+    with store.read() as con:
+        dead = _abandoned(con, lake.config)
+    if not dead:
+        return 0, 0
+    landed = lake.committed_batches(dead)
+    with store.write() as con:
+        for batch_id in dead:
+            if batch_id in landed:
+                con.execute(
+                    "update lake_sent set state = 'committed', committed_at = now() where batch_id = ?", [batch_id]
+                )
+            else:
+                con.execute("delete from lake_sent where batch_id = ?", [batch_id])
+    log.info("lake: %d abandoned batch(es) already committed, %d to send again", len(landed), len(dead) - len(landed))
+    return len(landed), len(dead) - len(landed)
+
+
+def _claim(store: Store, lake: LakeConfig, batch_rows: int, batch_id: str) -> pa.Table:
+    """Take up to ``batch_rows`` unsent rows, recorded as ``sending`` under ``batch_id``."""
+    params = {"lake": lake.identity, "limit": batch_rows}
+    with store.write() as con:
+        con.execute(f"create or replace temp table _lake_claim as {_pending_sql(True)}", params)
+        con.execute(
+            "insert into lake_sent (lake, id, raw_hash, batch_id, state, claimed_by, claimed_at) "
+            "select ?, id, raw_hash, ?, 'sending', ?, now() from _lake_claim",
+            [lake.identity, batch_id, _writer_name()],
+        )
+        rows = con.sql(
+            lake_rows_sql("_lake_claim").replace(
+                " from _lake_claim",
+                ", $writer as lake_writer, $batch as lake_batch, now() as pushed_at from _lake_claim",
+            ),
+            params={"writer": _writer_name(), "batch": batch_id},
+        ).to_arrow_table()
+        con.execute("drop table _lake_claim")
+    return rows
+
+
+def batch_rows_default() -> int:
+    """Rows per commit: ``$CURATE_LAKE_BATCH_ROWS``, else 5,000."""
+    return int(os.environ.get("CURATE_LAKE_BATCH_ROWS") or DEFAULT_BATCH_ROWS)
+
+
+def push(
+    store: Store,
+    lake: Lake | LakeConfig | str,
+    *,
+    batch_rows: int | None = None,
+    max_batches: int | None = None,
+) -> PushSummary:
+    """Append the store's terminal generations not yet in ``lake``, ``batch_rows`` per commit.
+
+    ``batch_rows`` defaults to ``$CURATE_LAKE_BATCH_ROWS``, else 5,000: the catalog takes about
+    10 commits a second from all writers together, so rows per commit is the lake's throughput.
+
+    Safe to run from several threads or processes on one store, and after any crash: a row is
+    claimed before it is sent and recorded as committed after, and a dead writer's claims are
+    checked against the table before anything is sent again.
+    """
+    own = not isinstance(lake, Lake)
+    handle = lake if isinstance(lake, Lake) else Lake(lake)
+    batch_rows = batch_rows or batch_rows_default()
+    try:
+        recovered, released = _recover(store, handle)
+        rows = batches = 0
+        while max_batches is None or batches < max_batches:
+            batch_id = uuid.uuid4().hex
+            claimed = _claim(store, handle.config, batch_rows, batch_id)
+            if not claimed.num_rows:
+                break
+            try:
+                snapshot_id = handle.append(claimed, batch_id=batch_id)
+            except BaseException:
+                # Not committed (or not known to be): release the claim so the rows go next time.
+                # A commit that landed anyway is found by its batch id and only duplicates rows
+                # that readers deduplicate.
+                with store.write() as con:
+                    con.execute("delete from lake_sent where batch_id = ?", [batch_id])
+                raise
+            with store.write() as con:
+                con.execute(
+                    "update lake_sent set state = 'committed', snapshot_id = ?, committed_at = now() "
+                    "where batch_id = ?",
+                    [snapshot_id, batch_id],
+                )
+            rows += claimed.num_rows
+            batches += 1
+            log.info("lake: committed %d rows in snapshot %d", claimed.num_rows, snapshot_id)
+        with store.read() as con:
+            pending = pending_count(con, handle.config)
+        return PushSummary(rows=rows, batches=batches, recovered=recovered, released=released, pending=pending)
+    finally:
+        if own:
+            handle.close()
+
+
+class LakePusher:
+    """Pushes a store's new terminal generations to the lake from a background thread.
+
+    For the long-running writers (``curate harvest --lake``, ``curate listen --lake``): every
+    ``interval`` seconds it pushes what is pending, and on exit everything that is left. A push
+    that fails (the catalog unreachable, conflicts past every retry) is logged and tried again at
+    the next tick: the rows wait in the local store. A final push that fails raises ``LakeError``
+    saying how many rows wait for ``curate lake push``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        lake: Lake | LakeConfig | str,
+        *,
+        interval: float | None = None,
+        batch_rows: int | None = None,
+    ) -> None:
+        import threading
+
+        self.store = store
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self.interval = interval or float(os.environ.get("CURATE_LAKE_PUSH_SECONDS") or 5)
+        self.batch_rows = batch_rows
+        self.rows = 0
+        self.batches = 0
+        self.errors = 0
+        self.last_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="curate-lake-push", daemon=True)
+
+    def _push_once(self) -> PushSummary:
+        summary = push(self.store, self.lake, batch_rows=self.batch_rows)
+        self.rows += summary.rows
+        self.batches += summary.batches
+        return summary
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._push_once()
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the rows for the next tick
+                self.errors += 1
+                self.last_error = exc
+                log.warning("lake: push failed (rows wait in the local store, retried in %gs): %s",
+                            self.interval, exc)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._push_once()
+        except Exception as error:
+            if exc_type is not None:  # the writer's own failure is the one to report
+                log.warning("lake: final push failed: %s", error)
+                return
+            with self.store.read() as con:
+                waiting = pending_count(con, self.lake.config)
+            raise LakeError(
+                f"{waiting:,} generation(s) are stored locally but not in {self.lake.config.identity} "
+                f"({error}); send them with: curate lake push"
+            ) from error
+        finally:
+            self.lake.close()
