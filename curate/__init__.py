@@ -15,6 +15,7 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     db.views()                                                      # name, what a row is, rows
     db.snapshot("snapshot/")                                        # Parquet, read with no lock
     db.export("conversations", "out/", fmt="messages")              # a Hugging Face dataset folder
+    lake = curate.open(lake="postgresql://me@db/curate?warehouse=/shared/lake")  # many writers' lake
     curate.publish("out/", "ORG/NAME")                              # to the Hub
 
 Every call opens the store read-only for its one query and lets go, so a notebook never stops a
@@ -73,11 +74,18 @@ __all__ = [
 def open(
     path: str | os.PathLike[str] | None = None,
     *,
+    lake: str | os.PathLike[str] | None = None,
     queries: list[str | os.PathLike[str]] | None = None,
     lock_timeout: float = 30.0,
 ) -> Store:
     """Open (creating or migrating as needed) the store at ``path``, else ``$CURATE_DB``.
 
+    ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
+    ``curate.lake.LakeConfig``): the same views and exports, on one row per generation id.
     ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
     """
+    if lake is not None:
+        from curate.lakestore import LakeStore
+
+        return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
     return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)

@@ -498,7 +498,7 @@ _FORMAT_PROSE = {
 
 def _render_card(
     *, name: str, fmt: str, query: str, view_sql: str | None, when: str, fingerprint: str, generations: int,
-    store: Path, decisions: _Decisions, files: dict[str, list[Path]], sizes: dict[str, int], folder: Path,
+    store: str, decisions: _Decisions, files: dict[str, list[Path]], sizes: dict[str, int], folder: Path,
     stats: dict[str, Any],
     seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str,
 ) -> str:
@@ -536,7 +536,7 @@ def _render_card(
         "## How it was made",
         "",
         f"- Exported {when} by curate {__version__} (DuckDB {duckdb.__version__}).",
-        f"- Store: `{store.name}`, fingerprint `{fingerprint}` ({generations:,} generations).",
+        f"- Store: `{store}`, fingerprint `{fingerprint}` ({generations:,} generations).",
         f"- Split: test fraction {test_size:g}, seed {seed}, by {split_rule}; duplicates: {dedup}.",
         "- Query:",
         "",
@@ -718,7 +718,7 @@ def _export_into(
         text = _render_card(
             name=out.resolve().name, fmt=fmt, query=_full_query(query, where, limit), view_sql=view_sql,
             when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), fingerprint=fingerprint,
-            generations=generations, store=store.path, decisions=decisions, files=final_files, folder=out,
+            generations=generations, store=store.label, decisions=decisions, files=final_files, folder=out,
             sizes={split: sum(p.stat().st_size for p in paths) for split, paths in files.items()},
             stats=_stats(con), seed=seed, test_size=test_size, split_by=split_by, dedup=dedup,
             license_id=license_id,

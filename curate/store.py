@@ -163,6 +163,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
+    @property
+    def label(self) -> str:
+        """How exports' cards name the store."""
+        return self.path.name
+
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         def connect() -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": self.memory_limit})

@@ -1,0 +1,178 @@
+"""Reading the lake as a store: every view, query, snapshot and export, on the Iceberg table.
+
+``LakeStore`` is a ``Store`` whose DuckDB file is private to this process and holds no data:
+the schema's tables (empty) and, in place of the ``generation_rows`` table, a view over the
+Parquet files of the lake's current snapshot (planned by pyiceberg) that keeps one row per id,
+the one ``lake.DEDUP_ORDER`` prefers. The shipped views and the user's own then run unchanged.
+Each read checks the lake's current snapshot first and re-plans when writers have committed since.
+
+The lake is read-only here: the curation passes, which write their findings into the store,
+run on a local store, which ``pull`` fills with the lake's generations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, Self
+
+import duckdb
+import pyarrow as pa
+
+from curate import migrations, views
+from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
+from curate.records import COLUMNS, WriteCounts
+from curate.store import Store, WriteSession
+
+__all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "pull"]
+
+_EMPTY = "_lake_empty_rows"
+_UNPLANNED = object()
+
+
+class LakeReadOnly(LakeError):
+    """A write was asked of the lake's read view."""
+
+
+def lake_rows_view_sql(files: Sequence[str]) -> str:
+    """``generation_rows`` over the lake's Parquet ``files``: its exact columns and types, one row per id."""
+    if not files:
+        return f"select * from {_EMPTY}"
+    casts = {
+        "raw": "raw::json", "raw_hash": "raw_hash::ubigint",
+        "request_built": "request_built::json", "response_built": "response_built::json",
+    }
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    columns = ", ".join(f"{casts[c]} as {c}" if c in casts else c for c in COLUMNS)
+    return (
+        f"select {columns} from read_parquet([{listed}]) "
+        f"qualify row_number() over (partition by id order by {DEDUP_ORDER}) = 1"
+    )
+
+
+class LakeStore(Store):
+    """The lake, read through DuckDB with the store's views (``curate.open(lake=...)``)."""
+
+    def __init__(
+        self,
+        lake: Lake | LakeConfig | str | os.PathLike[str],
+        *,
+        queries: Sequence[str | os.PathLike[str]] | None = None,
+        memory_limit: str | None = None,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self._planned: Any = _UNPLANNED
+        self._plan_lock = threading.Lock()
+        folder = tempfile.mkdtemp(prefix="curate-lake-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        super().__init__(Path(folder) / "lake.duckdb", lock_timeout=lock_timeout, memory_limit=memory_limit,
+                         queries=queries)
+
+    def __repr__(self) -> str:
+        return f"LakeStore({self.lake.config.identity!r})"
+
+    @property
+    def label(self) -> str:
+        return f"lake {self.lake.config.identity}"
+
+    def migrate(self) -> list[str]:
+        """Build the private file: the schema, the lake's rows as a view, and the views."""
+        files = self.view_files()
+        with self._plan_lock:
+            con = self._connect(read_only=False)
+            try:
+                applied = migrations.apply(con)
+                if applied:
+                    con.execute(f"create table {_EMPTY} as select * from generation_rows limit 0")
+                    con.execute("drop table generation_rows")
+                self._plan(con)
+                self.view_errors = views.refresh(con, files)
+                return applied
+            finally:
+                con.close()
+
+    def _plan(self, con: duckdb.DuckDBPyConnection) -> None:
+        snapshot = self.lake.snapshot_id()
+        con.execute(f"create or replace view generation_rows as {lake_rows_view_sql(self.lake.data_files())}")
+        self._planned = snapshot
+
+    def refresh(self) -> bool:
+        """Re-plan the lake's files if writers committed since the last read; True if it did."""
+        with self._plan_lock:
+            if self.lake.snapshot_id() == self._planned:
+                return False
+            con = self._connect(read_only=False)
+            try:
+                self._plan(con)
+            finally:
+                con.close()
+            return True
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.refresh()
+        with super().read() as con:
+            yield con
+
+    @contextmanager
+    def attached(self, con: duckdb.DuckDBPyConnection, alias: str = "store") -> Iterator[str]:
+        self.refresh()
+        with super().attached(con, alias) as name:
+            yield name
+
+    def _refuse(self) -> NoReturn:
+        raise LakeReadOnly(
+            f"{self.label} is read-only here: write to a local store with --db and push with --lake "
+            "(curate import/harvest/listen --lake), and run curation passes on a local store"
+        )
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self._refuse()
+        yield  # pragma: no cover
+
+    def session(self) -> WriteSession:
+        self._refuse()
+
+    def close(self) -> None:
+        """Let go of the catalog's connections and remove the private file."""
+        self.lake.close()
+        self._cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pull(lake: Lake | LakeConfig | str, store: Store, *, batch_rows: int = 50_000) -> WriteCounts:
+    """Merge the lake's generations (one per id) into a local ``store``, as an import would.
+
+    For the work that writes into a store (near-duplicates, PII, decontamination), and for a copy
+    to take away. Each body is merged as received, so a pull run twice stores nothing new.
+    """
+    read = LakeStore(lake)
+    totals = {"stored": 0, "updated": 0, "duplicate": 0, "rejected": 0, "skipped": 0, "lines": 0}
+    try:
+        with read.read() as con:
+            batches = con.sql(
+                "select row_number() over (order by id) as line, raw::varchar as text from generation_rows"
+            ).to_arrow_reader(batch_size=batch_rows)
+            for batch in batches:
+                counts = store.ingest(pa.Table.from_batches([batch]), source="lake")
+                for key in totals:
+                    totals[key] += getattr(counts, key)
+    finally:
+        read.close()
+    return WriteCounts(
+        stored=totals["stored"], updated=totals["updated"], duplicate=totals["duplicate"],
+        rejected=totals["rejected"], skipped=totals["skipped"], lines=totals["lines"],
+    )
