@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -264,9 +265,24 @@ def serve_forever(
         on_started=lambda: say(line),
         on_shutdown=on_shutdown,
     )
+    # uvicorn re-raises the signal it stopped on once it has shut down. Turned into an exception
+    # here, a SIGTERM ends the call like a SIGINT does, so the caller's cleanup runs (the lake
+    # pusher's final push) and the process exits 0 after a graceful stop.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; that is a clean exit
+    except (KeyboardInterrupt, _Terminated):  # the signal uvicorn handled: a clean exit
         pass
     finally:
         sock.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """The SIGTERM uvicorn re-raised after its graceful shutdown."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated

@@ -21,6 +21,7 @@ from curate.cli._shared import app, out
 from curate.cli.curation_decontaminate import decontaminate_command
 from curate.cli.curation_neardup import dedup_app
 from curate.cli.curation_pii import scan_app
+from curate.cli.lake_commands import lake_app
 
 __all__ = ["app", "main"]
 
@@ -49,6 +50,7 @@ for _name, _command in (
 app.add_typer(view_commands.views_app, name="views")
 app.add_typer(dedup_app, name="dedup")
 app.add_typer(scan_app, name="scan")
+app.add_typer(lake_app, name="lake")
 
 
 def main() -> None:

@@ -26,12 +26,14 @@ from rich.table import Table
 from curate.client import ApiError, ApiUnavailable
 from curate.config import MissingApiKey, Settings
 from curate.export import ExportError
+from curate.lake import LakeError
 from curate.publish import HubError, PublishError
 from curate.store import Store, StoreLocked
 from curate.submit import InvalidRequests
 
 __all__ = [
-    "DbOption", "OutputFormat", "QueriesOption", "app", "err", "lock_timeout", "open_api", "open_store", "out",
+    "DbOption", "LakeOption", "OutputFormat", "QueriesOption", "app", "err", "lake_uri", "lock_timeout", "open_api",
+    "open_store", "out",
     "print_table", "user_errors",
 ]
 
@@ -57,6 +59,25 @@ DbOption = Annotated[
 ]
 
 
+LakeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake",
+        help="An Iceberg lake: a folder, or postgresql://USER@HOST/DB?warehouse=DIR [env: CURATE_LAKE].",
+        show_default=False,
+    ),
+]
+
+
+def lake_uri(lake: str | None, db: Path | None = None) -> str | None:
+    """The lake to use: ``--lake``, else ``$CURATE_LAKE`` unless ``--db`` names a store to read instead."""
+    if lake:
+        return lake
+    if db is not None:
+        return None
+    return os.environ.get("CURATE_LAKE") or None
+
+
 class OutputFormat(str, Enum):
     table = "table"
     json = "json"
@@ -71,7 +92,7 @@ def user_errors() -> Iterator[None]:
     except HubError as exc:  # a PublishError, but the Hub's failure, not the user's input
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (MissingApiKey, ExportError, PublishError) as exc:  # an argument, file or login to fix
+    except (MissingApiKey, ExportError, PublishError, LakeError) as exc:  # an argument, file or login to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (StoreLocked, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,
@@ -91,9 +112,15 @@ QueriesOption = Annotated[
 ]
 
 
-def open_store(db: Path | None, queries: list[Path] | None = None) -> Store:
-    """The store, with any broken view file reported on stderr (the other views still work)."""
-    store = Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout(), queries=queries or None)
+def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | None = None) -> Store:
+    """The store (or with ``lake``, the lake read as one), any broken view file reported on stderr."""
+    store: Store
+    if lake:
+        from curate.lakestore import LakeStore
+
+        store = LakeStore(lake, lock_timeout=lock_timeout(), queries=queries or None)
+    else:
+        store = Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout(), queries=queries or None)
     for error in store.view_errors:
         typer.echo(f"warning: view {error.view} not created: {error}", err=True)
     return store

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from curate.cli._shared import DbOption, err, open_api, out, user_errors
+from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_api, out, user_errors
 from curate.client import Fetched, InferenceClient
 from curate.config import Settings
 from curate.harvest import HarvestSummary, harvest
+from curate.lake import LakePusher
 from curate.records import WriteCounts
 from curate.submit import submit_file
 
@@ -76,6 +79,7 @@ def harvest_command(
     rpm: Annotated[int, typer.Option(help="Requests per minute the account allows.")] = 250,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 8,
     once: Annotated[bool, typer.Option(help="One pass over what is due, then stop.")] = False,
+    lake: LakeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Fetch every generation the ledger waits for, until all are done (groups with one GET each)."""
@@ -95,11 +99,18 @@ def harvest_command(
                 bar.update(task, done=s.stored + s.updated, pending=s.pending, failed=s.failed,
                            rate=rate)
 
-            summary = harvest(store, settings, ids_file=ids, rpm=rpm, concurrency=concurrency,
-                              once=once, progress=show)
+            uri = lake_uri(lake)
+            with LakePusher(store, uri) if uri else nullcontext() as pusher:
+                summary = harvest(store, settings, ids_file=ids, rpm=rpm, concurrency=concurrency,
+                                  once=once, progress=show)
     if as_json:
-        out.print_json(summary.model_dump_json())
+        body = summary.model_dump(mode="json")
+        if pusher is not None:
+            body["lake"] = {"rows": pusher.rows, "batches": pusher.batches}
+        out.print_json(json.dumps(body))
         return
+    if pusher is not None:
+        out.print(f"pushed {pusher.rows:,} generation(s) to the lake in {pusher.batches:,} commit(s)")
     out.print(
         f"stored {summary.stored:,} (updated {summary.updated:,}, duplicate {summary.duplicate:,}); "
         f"{summary.succeeded:,} Success, {summary.failed:,} Failed; {summary.pending:,} pending; "

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from curate import formats
-from curate.cli._shared import DbOption, QueriesOption, err, open_store, out, user_errors
+from curate.cli._shared import DbOption, LakeOption, QueriesOption, err, lake_uri, open_store, out, user_errors
 from curate.export import export
 
 __all__ = ["export_command"]
@@ -60,6 +60,7 @@ def export_command(
     license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     db: DbOption = None,
+    lake: LakeOption = None,
     queries: QueriesOption = None,
 ) -> None:
     """Export SOURCE to a dataset folder: validated, deduplicated, split, with lineage and a card.
@@ -69,7 +70,7 @@ def export_command(
     """
     started = time.perf_counter()
     with user_errors():
-        store = open_store(db, queries)
+        store = open_store(db, queries, lake_uri(lake, db))
         result = export(
             store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
             split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 
-from curate.cli._shared import DbOption, lock_timeout, out, user_errors
+from curate.cli._shared import DbOption, LakeOption, lake_uri, lock_timeout, out, user_errors
 from curate.config import Settings
+from curate.lake import LakePusher
 from curate.store import Store
 
 __all__ = ["listen_command", "sandbox_command"]
@@ -42,6 +44,7 @@ def listen_command(
     ] = 10.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate, to serve HTTPS.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
+    lake: LakeOption = None,
 ) -> None:
     """Receive inference.net webhooks and store each delivery before acknowledging it.
 
@@ -73,7 +76,9 @@ def listen_command(
     access.setLevel(logging.INFO)
     access.propagate = False
     tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
-    run_forever(listener, host=host, port=port, announce=lambda line: out.print(line, highlight=False), **tls)
+    uri = lake_uri(lake)
+    with user_errors(), LakePusher(store, uri) if uri else nullcontext():
+        run_forever(listener, host=host, port=port, announce=lambda line: out.print(line, highlight=False), **tls)
 
 
 def _env_ids() -> list[str]:

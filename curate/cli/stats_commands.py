@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
+from curate.cli._shared import DbOption, LakeOption, QueriesOption, lake_uri, open_store, out, user_errors
 from curate.stats import Counts, Stats, stats
 
 __all__ = ["stats_command"]
@@ -17,6 +17,7 @@ __all__ = ["stats_command"]
 
 def stats_command(
     db: DbOption = None,
+    lake: LakeOption = None,
     queries: QueriesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the overview as JSON.")] = False,
 ) -> None:
@@ -27,7 +28,7 @@ def stats_command(
     conversations.
     """
     with user_errors():
-        overview = stats(open_store(db, queries))
+        overview = stats(open_store(db, queries, lake_uri(lake, db)))
     if as_json:
         typer.echo(json.dumps(overview.to_dict(), ensure_ascii=False))
         return

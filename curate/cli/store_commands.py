@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +11,20 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate.cli._shared import DbOption, OutputFormat, QueriesOption, err, open_store, out, print_table, user_errors
+from curate.cli._shared import (
+    DbOption,
+    LakeOption,
+    OutputFormat,
+    QueriesOption,
+    err,
+    lake_uri,
+    open_store,
+    out,
+    print_table,
+    user_errors,
+)
 from curate.importer import import_files
+from curate.lake import push
 
 __all__ = ["import_command", "sql_command"]
 
@@ -18,6 +32,7 @@ __all__ = ["import_command", "sql_command"]
 def import_command(
     paths: Annotated[list[Path], typer.Argument(help="JSONL files, plain or .gz.", show_default=False)],
     db: DbOption = None,
+    lake: LakeOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Import JSONL files of generations, webhook deliveries or dataset rows into the store.
@@ -45,14 +60,21 @@ def import_command(
             summary = import_files(
                 store, list(paths), progress=lambda done: progress.update(task, completed=done)
             )
+        uri = lake_uri(lake)
+        pushed = push(store, uri) if uri else None
     if as_json:
-        out.print_json(summary.model_dump_json())
+        body = summary.model_dump(mode="json")
+        if pushed is not None:
+            body["lake"] = dataclasses.asdict(pushed)
+        out.print_json(json.dumps(body))
         return
     table = Table(title=f"imported {len(summary.files)} file(s) into {store.path}", show_header=False)
     for name in ("lines", "stored", "updated", "duplicate", "rejected", "skipped"):
         table.add_row(name, f"{getattr(summary, name):,}")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     out.print(table)
+    if pushed is not None:
+        out.print(f"pushed {pushed.rows:,} generation(s) to the lake in {pushed.batches:,} commit(s)")
     if summary.rejected:
         out.print(
             f"{summary.rejected:,} line(s) refused: see them with "
@@ -63,10 +85,11 @@ def import_command(
 def sql_command(
     query: Annotated[str, typer.Argument(help="A SQL query, run read-only.", show_default=False)],
     db: DbOption = None,
+    lake: LakeOption = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
     queries: QueriesOption = None,
 ) -> None:
     """Run a read-only SQL query against the store (and its views: curate views) and print the result."""
     with user_errors():
-        result = open_store(db, queries).query(query)
+        result = open_store(db, queries, lake_uri(lake, db)).query(query)
     print_table(result, fmt)
