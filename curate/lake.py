@@ -382,19 +382,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _pending_sql(limit: bool) -> str:
-    return f"""
-        select g.* from generation_rows g
-        where g.{TERMINAL}
-          and not exists (select 1 from lake_sent s
-                          where s.lake = $lake and s.id = g.id and s.raw_hash = g.raw_hash)
-        {"order by g.updated_at, g.id limit $limit" if limit else ""}
-    """
+_UNSENT = f"""
+    from generation_rows g
+    where g.{TERMINAL}
+      and not exists (select 1 from lake_sent s
+                      where s.lake = $lake and s.id = g.id and s.raw_hash = g.raw_hash)
+"""
 
 
 def pending_count(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> int:
     """Terminal generations of this store not yet committed (nor being sent) to ``lake``."""
-    row = con.execute(f"select count(*) from ({_pending_sql(False)})", {"lake": lake.identity}).fetchone()
+    row = con.execute(f"select count(*) {_UNSENT}", {"lake": lake.identity}).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -438,9 +436,20 @@ def _recover(store: Store, lake: Lake) -> tuple[int, int]:
 
 def _claim(store: Store, lake: LakeConfig, batch_rows: int, batch_id: str) -> pa.Table:
     """Take up to ``batch_rows`` unsent rows, recorded as ``sending`` under ``batch_id``."""
-    params = {"lake": lake.identity, "limit": batch_rows}
     with store.write() as con:
-        con.execute(f"create or replace temp table _lake_claim as {_pending_sql(True)}", params)
+        # Unsent rows in storage order, picked by rowid alone and then fetched by a rowid range:
+        # a batch is then a few contiguous row groups, and the long bodies of the rest of the
+        # store are never read (selecting whole rows in the anti-join read all of them).
+        con.execute(
+            f"create or replace temp table _lake_pick as select g.rowid as r {_UNSENT} order by g.rowid limit $limit",
+            {"lake": lake.identity, "limit": batch_rows},
+        )
+        low, high = con.execute("select min(r), max(r) from _lake_pick").fetchone() or (None, None)
+        con.execute(
+            "create or replace temp table _lake_claim as select * from generation_rows "
+            "where rowid between $low and $high and rowid in (select r from _lake_pick)",
+            {"low": low, "high": high},
+        )
         con.execute(
             "insert into lake_sent (lake, id, raw_hash, batch_id, state, claimed_by, claimed_at) "
             "select ?, id, raw_hash, ?, 'sending', ?, now() from _lake_claim",
@@ -454,6 +463,7 @@ def _claim(store: Store, lake: LakeConfig, batch_rows: int, batch_id: str) -> pa
             params={"writer": _writer_name(), "batch": batch_id},
         ).to_arrow_table()
         con.execute("drop table _lake_claim")
+        con.execute("drop table _lake_pick")
     return rows
 
 
