@@ -147,7 +147,7 @@ class LakeConfig:
             folder.mkdir(parents=True, exist_ok=True)
             return cls(
                 catalog_uri=f"sqlite:///{folder / 'catalog.db'}",
-                warehouse=(folder / "warehouse").as_uri(),
+                warehouse=_file_uri(folder / "warehouse"),
                 table=_table_name(params.get("table", DEFAULT_TABLE), text),
             )
         if not scheme.startswith(("postgres", "sqlite")):
@@ -162,7 +162,7 @@ class LakeConfig:
         if not warehouse:
             raise LakeError(f"{_redacted(text)}: add ?warehouse=FOLDER_OR_URI (where the table's files go)")
         if "://" not in warehouse:
-            warehouse = Path(warehouse).expanduser().resolve().as_uri()
+            warehouse = _file_uri(Path(warehouse).expanduser().resolve())
         scheme = parts.scheme
         if scheme in ("postgresql", "postgres"):
             scheme = "postgresql+psycopg2"
@@ -176,6 +176,11 @@ class LakeConfig:
 
     def __str__(self) -> str:
         return f"{self.identity} (warehouse {self.warehouse})"
+
+
+def _file_uri(path: Path) -> str:
+    # Not Path.as_uri(): pyiceberg does not percent-decode, so a space would become "%20" on disk.
+    return f"file://{path}"
 
 
 def _table_name(name: str, given: str) -> str:
@@ -193,9 +198,11 @@ def _redacted(uri: str) -> str:
 
 
 def _is_commit_conflict(exc: BaseException) -> bool:
-    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
 
-    return isinstance(exc, CommitFailedException)
+    # An append whose starting snapshot was expired meanwhile is refused before it lands.
+    stale = isinstance(exc, ValidationException) and "Cannot find starting snapshot" in str(exc)
+    return isinstance(exc, CommitFailedException) or stale
 
 
 class Lake:

@@ -87,13 +87,15 @@ def pull_command(db: DbOption = None, lake: LakeOption = None, as_json: JsonOpti
 def maintain_command(
     lake: LakeOption = None,
     expire_minutes: Annotated[
-        float, typer.Option(help="Expire snapshots older than this many minutes (the current one stays).")
+        float, typer.Option(help="Expire snapshots that stopped being current this many minutes ago "
+                            "(readers and appends that started from one need it meanwhile).")
     ] = 30.0,
     compact: Annotated[bool, typer.Option(help="Rewrite small files into large ones, one row per id.")] = True,
     target_file_mb: Annotated[int, typer.Option(help="Size of the files compaction writes.")] = 128,
     orphans: Annotated[bool, typer.Option(help="Delete files no snapshot references.")] = True,
     orphan_minutes: Annotated[
-        float, typer.Option(help="Only delete unreferenced files older than this (commits in flight are younger).")
+        float, typer.Option(help="Only delete unreferenced files older than this; keep it above the longest "
+                            "commit (10 minutes at most), since a commit in flight writes its files first.")
     ] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
