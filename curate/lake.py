@@ -441,9 +441,25 @@ def _recover(store: Store, lake: Lake) -> tuple[int, int]:
     return len(landed), len(dead) - len(landed)
 
 
-def _claim(store: Store, lake: LakeConfig, batch_rows: int, batch_id: str) -> pa.Table:
-    """Take up to ``batch_rows`` unsent rows, recorded as ``sending`` under ``batch_id``."""
+def _mark_committed(con: duckdb.DuckDBPyConnection, landed: tuple[str, int]) -> None:
+    batch_id, snapshot_id = landed
+    con.execute(
+        "update lake_sent set state = 'committed', snapshot_id = ?, committed_at = now() where batch_id = ?",
+        [snapshot_id, batch_id],
+    )
+
+
+def _claim(
+    store: Store, lake: LakeConfig, batch_rows: int, batch_id: str, landed: tuple[str, int] | None
+) -> pa.Table:
+    """Take up to ``batch_rows`` unsent rows, recorded as ``sending`` under ``batch_id``.
+
+    ``landed`` (batch id, snapshot id), the batch committed just before, is recorded in the same
+    transaction: one opening of the store per batch instead of two.
+    """
     with store.write() as con:
+        if landed is not None:
+            _mark_committed(con, landed)
         # Unsent rows in storage order, picked by rowid alone and then fetched by a rowid range:
         # a batch is then a few contiguous row groups, and the long bodies of the rest of the
         # store are never read (selecting whole rows in the anti-join read all of them).
@@ -501,31 +517,37 @@ def push(
     try:
         recovered, released = _recover(store, handle)
         rows = batches = 0
-        while max_batches is None or batches < max_batches:
-            batch_id = uuid.uuid4().hex
-            claimed = _claim(store, handle.config, batch_rows, batch_id)
-            if not claimed.num_rows:
-                break
-            try:
-                snapshot_id = handle.append(claimed, batch_id=batch_id)
-            except BaseException:
-                # Not committed (or not known to be): release the claim so the rows go next time.
-                # A commit that landed anyway is found by its batch id and only duplicates rows
-                # that readers deduplicate.
+        landed: tuple[str, int] | None = None  # committed to the lake, not yet recorded
+        drained = False
+        try:
+            while max_batches is None or batches < max_batches:
+                batch_id = uuid.uuid4().hex
+                claimed = _claim(store, handle.config, batch_rows, batch_id, landed)
+                landed = None
+                if not claimed.num_rows:
+                    drained = True
+                    break
+                try:
+                    snapshot_id = handle.append(claimed, batch_id=batch_id)
+                except BaseException:
+                    # Not committed (or not known to be): release the claim so the rows go next
+                    # time. A commit that landed anyway is found by its batch id, and only
+                    # duplicates rows that readers deduplicate.
+                    with store.write() as con:
+                        con.execute("delete from lake_sent where batch_id = ?", [batch_id])
+                    raise
+                landed = (batch_id, snapshot_id)
+                rows += claimed.num_rows
+                batches += 1
+                log.info("lake: committed %d rows in snapshot %d", claimed.num_rows, snapshot_id)
+        finally:
+            if landed is not None:
                 with store.write() as con:
-                    con.execute("delete from lake_sent where batch_id = ?", [batch_id])
-                raise
-            with store.write() as con:
-                con.execute(
-                    "update lake_sent set state = 'committed', snapshot_id = ?, committed_at = now() "
-                    "where batch_id = ?",
-                    [snapshot_id, batch_id],
-                )
-            rows += claimed.num_rows
-            batches += 1
-            log.info("lake: committed %d rows in snapshot %d", claimed.num_rows, snapshot_id)
-        with store.read() as con:
-            pending = pending_count(con, handle.config)
+                    _mark_committed(con, landed)
+        pending = 0
+        if not drained:
+            with store.read() as con:
+                pending = pending_count(con, handle.config)
         return PushSummary(rows=rows, batches=batches, recovered=recovered, released=released, pending=pending)
     finally:
         if own:
