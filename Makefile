@@ -22,7 +22,7 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 bench: install
-	cd bench && ../$(BIN)/python bench_import.py && ../$(BIN)/python bench_harvest.py && ../$(BIN)/python bench_listen.py && ../$(BIN)/python bench_views.py && ../$(BIN)/python bench_export.py && ../$(BIN)/python bench_neardup.py
+	cd bench && ../$(BIN)/python bench_import.py && ../$(BIN)/python bench_harvest.py && ../$(BIN)/python bench_listen.py && ../$(BIN)/python bench_views.py && ../$(BIN)/python bench_export.py && ../$(BIN)/python bench_neardup.py && bash ../scripts/ensure-postgres.sh && ../$(BIN)/python bench_lake.py
 
 clean:
 	rm -rf $(VENV) demo-out bench/data .pytest_cache
