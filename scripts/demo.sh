@@ -72,6 +72,9 @@ step curate snapshot demo-out/snapshot --view chat --view conversations
 # Datasets: the conversations as Hugging Face messages, and the stop-finished chats as OpenAI JSONL.
 step curate export conversations --out demo-out/dataset-messages --test-size 0.2
 step curate export chat --format openai --out demo-out/dataset-openai --where "finish_reason = 'stop'" --test-size 0.2
+# Past one machine: the store's generations pushed to an Iceberg lake (a folder here), read back with the same views.
+step curate lake push --lake demo-out/lake
+step curate sql --lake demo-out/lake "select model, count(*) as chats from chat group by all order by chats desc"
 python - "$out" <<'PY'
 import sys
 import datasets

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 import curate
@@ -45,8 +46,6 @@ def physical_rows(lake: str | Path) -> int:
 
 
 def pq_rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
@@ -329,3 +328,23 @@ def test_pull_merges_the_lake_into_a_local_store_once(store: Store, tmp_path: Pa
     assert (again.stored, again.duplicate) == (0, 50)
     order = "order by all"
     assert local.query(f"select * from chat {order}") == store.query(f"select * from chat {order}")
+
+
+def test_views_stats_snapshot_and_export_commands_read_the_lake(store: Store, tmp_path: Path) -> None:
+    lake = str(tmp_path / "lake")
+    fill(store, range(60))
+    push(store, lake)
+
+    views = run("views", "--lake", lake)
+    stats = run("stats", "--lake", lake, "--json")
+    snapshot = run("snapshot", str(tmp_path / "snap"), "--lake", lake, "--view", "chat")
+    exported = run("export", "chat", "--lake", lake, "--out", str(tmp_path / "out"), "--json")
+
+    for result in (views, stats, snapshot, exported):
+        assert result.returncode == 0, result.stderr
+    assert "chat" in views.stdout
+    assert json.loads(stats.stdout)["generations"] == 60
+    chat_rows = store.query("select count(*) as n from chat").to_pylist()[0]["n"]
+    assert pq.read_table(tmp_path / "snap" / "chat.parquet").num_rows == chat_rows
+    assert json.loads(exported.stdout)["counts"]["source"] == chat_rows
+
