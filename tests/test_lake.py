@@ -33,11 +33,8 @@ def fill(store: Store, seeds: range, **changes: Any) -> list[dict[str, Any]]:
 
 
 def lake_ids(lake: str | Path) -> list[str]:
-    read = LakeStore(str(lake))
-    try:
+    with LakeStore(str(lake)) as read:
         return sorted(read.query("select id from generations").column("id").to_pylist())
-    finally:
-        read.close()
 
 
 def physical_rows(lake: str | Path) -> int:
@@ -118,11 +115,8 @@ def test_a_generation_stored_again_with_a_new_body_is_sent_again_and_read_as_the
     store.ingest_texts([json.dumps(changed)], source="test")
 
     assert push(store, lake).rows == 1
-    read = LakeStore(lake)
-    try:
+    with LakeStore(lake) as read:
         assert read.query("select year(finished_at) as y from generations").to_pylist() == [{"y": 2031}]
-    finally:
-        read.close()
     assert physical_rows(lake) == 2
 
 
@@ -218,16 +212,13 @@ def test_the_lake_has_the_stores_views_with_the_same_rows(store: Store, tmp_path
     fill(store, range(300))
     push(store, lake, batch_rows=100)
 
-    read = curate.open(lake=lake)
-    try:
+    with curate.open(lake=lake) as read:
         assert isinstance(read, LakeStore)
         ours = {v.name: v.rows for v in store.views()}
         assert {v.name: v.rows for v in read.views()} == ours
         for view in ("chat", "usage", "failures"):
             order = "order by all"
             assert read.query(f"select * from {view} {order}") == store.query(f"select * from {view} {order}"), view
-    finally:
-        read.close()
 
 
 def test_copies_of_an_id_from_two_writers_are_read_once(tmp_path: Path) -> None:
@@ -246,42 +237,29 @@ def test_a_reader_sees_commits_made_after_it_opened(store: Store, tmp_path: Path
     lake = str(tmp_path / "lake")
     fill(store, range(3))
     push(store, lake)
-    read = LakeStore(lake)
-    try:
+    with LakeStore(lake) as read:
         assert read.query("select count(*) as n from generations").to_pylist() == [{"n": 3}]
         fill(store, range(3, 5))
         push(store, lake)
         assert read.query("select count(*) as n from generations").to_pylist() == [{"n": 5}]
-    finally:
-        read.close()
 
 
 def test_an_empty_lake_reads_as_an_empty_store(tmp_path: Path) -> None:
-    read = LakeStore(str(tmp_path / "lake"))
-    try:
+    with LakeStore(str(tmp_path / "lake")) as read:
         assert read.query("select count(*) as n from chat").to_pylist() == [{"n": 0}]
-    finally:
-        read.close()
 
 
 def test_the_lake_refuses_writes_and_says_where_to_write(tmp_path: Path) -> None:
-    read = LakeStore(str(tmp_path / "lake"))
-    try:
-        with pytest.raises(LakeReadOnly, match="--lake"):
-            read.ingest_texts([json.dumps(generation_record(1))], source="test")
-    finally:
-        read.close()
+    with LakeStore(str(tmp_path / "lake")) as read, pytest.raises(LakeReadOnly, match="--lake"):
+        read.ingest_texts([json.dumps(generation_record(1))], source="test")
 
 
 def test_an_export_from_the_lake_is_byte_identical_to_one_from_the_store(store: Store, tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
     fill(store, range(200))
     push(store, lake, batch_rows=50)
-    read = LakeStore(lake)
-    try:
+    with LakeStore(lake) as read:
         read.export("chat", tmp_path / "lake-out", fmt="openai", test_size=0.2)
-    finally:
-        read.close()
     store.export("chat", tmp_path / "store-out", fmt="openai", test_size=0.2)
 
     for name in ("data/train.jsonl", "data/test.jsonl", "lineage.parquet"):
