@@ -602,6 +602,7 @@ class LakePusher:
                             self.interval, exc)
 
     def __enter__(self) -> Self:
+        self.lake.table()  # an unreachable catalog fails now, not after an hour of harvesting
         self._thread.start()
         return self
 

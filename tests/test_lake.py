@@ -326,3 +326,14 @@ def test_views_stats_snapshot_and_export_commands_read_the_lake(store: Store, tm
     assert pq.read_table(tmp_path / "snap" / "chat.parquet").num_rows == chat_rows
     assert json.loads(exported.stdout)["counts"]["source"] == chat_rows
 
+
+
+def test_a_writer_with_an_unreachable_lake_stops_before_writing(tmp_path: Path) -> None:
+    sample = tmp_path / "g.jsonl"
+    sample.write_text(json.dumps(generation_record(1)) + "\n")
+    db = tmp_path / "w.duckdb"
+
+    result = run("import", str(sample), "--db", str(db), "--lake", f"postgresql://x@127.0.0.1:1/x?warehouse={tmp_path}")
+
+    assert result.returncode == 2 and "cannot reach the catalog" in result.stderr
+    assert not db.exists() or Store(db).query("select count(*) as n from generation_rows").to_pylist() == [{"n": 0}]

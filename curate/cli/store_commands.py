@@ -24,7 +24,7 @@ from curate.cli._shared import (
     user_errors,
 )
 from curate.importer import import_files
-from curate.lake import push
+from curate.lake import Lake, push
 
 __all__ = ["import_command", "sql_command"]
 
@@ -46,6 +46,10 @@ def import_command(
         if missing:
             raise FileNotFoundError(f"{', '.join(missing)}: no such file")
         store = open_store(db)
+        uri = lake_uri(lake)
+        if uri:
+            with Lake(uri) as reachable:
+                reachable.table()  # before the import, so an unreachable catalog costs nothing
         total = sum(p.stat().st_size for p in paths)
         with Progress(
             TextColumn("importing"),
@@ -60,7 +64,6 @@ def import_command(
             summary = import_files(
                 store, list(paths), progress=lambda done: progress.update(task, completed=done)
             )
-        uri = lake_uri(lake)
         pushed = push(store, uri) if uri else None
     if as_json:
         body = summary.model_dump(mode="json")
