@@ -162,7 +162,8 @@ def test_four_killed_writers_and_a_maintainer_leave_every_generation_once(
             listener = writers.start("listen", *listen_args)
             wait_until(lambda: listening(listen_port), 30, "the listener")
             writers.run("submit-listen", "submit", str(pushed), "--db", db["listen"], "--webhook-id", WID)
-            harvester = writers.start("harvest", "harvest", "--db", db["harvest"], "--lake", lake_uri)
+            # One group GET a second, so the harvest is still running at its first commit.
+            harvester = writers.start("harvest", "harvest", "--db", db["harvest"], "--lake", lake_uri, "--rpm", "60")
             import_a = writers.start("import-a", "import", str(file_a), "--db", db["import-a"], "--lake", lake_uri)
             import_b = writers.start("import-b", "import", str(file_b), "--db", db["import-b"], "--lake", lake_uri)
 
