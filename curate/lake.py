@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEDUP_ORDER", "DEFAULT_BATCH_ROWS", "DEFAULT_TABLE", "LAKE_COLUMNS", "Lake", "LakeConfig", "LakeError",
-    "LakePusher", "PushSummary", "batch_rows_default", "lake_rows_sql", "pending_count", "push",
+    "LakePusher", "PushSummary", "batch_rows_default", "exited_here", "lake_rows_sql", "local_path", "pending_count",
+    "push", "writer_name",
 ]
 
 log = logging.getLogger("curate.lake")
@@ -106,13 +107,17 @@ def _schema() -> Any:
     ))
 
 
-def lake_rows_sql(source: str) -> str:
-    """A SELECT turning ``source`` (generation_rows' columns) into the lake's Arrow types."""
+def lake_rows_sql(source: str, extra: str = "") -> str:
+    """A SELECT turning ``source`` (generation_rows' columns) into the lake's Arrow types.
+
+    ``extra``: more select items (the lake's own columns), after the store's.
+    """
     casts = {
         "raw": "raw::varchar", "raw_hash": "raw_hash::decimal(20, 0)",
         "request_built": "request_built::varchar", "response_built": "response_built::varchar",
     }
-    return "select " + ", ".join(f"{casts.get(c, c)} as {c}" for c in COLUMNS) + f" from {source}"
+    items = [f"{casts.get(c, c)} as {c}" for c in COLUMNS] + ([extra] if extra else [])
+    return f"select {', '.join(items)} from {source}"
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,6 @@ class Lake:
     def __init__(self, config: LakeConfig | str | os.PathLike[str]) -> None:
         self.config = config if isinstance(config, LakeConfig) else LakeConfig.parse(config)
         self._catalog: SqlCatalog | None = None
-        self._table: Table | None = None
 
     def __repr__(self) -> str:
         return f"Lake({self.config.identity!r})"
@@ -250,7 +254,6 @@ class Lake:
         if self._catalog is not None:
             self._catalog.engine.dispose()
             self._catalog = None
-            self._table = None
 
     def __enter__(self) -> Self:
         return self
@@ -258,35 +261,36 @@ class Lake:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def table(self, *, create: bool = True) -> Table:
-        """The table, reloaded from the catalog (created with its namespace if absent and ``create``)."""
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+    def load(self) -> Table | None:
+        """The table as the catalog has it now, or None if nothing was ever pushed to this lake."""
+        from pyiceberg.exceptions import NoSuchTableError
 
         try:
-            self._table = self.catalog.load_table(self.config.table)
-            return self._table
+            return self.catalog.load_table(self.config.table)
         except NoSuchTableError:
-            if not create:
-                raise LakeError(f"{self.config.identity}: no such table yet (nothing was pushed to this lake)") from None
+            return None
+
+    def table(self, *, create: bool = True) -> Table:
+        """The table, reloaded from the catalog (created with its namespace if absent and ``create``)."""
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+
+        table = self.load()
+        if table is not None:
+            return table
+        if not create:
+            raise LakeError(f"{self.config.identity}: no such table yet (nothing was pushed to this lake)")
         namespace = self.config.table.split(".")[0]
         try:
             self.catalog.create_namespace(namespace)
         except NamespaceAlreadyExistsError:
             pass
         try:
-            self._table = self.catalog.create_table(self.config.table, schema=_schema(), properties=TABLE_PROPERTIES)
+            return self.catalog.create_table(self.config.table, schema=_schema(), properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:  # another writer made it first
-            self._table = self.catalog.load_table(self.config.table)
-        return self._table
+            return self.catalog.load_table(self.config.table)
 
     def exists(self) -> bool:
-        from pyiceberg.exceptions import NoSuchTableError
-
-        try:
-            self.catalog.load_table(self.config.table)
-        except NoSuchTableError:
-            return False
-        return True
+        return self.load() is not None
 
     def append(self, rows: pa.Table, *, batch_id: str, attempts: int = 5) -> int:
         """Commit ``rows`` as one snapshot tagged with ``batch_id``; return the snapshot id.
@@ -302,7 +306,7 @@ class Lake:
         ):
             with attempt:
                 table = self.table()
-                table.append(arrow, snapshot_properties={"curate.batch": batch_id, "curate.writer": _writer_name()})
+                table.append(arrow, snapshot_properties={"curate.batch": batch_id, "curate.writer": writer_name()})
                 for snapshot in reversed(table.metadata.snapshots):
                     if snapshot.summary is not None and snapshot.summary.get("curate.batch") == batch_id:
                         return snapshot.snapshot_id
@@ -321,9 +325,9 @@ class Lake:
         from pyiceberg.expressions import In
 
         wanted = set(batch_ids)
-        if not wanted or not self.exists():
+        table = self.load() if wanted else None
+        if table is None:
             return set()
-        table = self.table()
         found = {s.summary.get("curate.batch", "") for s in table.metadata.snapshots if s.summary is not None} & wanted
         rest = wanted - found
         if rest and table.current_snapshot() is not None:
@@ -335,30 +339,36 @@ class Lake:
 
     def snapshot_id(self) -> int | None:
         """The current snapshot's id (None for an empty or absent table)."""
-        if not self.exists():
-            return None
-        snapshot = self.table().current_snapshot()
-        return snapshot.snapshot_id if snapshot is not None else None
+        return self.plan(files=False)[0]
 
     def data_files(self) -> list[str]:
         """Local paths of the Parquet files that make up the current snapshot."""
-        if not self.exists():
-            return []
-        files = []
-        for task in self.table().scan().plan_files():
+        return self.plan()[1]
+
+    def plan(self, *, files: bool = True) -> tuple[int | None, list[str]]:
+        """The current snapshot's id and (``files``) its Parquet files' local paths, from one load."""
+        table = self.load()
+        snapshot = table.current_snapshot() if table is not None else None
+        if table is None or snapshot is None or not files:
+            return (snapshot.snapshot_id if snapshot is not None else None), []
+        paths = []
+        for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
             if task.delete_files:
                 # curate never writes delete files; another engine may have. Reading the file
                 # list would then resurrect deleted rows.
                 raise LakeError(f"{self.config.identity}: the table has delete files, which curate cannot read")
-            files.append(_local_path(task.file.file_path))
-        return files
+            paths.append(local_path(task.file.file_path))
+        return snapshot.snapshot_id, paths
 
 
-def _local_path(location: str) -> str:
+def local_path(location: str) -> str:
+    """The local path pyiceberg's file IO uses for ``location`` (no percent-decoding, as it does)."""
     parts = urlsplit(location)
-    if parts.scheme in ("", "file"):
-        return parts.path
-    raise LakeError(f"{location}: curate reads lakes on local or mounted storage only (file://)")
+    if parts.scheme == "":
+        return os.path.normpath(os.path.abspath(location))
+    if parts.scheme == "file":
+        return os.path.normpath(f"{parts.netloc}{parts.path}")
+    raise LakeError(f"{location}: curate works with lakes on local or mounted storage only (file://)")
 
 
 # -- pushing a local store's generations to the lake -------------------------------------------
@@ -375,18 +385,24 @@ class PushSummary:
     pending: int = 0  # rows still waiting after the push
 
 
-def _writer_name() -> str:
+def writer_name() -> str:
+    """``HOST:PID``: who claims a batch (and, with a suffix, who holds maintenance's lease)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def exited_here(holder: str) -> bool:
+    """Whether ``holder`` (``HOST:PID``, maybe ``:SUFFIX``) names a process of this machine that has exited."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
         return False
-    except PermissionError:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 _UNSENT = f"""
@@ -404,7 +420,6 @@ def pending_count(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> int:
 
 
 def _abandoned(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> list[str]:
-    host = socket.gethostname()
     rows = con.execute(
         "select batch_id, any_value(claimed_by), min(claimed_at) from lake_sent "
         "where lake = ? and state = 'sending' group by batch_id",
@@ -413,11 +428,9 @@ def _abandoned(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> list[str]:
     now = datetime.now(UTC)
     dead = []
     for batch_id, claimed_by, claimed_at in rows:
-        claim_host, _, pid = str(claimed_by).rpartition(":")
-        if claimed_by == _writer_name():
+        if claimed_by == writer_name():
             continue  # this process's own batch in flight (another thread)
-        died = claim_host == host and pid.isdigit() and not _pid_alive(int(pid))
-        if died or (claimed_at is not None and now - claimed_at > CLAIM_LEASE):
+        if exited_here(str(claimed_by)) or (claimed_at is not None and now - claimed_at > CLAIM_LEASE):
             dead.append(batch_id)
     return dead
 
@@ -476,14 +489,11 @@ def _claim(
         con.execute(
             "insert into lake_sent (lake, id, raw_hash, batch_id, state, claimed_by, claimed_at) "
             "select ?, id, raw_hash, ?, 'sending', ?, now() from _lake_claim",
-            [lake.identity, batch_id, _writer_name()],
+            [lake.identity, batch_id, writer_name()],
         )
         rows = con.sql(
-            lake_rows_sql("_lake_claim").replace(
-                " from _lake_claim",
-                ", $writer as lake_writer, $batch as lake_batch, now() as pushed_at from _lake_claim",
-            ),
-            params={"writer": _writer_name(), "batch": batch_id},
+            lake_rows_sql("_lake_claim", "$writer as lake_writer, $batch as lake_batch, now() as pushed_at"),
+            params={"writer": writer_name(), "batch": batch_id},
         ).to_arrow_table()
         con.execute("drop table _lake_claim")
         con.execute("drop table _lake_pick")

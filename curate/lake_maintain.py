@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -37,12 +36,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlparse
 
 import pyarrow as pa
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
+from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError, exited_here, local_path, writer_name
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -128,7 +126,7 @@ def maintain(
     try:
         table = handle.table(create=False)
         if orphans:
-            _local_path(table.metadata.location)  # refuse a remote lake before doing anything
+            local_path(table.metadata.location)  # refuse a remote lake before doing anything
         with _lease(handle) as deadline, _RetryCounter() as retries:
             before = _state(table)
             expired = _expire(handle, now - expire_older_than, retries)
@@ -431,16 +429,6 @@ def _delete_written(lake: Lake, files: Sequence[DataFile]) -> None:
 # -- orphan files -----------------------------------------------------------------------------
 
 
-def _local_path(location: str) -> str:
-    """The local path pyiceberg's file IO uses for ``location`` (no percent-decoding, as it does)."""
-    parts = urlparse(location)
-    if parts.scheme == "":
-        return os.path.normpath(os.path.abspath(location))
-    if parts.scheme == "file":
-        return os.path.normpath(f"{parts.netloc}{parts.path}")
-    raise LakeError(f"{location}: curate maintains lakes on local or mounted storage only (file://)")
-
-
 def _referenced(table: Table) -> set[str]:
     """Local paths of every file a remaining snapshot or the metadata still needs."""
     from pyiceberg.manifest import ManifestContent
@@ -462,13 +450,13 @@ def _referenced(table: Table) -> set[str]:
         paths |= {entry.data_file.file_path for entry in entries}
         if manifest.content == ManifestContent.DELETES:  # curate writes none; _plan says why
             raise LakeError(f"{_name(table)}: the table has delete files, which curate's maintenance does not handle")
-    return {_local_path(p) for p in paths}
+    return {local_path(p) for p in paths}
 
 
 def _sweep(lake: Lake, cutoff: float) -> tuple[int, int]:
     """Delete unreferenced files under the table's data/ and metadata/ modified before ``cutoff``."""
     table = lake.table(create=False)
-    root = _local_path(table.metadata.location)
+    root = local_path(table.metadata.location)
     # List first, then read the references: a commit landing in between is then either in the
     # references or has files newer than the listing's cutoff.
     candidates: list[tuple[str, int]] = []
@@ -490,7 +478,7 @@ def _sweep(lake: Lake, cutoff: float) -> tuple[int, int]:
     # every file would look unreferenced: delete nothing.
     current = table.current_snapshot()
     for needed in (table.metadata_location, current.manifest_list if current is not None else None):
-        if needed is not None and not os.path.exists(_local_path(needed)):
+        if needed is not None and not os.path.exists(local_path(needed)):
             raise LakeError(f"{lake.config.identity}: {needed} is not on this machine; orphan files left alone")
     deleted = deleted_bytes = 0
     for path, size in candidates:
@@ -522,26 +510,11 @@ def _lease_table(metadata: sa.MetaData) -> sa.Table:
 
 
 def _holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{writer_name()}:{uuid.uuid4().hex[:8]}"
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _dead_here(holder: str) -> bool:
-    """Whether ``holder`` is a process of this machine that has exited (its lease is void)."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _take_lease(engine: sa.Engine, name: str, holder: str, now: datetime, lease: timedelta, label: str) -> None:
@@ -560,7 +533,7 @@ def _take_lease(engine: sa.Engine, name: str, holder: str, now: datetime, lease:
             if row is None:
                 con.execute(sa.insert(table).values(name=name, holder=holder, expires_at=until))
                 return
-            if row.expires_at <= now or _dead_here(row.holder):
+            if row.expires_at <= now or exited_here(row.holder):
                 taken = con.execute(
                     sa.update(table)
                     .where(table.c.name == name, table.c.holder == row.holder, table.c.expires_at == row.expires_at)

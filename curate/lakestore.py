@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,8 +27,9 @@ import duckdb
 import pyarrow as pa
 
 from curate import migrations, views
+from curate.importer import ImportSummary
 from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
-from curate.records import COLUMNS, WriteCounts
+from curate.records import COLUMNS
 from curate.store import Store, WriteSession
 
 __all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "pull"]
@@ -104,8 +106,8 @@ class LakeStore(Store):
                 con.close()
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> None:
-        snapshot = self.lake.snapshot_id()
-        con.execute(f"create or replace view generation_rows as {lake_rows_view_sql(self.lake.data_files())}")
+        snapshot, files = self.lake.plan()
+        con.execute(f"create or replace view generation_rows as {lake_rows_view_sql(files)}")
         self._planned = snapshot
 
     def refresh(self) -> bool:
@@ -158,26 +160,20 @@ class LakeStore(Store):
         self.close()
 
 
-def pull(lake: Lake | LakeConfig | str, store: Store, *, batch_rows: int = 50_000) -> WriteCounts:
+def pull(lake: Lake | LakeConfig | str, store: Store, *, batch_rows: int = 50_000) -> ImportSummary:
     """Merge the lake's generations (one per id) into a local ``store``, as an import would.
 
     For the work that writes into a store (near-duplicates, PII, decontamination), and for a copy
     to take away. Each body is merged as received, so a pull run twice stores nothing new.
     """
-    read = LakeStore(lake)
-    totals = {"stored": 0, "updated": 0, "duplicate": 0, "rejected": 0, "skipped": 0, "lines": 0}
-    try:
+    started = time.monotonic()
+    with LakeStore(lake) as read:
+        summary = ImportSummary(files=[read.label])
         with read.read() as con:
             batches = con.sql(
                 "select row_number() over (order by id) as line, raw::varchar as text from generation_rows"
             ).to_arrow_reader(batch_size=batch_rows)
             for batch in batches:
-                counts = store.ingest(pa.Table.from_batches([batch]), source="lake")
-                for key in totals:
-                    totals[key] += getattr(counts, key)
-    finally:
-        read.close()
-    return WriteCounts(
-        stored=totals["stored"], updated=totals["updated"], duplicate=totals["duplicate"],
-        rejected=totals["rejected"], skipped=totals["skipped"], lines=totals["lines"],
-    )
+                summary.add(store.ingest(pa.Table.from_batches([batch]), source="lake"))
+    summary.seconds = round(time.monotonic() - started, 3)
+    return summary

@@ -143,10 +143,9 @@ def test_a_dead_writers_commit_found_in_the_lake_is_not_sent_again(store: Store,
         from curate.lake import lake_rows_sql
 
         rows = con.sql(
-            lake_rows_sql("generation_rows").replace(
-                " from generation_rows",
-                ", 'h:1' as lake_writer, 'dead-batch' as lake_batch, now() as pushed_at "
-                "from generation_rows where id in (select unnest($ids))",
+            lake_rows_sql(
+                "generation_rows where id in (select unnest($ids))",
+                "'h:1' as lake_writer, 'dead-batch' as lake_batch, now() as pushed_at",
             ),
             params={"ids": ids},
         ).to_arrow_table()

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from curate import lake_maintain
-from curate.lake import DEDUP_ORDER, LAKE_COLUMNS, Lake, LakeError, push
+from curate.lake import DEDUP_ORDER, LAKE_COLUMNS, Lake, LakeError, local_path, push
 from curate.lake_maintain import MaintenanceReport, maintain
 from curate.store import Store
 from curate.synthetic import generation_record
@@ -195,7 +195,7 @@ def test_compaction_skips_a_bin_whose_files_another_commit_replaced(
 
     assert (report.files_compacted, report.files_written, report.bins_skipped) == (0, 0, 1)
     assert id_counts(folder) == Counter(generation_record(i)["id"] for i in range(80))
-    assert ours and not any(os.path.exists(lake_maintain._local_path(p)) for p in ours)
+    assert ours and not any(os.path.exists(local_path(p)) for p in ours)
 
 
 def test_orphan_files_are_deleted_only_past_the_margin_and_referenced_files_never(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_maintaining_a_lake_without_a_table_says_so(tmp_path: Path) -> None:
     with pytest.raises(LakeError, match="no such table"):
         maintain(str(tmp_path / "empty"))
     with pytest.raises(LakeError, match="local"):
-        lake_maintain._local_path("s3://bucket/warehouse/curate/generations")
+        local_path("s3://bucket/warehouse/curate/generations")
 
 
 # -- writers and a maintainer at once ----------------------------------------------------------

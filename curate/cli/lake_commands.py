@@ -75,7 +75,7 @@ def pull_command(db: DbOption = None, lake: LakeOption = None, as_json: JsonOpti
         store = open_store(db)
         counts = pull(uri, store)
     if as_json:
-        typer.echo(json.dumps({k: getattr(counts, k) for k in ("lines", "stored", "updated", "duplicate", "rejected")}))
+        typer.echo(counts.model_dump_json())
         return
     out.print(
         f"pulled {counts.lines:,} generation(s) into {store.path}: stored {counts.stored:,}, "
@@ -145,9 +145,9 @@ def info_command(lake: LakeOption = None, as_json: JsonOption = False) -> None:
 
 
 def _info(handle: Lake) -> dict[str, object]:
-    if not handle.exists():
+    table = handle.load()
+    if table is None:
         return {"table": handle.config.table, "snapshots": 0, "data_files": 0, "rows": 0, "bytes": 0}
-    table = handle.table()
     current = table.current_snapshot()
     summary = current.summary if current is not None and current.summary is not None else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -47,24 +48,24 @@ def import_command(
             raise FileNotFoundError(f"{', '.join(missing)}: no such file")
         store = open_store(db)
         uri = lake_uri(lake)
-        if uri:
-            with Lake(uri) as reachable:
-                reachable.table()  # before the import, so an unreachable catalog costs nothing
-        total = sum(p.stat().st_size for p in paths)
-        with Progress(
-            TextColumn("importing"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=as_json or not err.is_terminal,
-        ) as progress:
-            task = progress.add_task("import", total=total)
-            summary = import_files(
-                store, list(paths), progress=lambda done: progress.update(task, completed=done)
-            )
-        pushed = push(store, uri) if uri else None
+        with Lake(uri) if uri else nullcontext() as target:
+            if target is not None:
+                target.table()  # before the import, so an unreachable catalog costs nothing
+            total = sum(p.stat().st_size for p in paths)
+            with Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+                disable=as_json or not err.is_terminal,
+            ) as progress:
+                task = progress.add_task("import", total=total)
+                summary = import_files(
+                    store, list(paths), progress=lambda done: progress.update(task, completed=done)
+                )
+            pushed = push(store, target) if target is not None else None
     if as_json:
         body = summary.model_dump(mode="json")
         if pushed is not None:
