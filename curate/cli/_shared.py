@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import curate
 from curate.client import ApiError, ApiUnavailable
 from curate.config import MissingApiKey, Settings
 from curate.export import ExportError
@@ -33,8 +34,7 @@ from curate.submit import InvalidRequests
 
 __all__ = [
     "DbOption", "LakeOption", "OutputFormat", "QueriesOption", "app", "err", "lake_uri", "lock_timeout", "open_api",
-    "open_store", "out",
-    "print_table", "user_errors",
+    "open_store", "out", "print_table", "user_errors",
 ]
 
 app = typer.Typer(
@@ -114,13 +114,7 @@ QueriesOption = Annotated[
 
 def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | None = None) -> Store:
     """The store (or with ``lake``, the lake read as one), any broken view file reported on stderr."""
-    store: Store
-    if lake:
-        from curate.lakestore import LakeStore
-
-        store = LakeStore(lake, lock_timeout=lock_timeout(), queries=queries or None)
-    else:
-        store = Store(Settings.from_env(db=db).db, lock_timeout=lock_timeout(), queries=queries or None)
+    store = curate.open(db, lake=lake or None, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
     for error in store.view_errors:
         typer.echo(f"warning: view {error.view} not created: {error}", err=True)
     return store
