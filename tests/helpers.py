@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["held"]
+__all__ = ["free_port", "held"]
 
 HOLDER = """
 import sys, time, duckdb
@@ -33,3 +34,10 @@ def held(path: Path, seconds: float, mode: str = "rw") -> Iterator[subprocess.Po
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

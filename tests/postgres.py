@@ -13,12 +13,13 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.helpers import free_port
 
 __all__ = ["PostgresServer", "find_bindir"]
 
@@ -55,12 +56,6 @@ def find_bindir() -> Path:
             return bindir
     raise RuntimeError(f"{MISSING} (no initdb, pg_ctl and postgres under /usr/lib/postgresql/*/bin, "
                        "pg_config --bindir or PATH)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -135,7 +130,7 @@ class PostgresServer:
     def _start_on_free_port(self, attempts: int = 5) -> None:
         assert self.root is not None
         for attempt in range(1, attempts + 1):
-            port = _free_port()
+            port = free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {shlex.quote(str(self.root))} -c fsync=off "
                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
             started = self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile),

@@ -22,6 +22,7 @@ from curate.lake import Lake, LakeConfig, LakeError, LakePusher, pending_count, 
 from curate.lakestore import LakeReadOnly, LakeStore
 from curate.store import Store
 from curate.synthetic import generation_record
+from tests.conftest import write_jsonl
 
 CURATE = str(Path(sys.executable).parent / "curate")
 
@@ -271,8 +272,7 @@ def test_an_export_from_the_lake_is_byte_identical_to_one_from_the_store(store: 
 
 def test_import_with_a_lake_pushes_and_reading_commands_take_the_lake(tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
-    sample = tmp_path / "g.jsonl"
-    sample.write_text("".join(json.dumps(generation_record(i)) + "\n" for i in range(40)))
+    sample = write_jsonl(tmp_path / "g.jsonl", [generation_record(i) for i in range(40)])
 
     imported = run("import", str(sample), "--db", str(tmp_path / "w.duckdb"), "--lake", lake, "--json")
     assert imported.returncode == 0, imported.stderr
@@ -328,8 +328,7 @@ def test_views_stats_snapshot_and_export_commands_read_the_lake(store: Store, tm
 
 
 def test_a_writer_with_an_unreachable_lake_stops_before_writing(tmp_path: Path) -> None:
-    sample = tmp_path / "g.jsonl"
-    sample.write_text(json.dumps(generation_record(1)) + "\n")
+    sample = write_jsonl(tmp_path / "g.jsonl", [generation_record(1)])
     db = tmp_path / "w.duckdb"
 
     result = run("import", str(sample), "--db", str(db), "--lake", f"postgresql://x@127.0.0.1:1/x?warehouse={tmp_path}")

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,20 +28,11 @@ from curate.lakestore import LakeStore
 from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.synthetic import chat_request, generation_record
+from tests.conftest import write_jsonl
+from tests.helpers import free_port
 
 CURATE = str(Path(sys.executable).parent / "curate")
 WID = "wh-lake-writers"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 class Writers:
