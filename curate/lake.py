@@ -42,14 +42,14 @@ from curate.records import COLUMNS
 if TYPE_CHECKING:
     import duckdb
     from pyiceberg.catalog.sql import SqlCatalog
-    from pyiceberg.table import Table
+    from pyiceberg.table import FileScanTask, Table
 
     from curate.store import Store
 
 __all__ = [
     "DEDUP_ORDER", "DEFAULT_BATCH_ROWS", "DEFAULT_TABLE", "LAKE_COLUMNS", "Lake", "LakeConfig", "LakeError",
-    "LakePusher", "PushSummary", "batch_rows_default", "exited_here", "lake_rows_sql", "local_path", "pending_count",
-    "push", "writer_name",
+    "LakePusher", "PushSummary", "batch_rows_default", "current_files", "exited_here", "lake_rows_sql", "local_path",
+    "pending_count", "push", "writer_name",
 ]
 
 log = logging.getLogger("curate.lake")
@@ -351,14 +351,22 @@ class Lake:
         snapshot = table.current_snapshot() if table is not None else None
         if table is None or snapshot is None or not files:
             return (snapshot.snapshot_id if snapshot is not None else None), []
-        paths = []
-        for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():
-            if task.delete_files:
-                # curate never writes delete files; another engine may have. Reading the file
-                # list would then resurrect deleted rows.
-                raise LakeError(f"{self.config.identity}: the table has delete files, which curate cannot read")
-            paths.append(local_path(task.file.file_path))
-        return snapshot.snapshot_id, paths
+        return snapshot.snapshot_id, [local_path(task.file.file_path) for task in current_files(table)]
+
+
+def current_files(table: Table) -> list[FileScanTask]:
+    """The scan tasks of the table's current snapshot (none when it is empty).
+
+    Refuses a table with delete files: curate never writes them, so another engine did, and
+    reading or rewriting the data files without applying them would bring deleted rows back.
+    """
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return []
+    tasks = list(table.scan(snapshot_id=snapshot.snapshot_id).plan_files())
+    if any(task.delete_files for task in tasks):
+        raise LakeError(f"{'.'.join(table.name())}: the table has delete files, which curate does not handle")
+    return tasks
 
 
 def local_path(location: str) -> str:

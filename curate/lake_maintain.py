@@ -40,7 +40,16 @@ from typing import TYPE_CHECKING, Any, Self
 import pyarrow as pa
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError, exited_here, local_path, writer_name
+from curate.lake import (
+    DEDUP_ORDER,
+    Lake,
+    LakeConfig,
+    LakeError,
+    current_files,
+    exited_here,
+    local_path,
+    writer_name,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -161,24 +170,12 @@ class _State:
     rows: int
 
 
-def _plan(table: Table) -> list[FileScanTask]:
-    """The current snapshot's data files (none for an empty table)."""
-    if table.current_snapshot() is None:
-        return []
-    tasks = list(table.scan().plan_files())
-    if any(task.delete_files for task in tasks):
-        # curate never writes delete files. Another engine did: rewriting files without
-        # understanding its deletes is not something to do unattended.
-        raise LakeError(f"{_name(table)}: the table has delete files, which curate's maintenance does not handle")
-    return tasks
-
-
 def _name(table: Table) -> str:
     return ".".join(table.name())
 
 
 def _state(table: Table) -> _State:
-    tasks = _plan(table)
+    tasks = current_files(table)
     return _State(len(table.metadata.snapshots), len(tasks), sum(t.file.record_count for t in tasks))
 
 
@@ -304,7 +301,7 @@ def _bins(tasks: Sequence[FileScanTask], target: int) -> list[list[FileScanTask]
 
 def _compact(lake: Lake, target: int, retries: _RetryCounter, deadline: _Deadline) -> _Compacted:
     table = lake.table(create=False)
-    small = [t for t in _plan(table) if t.file.file_size_in_bytes < target // 2]
+    small = [t for t in current_files(table) if t.file.file_size_in_bytes < target // 2]
     done = _Compacted()
     if len(small) < 2:
         return done
@@ -448,7 +445,7 @@ def _referenced(table: Table) -> set[str]:
         # parent, if the parent remains; once it is expired nothing can read the file.
         entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
         paths |= {entry.data_file.file_path for entry in entries}
-        if manifest.content == ManifestContent.DELETES:  # curate writes none; _plan says why
+        if manifest.content == ManifestContent.DELETES:  # curate writes none; lake.current_files says why
             raise LakeError(f"{_name(table)}: the table has delete files, which curate's maintenance does not handle")
     return {local_path(p) for p in paths}
 

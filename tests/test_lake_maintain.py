@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from curate import lake_maintain
 from curate.lake import DEDUP_ORDER, LAKE_COLUMNS, Lake, LakeError, local_path, push
+from curate.lake import current_files as current_tasks
 from curate.lake_maintain import MaintenanceReport, maintain
 from curate.store import Store
 from curate.synthetic import generation_record
@@ -182,7 +183,7 @@ def test_compaction_skips_a_bin_whose_files_another_commit_replaced(
         # Another commit rewrites one of the bin's files first (as a second compactor would).
         with Lake(str(folder)) as other:
             fresh = other.table()
-            victim = lake_maintain._plan(fresh)[0]
+            victim = current_tasks(fresh)[0]
             copy = real_write(fresh, lake_maintain._read(fresh, [victim]))
             counter = lake_maintain._RetryCounter()
             assert lake_maintain._replace(other, fresh, [victim.file], copy, counter)
