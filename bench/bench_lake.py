@@ -62,11 +62,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
 from bench_views import machine
+from make_generations import write_count
 
 from curate.importer import import_files
 from curate.store import Store
@@ -78,7 +78,6 @@ ROOT = HERE.parent
 
 # Writer i's seeds start at (i + 1) * WRITER_SEEDS: disjoint from one another and from the read set.
 WRITER_SEEDS = 100_000_000
-_CHUNK = 2000
 BARRIER_TIMEOUT = 600.0
 
 QUERIES = {
@@ -91,23 +90,6 @@ QUERIES = {
 # -- data: JSONL of distinct generations, and stores built from them once ---------------------
 
 
-def _render(bounds: tuple[int, int]) -> bytes:
-    return "".join(
-        json.dumps(generation_record(seed), ensure_ascii=False, separators=(",", ":")) + "\n"
-        for seed in range(*bounds)
-    ).encode("utf-8")
-
-
-def write_records(path: Path, start: int, count: int) -> None:
-    """``count`` records of seeds ``start`` onwards into ``path``, rendered on every core."""
-    tmp = path.with_suffix(".tmp")
-    chunks = [(s, min(s + _CHUNK, start + count)) for s in range(start, start + count, _CHUNK)]
-    with tmp.open("wb") as out, Pool(os.cpu_count() or 1) as pool:
-        for block in pool.imap(_render, chunks, chunksize=1):
-            out.write(block)
-    os.replace(tmp, path)
-
-
 def build_store(db: Path, jsonl: Path, start: int, count: int, *, keep_jsonl: bool) -> Path:
     """A store of ``count`` generations (seeds ``start`` onwards), built once from ``jsonl``."""
     DATA.mkdir(exist_ok=True)
@@ -115,7 +97,7 @@ def build_store(db: Path, jsonl: Path, start: int, count: int, *, keep_jsonl: bo
         return db
     if not jsonl.exists():
         print(f"writing {jsonl.name} ({count:,} records) ...", file=sys.stderr, flush=True)
-        write_records(jsonl, start, count)
+        write_count(jsonl, count, start=start)
     if not db.exists():
         print(f"importing {jsonl.name} into {db.name} ...", file=sys.stderr, flush=True)
         partial = db.with_suffix(".partial")

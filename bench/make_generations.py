@@ -21,11 +21,21 @@ from curate.synthetic import generation_record
 _CHUNK = 2000
 
 
-def _render(start: int) -> bytes:
+def _render(bounds: tuple[int, int]) -> bytes:
     return "".join(
         json.dumps(generation_record(seed), ensure_ascii=False, separators=(",", ":")) + "\n"
-        for seed in range(start, start + _CHUNK)
+        for seed in range(*bounds)
     ).encode("utf-8")
+
+
+def write_count(path: Path, count: int, *, start: int = 0) -> None:
+    """Write exactly ``count`` records, seeds ``start`` onwards, to ``path`` (renamed into place)."""
+    tmp = path.with_suffix(".tmp")
+    chunks = [(s, min(s + _CHUNK, start + count)) for s in range(start, start + count, _CHUNK)]
+    with tmp.open("wb") as out, Pool(os.cpu_count() or 1) as pool:
+        for block in pool.imap(_render, chunks, chunksize=1):
+            out.write(block)
+    os.replace(tmp, path)
 
 
 def write(path: Path, megabytes: float, *, start: int = 0) -> int:
@@ -39,7 +49,7 @@ def write(path: Path, megabytes: float, *, start: int = 0) -> int:
 
     with path.open("wb") as out, Pool(os.cpu_count() or 1) as pool:
         # Records are at least ~700 bytes, which bounds how many chunks can be needed.
-        bound = range(start, start + target // 700 + _CHUNK, _CHUNK)
+        bound = ((s, s + _CHUNK) for s in range(start, start + target // 700 + _CHUNK, _CHUNK))
         for block in pool.imap(_render, bound, chunksize=1):
             if written + len(block) > target:
                 lines = block.splitlines(keepends=True)
