@@ -2,10 +2,15 @@
 
 A group is fetched whole with one GET once all its members are done (the endpoint answers 404
 until then); a single id is polled on its own schedule, backing off while it is 404, ``Queued``
-or ``In Progress``. Every call goes through the client's rate limit. Fetched bodies are buffered
-and written in batches, each batch committing the bodies and the ledger's new state together,
-so a harvest killed at any moment loses at most the unwritten batch, which the next run fetches
-again; the store's idempotent merge makes the second copy a duplicate, never a second row.
+or ``In Progress``. Every call goes through the client's rate limit.
+
+Fetched bodies and the ledger's new states are buffered, then appended together to the spool
+(``curate.spool``) every ``FLUSH_SECONDS`` or ``FLUSH_EVERY`` bodies, and merged into the store
+whenever the file is free: polling never waits for the file, whoever holds it. What this run
+spooled but could not merge yet is remembered here, so an id done is not polled again. A harvest
+killed at any moment loses at most the unspooled buffer, which the next run fetches again; the
+store's idempotent merge makes a second copy a duplicate, never a second row. At the end the
+harvest waits for the file to merge what it fetched (Ctrl-C leaves it safe in the spool).
 """
 
 from __future__ import annotations
@@ -20,14 +25,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from pydantic import BaseModel
 
-from curate import ledger
+from curate import spool
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.models import TERMINAL_STATES
-from curate.store import Store, ingest_texts
+from curate.store import Store, StoreLocked
 
 __all__ = ["HarvestSummary", "harvest"]
 
@@ -108,80 +112,93 @@ _LEARNED = """
 """
 
 
-def _load(store: Store) -> list[_Entry]:
-    with store.read() as con:
-        learned = {
-            kind: seconds if n >= LEARN_AFTER[kind] else None
-            for kind, n, seconds in con.execute(_LEARNED.format(q=LEARN_QUANTILE)).fetchall()
-        }
-        rows = con.execute(
-            """
-            select id, kind, attempts, next_poll_at, added_at,
-                   row_number() over (partition by kind order by added_at, id) as rank
-            from ledger where done_at is null
-            """
-        ).fetchall()
-    entries = []
-    for entry_id, kind, attempts, next_poll_at, added_at, rank in rows:
-        entry = _Entry(entry_id, kind, attempts, next_poll_at)
-        if attempts == 0:
-            seconds = learned.get(kind)
-            if seconds is not None:
-                entry.next_poll_at = max(next_poll_at, added_at + timedelta(seconds=seconds))
-            elif rank > SAMPLE.get(kind, 0):
-                entry.held = True
-        entries.append(entry)
-    return sorted(entries, key=lambda e: e.next_poll_at)
+class _Run:
+    """One harvest's view of the ledger: the store's, plus what this run spooled but has not merged."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writer = spool.SpoolWriter(store.spool_dir)
+        self.summary = HarvestSummary()
+        self.entries: dict[str, _Entry] = {}
+        self.finished: set[str] = set()  # done in this run but not merged yet: not polled again
+        self.added: set[str] = set()  # put in the ledger by this run, perhaps not merged yet
 
-def _flush(store: Store, buffer: _Buffer, summary: HarvestSummary) -> None:
-    if not len(buffer):
-        return
-    with store.write() as con:
-        for source in {s for s, _ in buffer.bodies}:
-            counts = ingest_texts(con, [t for s, t in buffer.bodies if s == source], source=source)
-            summary.stored += counts.stored
-            summary.updated += counts.updated
-            summary.duplicate += counts.duplicate
-            summary.rejected += counts.rejected
+    def load(self) -> list[_Entry]:
+        """The ids to poll, by when they are due: the store's pending ids, as this run knows them.
+
+        When a writer holds the file the store cannot be read: the run goes on with what it knew.
+        """
+        try:
+            with self.store.read() as con:
+                learned = {
+                    kind: seconds if n >= LEARN_AFTER[kind] else None
+                    for kind, n, seconds in con.execute(_LEARNED.format(q=LEARN_QUANTILE)).fetchall()
+                }
+                rows = con.execute(
+                    """
+                    select id, kind, attempts, next_poll_at, added_at,
+                           row_number() over (partition by kind order by added_at, id) as rank
+                    from ledger where done_at is null
+                    """
+                ).fetchall()
+        except StoreLocked:
+            return self.pending()
+        entries: dict[str, _Entry] = {}
+        for entry_id, kind, attempts, next_poll_at, added_at, rank in rows:
+            if entry_id in self.finished:
+                continue
+            known = self.entries.get(entry_id)
+            if known is not None and known.attempts > attempts:
+                entries[entry_id] = known  # polled by this run since the store last heard of it
+                continue
+            entry = _Entry(entry_id, kind, attempts, next_poll_at)
+            if attempts == 0:
+                seconds = learned.get(kind)
+                if seconds is not None:
+                    entry.next_poll_at = max(next_poll_at, added_at + timedelta(seconds=seconds))
+                elif rank > SAMPLE.get(kind, 0):
+                    entry.held = True
+            entries[entry_id] = entry
+        for entry_id in self.added - entries.keys() - self.finished:
+            if entry_id in self.entries:
+                entries[entry_id] = self.entries[entry_id]
+        self.entries = entries
+        return self.pending()
+
+    def pending(self) -> list[_Entry]:
+        return sorted((e for i, e in self.entries.items() if i not in self.finished), key=lambda e: e.next_poll_at)
+
+    def add(self, ids: list[str], *, source: str) -> None:
+        """Wait for ``ids`` too: in the spool first, then in the store."""
+        self.writer.append([spool.encode({"op": "ledger", "ids": ids, "kind": "generation", "source": source,
+                                          "at": time.time()})])
+        now = datetime.now(UTC)
+        for entry_id in ids:
+            self.entries.setdefault(entry_id, _Entry(entry_id, "generation", 0, now))
+        self.added.update(ids)
+
+    def flush(self, buffer: _Buffer, *, wait: float | None = 0.0) -> None:
+        """Spool what ``buffer`` holds (durably), then merge whatever the file lets us merge."""
+        frames = [spool.encode({"op": "body", "source": source, "line": line, "at": time.time()}, text.encode())
+                  for line, (source, text) in zip(self.writer.lines(len(buffer.bodies)), buffer.bodies, strict=True)]
         for group_id, member_ids in buffer.members:
-            ledger.add(con, member_ids, kind="generation", source="group", group_id=group_id)
-        changes = [(i, st, None, None, True) for i, st in buffer.done] + [
-            (i, st, attempts, when, False) for i, st, attempts, when in buffer.later
-        ]
-        if changes:
-            ids, states, attempts, whens, done = zip(*changes, strict=True)
-            con.register("_curate_ledger_changes", pa.table({
-                "id": pa.array(ids, pa.string()),
-                "state": pa.array(states, pa.string()),
-                "attempts": pa.array(attempts, pa.int32()),
-                "next_poll_at": pa.array(whens, pa.timestamp("us", tz="UTC")),
-                "done": pa.array(done, pa.bool_()),
+            frames.append(spool.encode({"op": "ledger", "ids": member_ids, "kind": "generation", "source": "group",
+                                        "group_id": group_id}))
+        if buffer.done or buffer.later:
+            frames.append(spool.encode({
+                "op": "polled", "at": time.time(), "backoff": [FIRST_DELAY, MAX_DELAY],
+                "done": buffer.done,
+                "later": [(i, st, attempts, when.isoformat()) for i, st, attempts, when in buffer.later],
             }))
-            # A "done" id whose body the store refused (it is in rejects) is not done: it is
-            # polled again on the backoff schedule, never dropped.
-            con.execute(
-                f"""
-                update ledger set
-                    last_state = case when c.done and not c.stored then 'body refused'
-                                      else c.state end,
-                    last_seen_at = now(),
-                    attempts = coalesce(c.attempts, ledger.attempts + 1),
-                    next_poll_at = case
-                        when c.done and not c.stored then now() + to_seconds(
-                            least({MAX_DELAY}, {FIRST_DELAY} * pow(2, ledger.attempts)))
-                        else coalesce(c.next_poll_at, ledger.next_poll_at) end,
-                    done_at = case when c.done and c.stored then now() end
-                from (
-                    select x.*, l.kind = 'group' or exists (
-                        select 1 from generation_rows g where g.id = x.id) as stored
-                    from _curate_ledger_changes x join ledger l on l.id = x.id
-                    qualify row_number() over (partition by x.id order by x.done desc) = 1
-                ) c
-                where ledger.id = c.id
-                """
-            )
-            con.unregister("_curate_ledger_changes")
+        if frames:
+            self.writer.append(frames)
+            self.finished.update(i for i, _ in buffer.done)
+        merged = spool.drain(self.store, self.writer, wait=wait)
+        for name in ("stored", "updated", "duplicate", "rejected"):
+            setattr(self.summary, name, getattr(self.summary, name) + merged.counts.get(name, 0))
+        if not merged.remaining:  # all this run spooled is merged: the store's ledger says it all
+            self.added.clear()
+            self.finished.clear()
 
 
 async def _poll(client: InferenceClient, entry: _Entry, buffer: _Buffer, summary: HarvestSummary) -> None:
@@ -249,35 +266,39 @@ def harvest(
 ) -> HarvestSummary:
     """Poll until every ledger entry is terminal (``once``: one pass over those due)."""
     settings.require_api_key()
-    if ids_file is not None:
-        path = Path(ids_file)
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        with store.write() as con:
-            ledger.add(con, ids, kind="generation", source=f"ids:{path.resolve()}")
-    return asyncio.run(_harvest(store, settings, rpm, concurrency, once, progress,
-                                client_options or {}))
+    run = _Run(store)
+    try:
+        if ids_file is not None:
+            path = Path(ids_file)
+            ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            run.add(ids, source=f"ids:{path.resolve()}")
+        spool.drain(store, run.writer)  # what this or a crashed writer left, if the file is free
+        return asyncio.run(_harvest(run, settings, rpm, concurrency, once, progress, client_options or {}))
+    finally:
+        spool.finish(store, run.writer)
 
 
 async def _harvest(
-    store: Store, settings: Settings, rpm: int | None, concurrency: int, once: bool,
+    run: _Run, settings: Settings, rpm: int | None, concurrency: int, once: bool,
     progress: Callable[[HarvestSummary], None] | None, client_options: dict[str, Any],
 ) -> HarvestSummary:
     started = time.monotonic()
-    summary = HarvestSummary()
+    summary = run.summary
     buffer = _Buffer()
     flushing = asyncio.Lock()
-    entries = _load(store)
+    entries = run.load()
     async with InferenceClient(settings, rpm=rpm, **client_options) as client:
         while entries:
             now = datetime.now(UTC)
             due = [e for e in entries if not e.held and e.next_poll_at <= now]
             if not due:
-                _flush(store, buffer.take(), summary)
+                async with flushing:
+                    await asyncio.to_thread(run.flush, buffer.take())
                 if once:
                     break
                 waiting = [(e.next_poll_at - now).total_seconds() for e in entries if not e.held]
                 await asyncio.sleep(min(max(min(waiting, default=HOLD), 0.05), HOLD, 5.0))
-                entries = _load(store)
+                entries = await asyncio.to_thread(run.load)
                 continue
             queue: asyncio.Queue[_Entry] = asyncio.Queue()
             for entry in due:
@@ -287,14 +308,15 @@ async def _harvest(
                 while not queue.empty():
                     await _poll(client, queue.get_nowait(), buffer, summary)
                     if len(buffer.bodies) >= FLUSH_EVERY or time.monotonic() - buffer.since > FLUSH_SECONDS:
-                        # DuckDB writes in a thread (it lets go of the GIL), so polls go on.
+                        # The spool's sync and DuckDB's merge run in a thread (both let go of the
+                        # GIL), so polls go on.
                         async with flushing:
-                            await asyncio.to_thread(_flush, store, buffer.take(), summary)
+                            await asyncio.to_thread(run.flush, buffer.take())
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
             async with flushing:
-                await asyncio.to_thread(_flush, store, buffer.take(), summary)
-            entries = _load(store)
+                await asyncio.to_thread(run.flush, buffer.take())
+            entries = await asyncio.to_thread(run.load)
             summary.calls = client.calls
             summary.pending = len(entries)
             if progress is not None:
@@ -302,7 +324,7 @@ async def _harvest(
             if once:
                 break
         summary.calls = client.calls
-    _flush(store, buffer.take(), summary)
-    summary.pending = len(_load(store))
+    run.flush(buffer.take(), wait=None)  # everything fetched, merged before we return
+    summary.pending = len(run.load())
     summary.seconds = time.monotonic() - started
     return summary

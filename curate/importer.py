@@ -22,7 +22,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate.records import WriteCounts
-from curate.store import FastPathRefused, Store, fast_insert, merge_source
+from curate.merge import FastPathRefused, fast_insert, merge_source
+from curate.store import Store
 
 __all__ = ["ImportSummary", "import_file", "import_files", "line_batches"]
 

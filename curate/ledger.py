@@ -8,13 +8,14 @@ harvest resumes where any stop left it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
 
-__all__ = ["Kind", "add", "settle"]
+__all__ = ["Kind", "add", "record_polls", "settle"]
 
 Kind = Literal["generation", "group"]
 
@@ -93,3 +94,63 @@ def settle(
         )
     finally:
         con.unregister("_curate_settled")
+
+
+def record_polls(
+    con: duckdb.DuckDBPyConnection,
+    done: Sequence[tuple[Any, ...]],
+    later: Sequence[tuple[Any, ...]],
+    *,
+    first_delay: float,
+    max_delay: float,
+) -> None:
+    """Record what polls learned, in the caller's transaction.
+
+    ``done``: (id, state) of ids whose terminal body was fetched (or groups fetched whole);
+    ``later``: (id, last state seen, attempts, next poll time) of ids to poll again. A "done" id
+    whose body the store refused (it is in rejects) is not done: it is polled again on the
+    backoff schedule (``first_delay`` doubling up to ``max_delay``), never dropped. An id already done stays done whatever a later poll says
+    (a webhook may have settled it while a harvest still polled it).
+    """
+    changes = [(i, st, None, None, True) for i, st, *_ in done] + [
+        (i, st, attempts, when, False) for i, st, attempts, when in later
+    ]
+    if not changes:
+        return
+    ids, states, attempts, whens, finished = zip(*changes, strict=True)
+    con.register("_curate_ledger_changes", pa.table({
+        "id": pa.array(ids, pa.string()),
+        "state": pa.array(states, pa.string()),
+        "attempts": pa.array(attempts, pa.int32()),
+        "next_poll_at": pa.array([_time(w) for w in whens], pa.timestamp("us", tz="UTC")),
+        "done": pa.array(finished, pa.bool_()),
+    }))
+    try:
+        con.execute(
+            f"""
+            update ledger set
+                last_state = case when ledger.done_at is not null then ledger.last_state
+                                  when c.done and not c.stored then 'body refused'
+                                  else c.state end,
+                last_seen_at = now(),
+                attempts = coalesce(c.attempts, ledger.attempts + 1),
+                next_poll_at = case
+                    when c.done and not c.stored then now() + to_seconds(
+                        least({float(max_delay)}, {float(first_delay)} * pow(2, ledger.attempts)))
+                    else coalesce(c.next_poll_at, ledger.next_poll_at) end,
+                done_at = coalesce(ledger.done_at, case when c.done and c.stored then now() end)
+            from (
+                select x.*, l.kind = 'group' or exists (
+                    select 1 from generation_rows g where g.id = x.id) as stored
+                from _curate_ledger_changes x join ledger l on l.id = x.id
+                qualify row_number() over (partition by x.id order by x.done desc) = 1
+            ) c
+            where ledger.id = c.id
+            """
+        )
+    finally:
+        con.unregister("_curate_ledger_changes")
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value

@@ -211,8 +211,34 @@ def m006_lake(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m007_views_per_connection_and_spool(con: duckdb.DuckDBPyConnection) -> None:
+    # Views now live in each reader's connection (curate.views.install), so a reader never writes
+    # the file and one analyst's view folder never changes another's: the views that earlier
+    # versions created inside the file (their comment starts "curate view ") are dropped.
+    rows = con.execute(
+        "select view_name from duckdb_views() where not internal and not temporary "
+        "and schema_name = 'main' and starts_with(coalesce(comment, ''), 'curate view ')"
+    ).fetchall()
+    for (name,) in rows:
+        con.execute(f'drop view "{name}"')
+    # `spool_merged`: how far each spool segment (curate.spool) has been merged, committed in the
+    # same transaction as what was merged, so a segment merged again after a crash starts where
+    # the last commit ended and nothing is applied twice.
+    con.execute(
+        """
+        create table spool_merged (
+            segment   varchar primary key,
+            merged_to bigint not null,
+            records   bigint not null,
+            merged_at timestamptz not null
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
+    m007_views_per_connection_and_spool,
 ]
 
 
@@ -226,7 +252,8 @@ def _ensure_table(con: duckdb.DuckDBPyConnection) -> None:
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Names of the migrations this store has recorded, in the order they ran."""
     exists = con.execute(
-        "select count(*) from duckdb_tables() where table_name = '_curate_migrations'"
+        "select count(*) from duckdb_tables() where table_name = '_curate_migrations' "
+        "and database_name = current_database() and schema_name = 'main'"
     ).fetchone()
     if not exists or not exists[0]:
         return []

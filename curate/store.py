@@ -1,37 +1,47 @@
-"""The DuckDB store: one file, its schema, and the only door through which curate writes.
+"""The DuckDB store: one file, its schema, and the doors in and out of it.
 
 DuckDB lets one process hold a file read-write, or many hold it read-only, never both
-(../shared/docs/duckdb-and-datasets.md, B.1). So nothing here keeps a connection open: a writer
-opens read-write for the length of one batch and closes; a reader opens read-only for one query.
-Both retry a lock conflict with jittered exponential backoff for a bounded time, then give up with
-a message that says who holds the file.
+(../shared/docs/duckdb-and-datasets.md, B.1). So nothing here keeps a connection open for long,
+and the two doors differ:
+
+* a reader (``read``, ``sql``, ``views``, ``snapshot``, ``attached``) opens read-only and never
+  changes the file: the views are temporary views of its own connection (``curate.views``), and a
+  store whose schema is behind is refused with the command that migrates it. Readers never wait for
+  readers; one waits for a writer for at most ``lock_timeout``, then says who holds the file.
+* a writer (``write``, ``session``, ``migrate``) brings the schema up to date on its first
+  connection and waits for the file as long as it takes, saying every few seconds who holds it.
+  The writers that must not wait (a listener acknowledging deliveries, a harvest polling) put
+  what they learn in the spool first (``curate.spool``) and merge it when the file is free.
+
+This module is only the file: the records' merge is ``curate.merge``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from curate import migrations, records, views
+from curate import merge, migrations, views
 from curate.records import WriteCounts
 
-if TYPE_CHECKING:
-    from curate.export import ExportResult
-
 __all__ = [
-    "FastPathRefused", "Result", "Store", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "fast_insert",
-    "ingest", "ingest_texts", "merge_source", "no_progress_bar",
+    "Result", "Store", "StoreBehind", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "holder",
+    "no_progress_bar",
 ]
+
+log = logging.getLogger("curate.store")
 
 # What a conflicting lock looks like: "Could not set lock on file "...": Conflicting lock is held
 # in /usr/bin/python3 (PID 4774)". Inside one process, a read-only open of a file held read-write
@@ -40,6 +50,7 @@ _LOCK_MARKERS = ("Could not set lock", "different configuration than existing co
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 DEFAULT_MEMORY_LIMIT = "1GB"
+WAIT_NOTICE_SECONDS = 5.0  # how often a waiting writer says who holds the file
 
 T = TypeVar("T")
 
@@ -65,13 +76,23 @@ def no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
 
 
 class StoreLocked(RuntimeError):
-    """The store stayed locked by another process for longer than the retry budget."""
+    """A reader found the store held by a writer for longer than its ``lock_timeout``."""
+
+
+class StoreBehind(RuntimeError):
+    """A reader found a store whose schema an older curate wrote: a writer must migrate it first."""
 
 
 def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, (duckdb.IOException, duckdb.ConnectionException)) and any(
         marker in str(exc) for marker in _LOCK_MARKERS
     )
+
+
+def holder(exc: BaseException) -> str:
+    """Who holds the file, as DuckDB's lock error names it ("python3 (PID 4774)")."""
+    found = _HOLDER.search(str(exc))
+    return f"{found.group(1)} (PID {found.group(2)})" if found else "another connection of this process"
 
 
 @dataclass(frozen=True)
@@ -134,12 +155,14 @@ def _env_queries() -> list[Path]:
 class Store:
     """A curate store in one DuckDB file.
 
-    ``lock_timeout`` bounds how long an open waits for another process to let go of the file;
-    ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps DuckDB's memory;
-    ``queries`` are folders of view files added to (or overriding) the shipped ones (default
-    ``$CURATE_QUERIES``, folders separated by ``os.pathsep``).
-    Creating a ``Store`` brings the file's schema and its views up to date (creating the file if
-    need be). A broken view file does not stop it: its error is in ``view_errors``.
+    ``lock_timeout`` bounds how long a reader waits for a writer to let go of the file (writers
+    wait as long as it takes); ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps
+    DuckDB's memory; ``queries`` are folders of view files added to (or overriding) the shipped
+    ones (default ``$CURATE_QUERIES``, folders separated by ``os.pathsep``), for this object's
+    connections only.
+
+    Creating a ``Store`` changes nothing in an existing file; a path with no file yet gets a new,
+    migrated store. A broken view file does not stop reading: its error is in ``view_errors``.
     """
 
     def __init__(
@@ -158,7 +181,10 @@ class Store:
         self.memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path}: the folder {self.path.parent} does not exist")
-        self.migrate()
+        self._views = views.load([views.QUERIES_DIR, *self.queries])
+        self._migrated = False
+        if not self.path.exists():
+            self.migrate()  # a new file: nobody can be reading it yet
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -168,20 +194,27 @@ class Store:
         """How exports' cards name the store."""
         return self.path.name
 
-    def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    @property
+    def spool_dir(self) -> Path:
+        """Where writers make what they learn durable before it is merged (``curate.spool``)."""
+        return self.path.with_name(self.path.name + ".spool")
+
+    def _connect(self, *, read_only: bool, wait: float | None = None) -> duckdb.DuckDBPyConnection:
         def connect() -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": self.memory_limit})
             no_progress_bar(con)
             return con
 
-        return self._retrying_lock(connect)
+        if read_only:
+            return self._retrying_lock(connect, self.lock_timeout if wait is None else wait)
+        return self._waiting_for_lock(connect, wait)
 
-    def _retrying_lock(self, opening: Callable[[], T]) -> T:
-        """``opening()``, retried while another process holds the file, for ``lock_timeout``."""
+    def _retrying_lock(self, opening: Callable[[], T], timeout: float) -> T:
+        """``opening()``, retried while another process holds the file, for ``timeout`` seconds."""
         retrying = Retrying(
             retry=retry_if_exception(_is_lock_error),
             wait=wait_random_exponential(multiplier=0.005, max=0.2),
-            stop=stop_after_delay(self.lock_timeout),
+            stop=stop_after_delay(timeout),
             reraise=True,
         )
         try:
@@ -191,59 +224,108 @@ class Store:
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _is_lock_error(exc):
                 raise
-            holder = _HOLDER.search(str(exc))
-            who = f"{holder.group(1)} (PID {holder.group(2)})" if holder else "another connection"
             raise StoreLocked(
-                f"{self.path} is locked by {who}, which kept it for more than "
-                f"{self.lock_timeout:g}s. A DuckDB file takes one writer or many readers at a "
-                "time: close the notebook or process holding it (or use curate.open(), which "
-                "connects per query), then try again."
+                f"{self.path} is being written by {holder(exc)}, which kept it for more than "
+                f"{timeout:g}s. Readers wait only for writers, and curate's writers hold the file "
+                "for moments at a time: an import of a large file holds it until the file is in. "
+                "Try again, or raise CURATE_LOCK_TIMEOUT."
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _waiting_for_lock(self, opening: Callable[[], T], wait: float | None) -> T:
+        """``opening()``, retried while another process holds the file: forever (``wait`` None,
+        saying every few seconds who holds it), or for ``wait`` seconds, then ``StoreLocked``."""
+        started = time.monotonic()
+        noticed = started
+        delay = 0.005
+        while True:
+            try:
+                return opening()
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc):
+                    raise
+                now = time.monotonic()
+                if wait is not None and now - started >= wait:
+                    raise StoreLocked(f"{self.path} is held by {holder(exc)}") from exc
+                if wait is None and now - noticed >= WAIT_NOTICE_SECONDS:
+                    noticed = now
+                    log.warning("waiting for %s to let go of %s (%.0f s so far)", holder(exc), self.path,
+                                now - started)
+            time.sleep(delay * (0.5 + os.urandom(1)[0] / 255))
+            delay = min(delay * 2, 0.2)
 
     @contextmanager
     def attached(self, con: duckdb.DuckDBPyConnection, alias: str = "store") -> Iterator[str]:
         """The store attached read-only to another connection ``con`` as ``alias``, detached on exit.
 
         For work that reads the store once and then goes on without it (an export's scratch
-        database): the store is held only while attached.
+        database): the store is held only while attached. The views are created as ``con``'s
+        temporary views; they read the store's tables while ``alias`` is the current database
+        (``use alias``).
         """
         quoted = str(self.path).replace("'", "''")
-        self._retrying_lock(lambda: con.execute(f"attach '{quoted}' as \"{alias}\" (read_only)"))
+        self._retrying_lock(lambda: con.execute(f"attach '{quoted}' as \"{alias}\" (read_only)"),
+                            self.lock_timeout)
         try:
+            (previous,) = con.execute("select current_database()").fetchone() or ("memory",)
+            con.execute(f'use "{alias}"')
+            try:
+                self._prepare_reader(con)
+            finally:
+                con.execute(f'use "{previous}"')
             yield alias
         finally:
             con.execute(f'detach "{alias}"')
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations and refresh the views; return the migrations that ran."""
-        files = self.view_files()
+        """Apply pending migrations (creating the file if need be); return the migrations that ran.
+
+        A writer does this on its first connection; ``curate migrate`` does it on its own.
+        """
         with _writer_lock(self.path):
             con = self._connect(read_only=False)
             try:
-                applied = migrations.apply(con)
-                self.view_errors = views.refresh(con, files)
-                return applied
+                return self._migrate(con)
             finally:
                 con.close()
 
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        applied = migrations.apply(con)
+        self._migrated = True
+        return applied
+
+    def _prepare_reader(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a store whose schema is behind, then create the views in ``con`` alone."""
+        behind = migrations.pending(con)
+        if behind:
+            raise StoreBehind(
+                f"{self.path} was written by an older curate and lacks {len(behind)} schema "
+                f"migration(s) ({', '.join(m.__name__ for m in behind)}): run `curate migrate --db "
+                f"{self.path}` (or any writer: import, harvest, listen, submit) to apply them."
+            )
+        self.view_errors = views.install(con, self._views)
+
     def view_files(self) -> list[views.View]:
         """The view files in force: the shipped ones, then the ``queries`` folders' (later wins)."""
-        return views.load([views.QUERIES_DIR, *self.queries])
+        return list(self._views)
 
     @contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def write(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside one transaction, committed and closed on exit.
 
-        Writers in one process take turns: DuckDB would let two of its connections insert the
-        same new id at once, and one row per id rests on one writer at a time.
+        Waits for the file as long as it takes (``wait``: at most that many seconds, then
+        ``StoreLocked``). Writers in one process take turns: DuckDB would let two of its
+        connections insert the same new id at once, and one row per id rests on one writer at a
+        time. The connection has no views: a writer reads tables.
         """
         with _writer_lock(self.path):
-            yield from self._write()
+            yield from self._write(wait)
 
-    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self._connect(read_only=False)
+    def _write(self, wait: float | None) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._connect(read_only=False, wait=wait)
         try:
+            if not self._migrated:
+                self._migrate(con)
             con.execute("begin transaction")
             try:
                 yield con
@@ -257,17 +339,18 @@ class Store:
     def session(self) -> WriteSession:
         """A read-write connection for several transactions in a row; close it promptly.
 
-        For a writer whose batches come back to back (``curate listen`` under load), where a
-        reopen and a checkpoint per batch would cost more than the batch. While it is open,
-        every other process waits for the file, so hold it for a bounded time.
+        While it is open, every other process waits for the file, so hold it for a bounded time.
         """
         return WriteSession(self)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection, closed on exit. Never blocks a writer for longer than the block."""
+        """A read-only connection with the views, closed on exit. Changes nothing in the file."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no store here (a writer such as curate import creates one)")
         con = self._connect(read_only=True)
         try:
+            self._prepare_reader(con)
             yield con
         finally:
             con.close()
@@ -280,12 +363,12 @@ class Store:
         upserted; everything else becomes a ``rejects`` row. Returns what happened to each record.
         """
         with self.write() as con:
-            return ingest(con, batch, source=source)
+            return merge.ingest(con, batch, source=source)
 
     def ingest_texts(self, texts: list[str], *, source: str) -> WriteCounts:
         """Store raw records (HTTP bodies, say), numbered from 1 in the order given."""
         with self.write() as con:
-            return ingest_texts(con, texts, source=source)
+            return merge.ingest_texts(con, texts, source=source)
 
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only query and return its rows as an Arrow table."""
@@ -336,17 +419,6 @@ class Store:
         return written
 
 
-    def export(self, source: str, folder: str | os.PathLike[str], **options: Any) -> ExportResult:
-        """Export a view or SELECT to a Hugging Face dataset folder: ``db.export("chat", "out/")``.
-
-        The options are ``curate.export.export``'s (``fmt``, ``where``, ``limit``, ``test_size``,
-        ``split_by``, ``seed``, ``dedup``, ``strict``, ``license_id``).
-        """
-        from curate.export import export
-
-        return export(self, source, folder, **options)
-
-
 class WriteSession:
     """The store held read-write by this process across transactions (see ``Store.session``)."""
 
@@ -355,6 +427,8 @@ class WriteSession:
         self._lock.acquire()
         try:
             self.con = store._connect(read_only=False)
+            if not store._migrated:
+                store._migrate(self.con)
         except BaseException:
             self._lock.release()
             raise
@@ -371,114 +445,3 @@ class WriteSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def ingest(
-    con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str, per_line: bool = False
-) -> WriteCounts:
-    """Merge the records of an Arrow ``batch`` (columns ``line``, ``text``) into ``con``'s store."""
-    con.register("_curate_src", batch)
-    counts = merge_source(con, source=source, per_line=per_line)
-    con.unregister("_curate_src")
-    return counts
-
-
-def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
-    row = con.execute(f"select count(*) from {sql}", params or []).fetchone()
-    return int(row[0]) if row else 0
-
-
-def ingest_texts(con: duckdb.DuckDBPyConnection, texts: list[str], *, source: str) -> WriteCounts:
-    """Merge raw records, numbered from 1 in the order given, in the caller's transaction."""
-    batch = pa.table(
-        {"line": pa.array(range(1, len(texts) + 1), pa.int64()), "text": pa.array(texts, pa.string())}
-    )
-    return ingest(con, batch, source=source)
-
-
-def merge_source(con: duckdb.DuckDBPyConnection, *, source: str, per_line: bool = False) -> WriteCounts:
-    """Normalise the relation ``_curate_src(line, text)`` and merge it into ``con``'s store.
-
-    ``per_line`` also reports what happened to each line (``WriteCounts.outcomes``), which a
-    receiver answering each delivery needs and a file import does not pay for.
-
-    Runs inside the caller's transaction (on an error the caller rolls back and closes, and the
-    temporary state goes with the connection). The merge is idempotent: a record already stored
-    is a duplicate; a terminal state (Success/Failed) is never replaced by a non-terminal one; a
-    newer record of equal standing replaces the stored one, keeping ``first_seen_at``.
-    """
-    con.execute("set variable curate_source = ?", [source])
-    con.execute(records.PARSE_SQL)
-    kinds = dict(con.execute("select shape, count(*) from _curate_parsed group by all").fetchall())
-    con.execute(records.RARE_SQL[0])
-    if any(kinds.get(shape) for shape in records.RARE_SHAPES):
-        for statement in records.RARE_SQL[1:]:
-            con.execute(statement)
-    con.execute(records.MERGE_SQL)
-    actions = dict(con.execute("select action, count(*) from _curate_merge group by all").fetchall())
-    clean = _count(con, f"_curate_parsed where shape in {records.COMMON_SHAPES} and bad_id is null")
-    for action in ("insert", "update"):
-        if actions.get(action):
-            chosen = _count(
-                con, f"_curate_merge where action = ? and shape in {records.COMMON_SHAPES}", [action]
-            )
-            for statement in records.insert_sql(action, every_clean_line=chosen == clean):
-                con.execute(statement)
-    # Reading the text again to explain refusals is paid only when there are some.
-    refused = [row[0] for row in con.execute(records.REJECTED_LINES).fetchall()]
-    rejected = 0
-    if refused:
-        con.execute(records.rejects_sql(refused if len(refused) <= 10_000 else None))
-        rejected = _count(con, "_curate_rejected")
-        con.execute(
-            """
-            insert into rejects
-            select getvariable('curate_source'), line, reason, text, md5(text), now()
-            from _curate_rejected
-            on conflict do nothing
-            """
-        )
-    outcomes: dict[int, tuple[str, str | None]] = {}
-    if per_line:
-        outcomes = {line: (outcome, None) for line, outcome in con.execute(records.LINE_OUTCOMES).fetchall()}
-        if refused:
-            for line, reason in con.execute("select line, reason from _curate_rejected").fetchall():
-                outcomes[line] = ("rejected", reason)
-    for name in records.TEMP_TABLES:
-        con.execute(f"drop table if exists {name}")
-    return WriteCounts(
-        stored=actions.get("insert", 0),
-        updated=actions.get("update", 0),
-        duplicate=actions.get("duplicate", 0),
-        rejected=rejected,
-        skipped=kinds.get("webhook.test", 0),
-        lines=sum(kinds.values()),
-        outcomes=outcomes,
-    )
-
-
-class FastPathRefused(Exception):
-    """The one-pass insert met a line it does not handle; the caller rolls back and merges."""
-
-
-def fast_insert(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
-    """Insert every line of ``_curate_src`` in one pass, or raise ``FastPathRefused``.
-
-    Succeeds only when every line is a common-shape record whose id is neither in the store nor
-    elsewhere in the source, which is what a first import of a clean file is.
-    """
-    con.execute("set variable curate_source = ?", [source])
-    refusals = con.execute(records.FAST_PATH_PROBE_SQL).fetchone()
-    if refusals and refusals[0]:
-        raise FastPathRefused("the first lines already show a stored id or a line to refuse")
-    try:
-        row = con.execute(records.fast_insert_sql()).fetchone()
-    except duckdb.InvalidInputException as exc:
-        if records.FAST_PATH_REFUSED not in str(exc) and "Malformed JSON" not in str(exc):
-            raise
-        raise FastPathRefused(str(exc)) from exc
-    duplicates = con.execute(records.DUPLICATE_IDS_SQL).fetchone()
-    if duplicates and duplicates[0]:
-        raise FastPathRefused("an id of this source is already stored, or appears twice in it")
-    stored = int(row[0]) if row else 0
-    return WriteCounts(stored=stored, lines=stored)

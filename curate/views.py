@@ -1,10 +1,10 @@
-"""The store's SQL views: one ``.sql`` file per view, read from folders, created in the store.
+"""The store's SQL views: one ``.sql`` file per view, read from folders, created per connection.
 
 This module owns the views as files: finding them (the shipped ``queries/`` folder, then any user
 folders, a later folder replacing a view of the same name), reading the comment header that says
-what one row is, creating or replacing each view in a store, and telling which file and line a
-broken view fails on. It does not decide when that happens (opening the store does) nor print
-anything (the ``curate views`` command does).
+what one row is, creating each view as a temporary view of one connection, and telling which file
+and line a broken view fails on. It does not decide when that happens (``Store.read`` does) nor
+print anything (the ``curate views`` command does). Nothing here writes to the store's file.
 
 A view file holds a header of ``--`` comment lines, whose first line is the view's one-line
 description, then a single query (``select ...`` or ``with ... select ...``). The view is named
@@ -14,7 +14,6 @@ can define that view and do nothing else.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,14 +27,13 @@ __all__ = [
     "View",
     "ViewError",
     "describe",
+    "install",
     "load",
-    "refresh",
     "shipped_dir",
 ]
 
-# Views curate created carry a comment "curate view <digest of the file>": so that a refresh
-# leaves a view whose file has not changed as it is, ``refresh(prune=True)`` drops only curate's
-# own views, and a view file can never replace the store's own objects (the ``generations`` view).
+# Views that curate before its schema migration m007 created inside the store's file carry a
+# comment starting with this; m007 drops them (views now live in each connection).
 MARKER = "curate view"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -65,11 +63,6 @@ class View:
     description: str
     path: Path
     sql: str
-
-    @property
-    def comment(self) -> str:
-        """What the store's view carries once created from this file: MARKER and the text's digest."""
-        return f"{MARKER} {hashlib.sha256(self.sql.encode()).hexdigest()[:16]}"
 
 
 class ViewError(ValueError):
@@ -148,89 +141,52 @@ def _query(con: duckdb.DuckDBPyConnection, view: View) -> str:
     return body[:-1].rstrip() if body.endswith(";") else body
 
 
-def _ours(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
-    """The views curate created in this store: lower-cased name -> (name, comment)."""
-    rows = con.execute(
-        "select view_name, comment from duckdb_views() "
-        "where not internal and not temporary and schema_name = 'main' and starts_with(comment, ?)",
-        [MARKER + " "],
-    ).fetchall()
-    return {name.lower(): (name, comment) for name, comment in rows}
-
-
 def _protected(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Names a view file may not take: every table, and every view curate did not create."""
+    """Names a view file may not take: every table and view the store's file holds."""
     rows = con.execute(
         "select table_name, 'table' from duckdb_tables() where not temporary and schema_name = 'main' "
+        "and database_name = current_database() "
         "union all select view_name, 'view' from duckdb_views() "
-        "where not internal and not temporary and schema_name = 'main' "
-        "and not starts_with(coalesce(comment, ''), ?)",
-        [MARKER + " "],
+        "where not internal and not temporary and schema_name = 'main' and database_name = current_database()"
     ).fetchall()
     return {name.lower(): kind for name, kind in rows}
 
 
-def _create(
-    con: duckdb.DuckDBPyConnection, view: View, protected: dict[str, str], ours: dict[str, tuple[str, str]]
-) -> None:
+def _create(con: duckdb.DuckDBPyConnection, view: View, protected: dict[str, str]) -> None:
     query = _query(con, view)
     kind = protected.get(view.name.lower())
     if kind is not None:
         raise ViewError(view.path, None, f"{view.name} is the store's own {kind}: name the file otherwise",
                         view=view.name)
-    # Bind the query on a connection of its own first: an error inside the caller's transaction
-    # would abort that transaction (DuckDB has no savepoints), but not on a cursor. Binding
-    # reads no rows, and catches a view whose file is unchanged but whose tables have.
-    cursor = con.cursor()
     try:
-        cursor.execute(f"describe {query}")
-    except duckdb.Error as exc:
-        raise _error(view, exc) from exc
-    finally:
-        cursor.close()
-    if ours.get(view.name.lower(), ("", ""))[1] == view.comment:
-        return  # created from this very text already: nothing to write
-    try:
-        con.execute(f'create or replace view "{view.name}" as {query}')
-        con.execute(f"comment on view \"{view.name}\" is '{view.comment}'")
+        con.execute(f'create or replace temp view "{view.name}" as {query}')
     except duckdb.Error as exc:
         raise _error(view, exc) from exc
 
 
-def refresh(con: duckdb.DuckDBPyConnection, views: Sequence[View], *, prune: bool = False) -> list[ViewError]:
-    """Create or replace every view in ``con``'s store; return the views that failed, as errors.
+def install(con: duckdb.DuckDBPyConnection, views: Sequence[View]) -> list[ViewError]:
+    """Create every view as a temporary view of ``con``; return the views that failed, as errors.
 
-    A broken view never stops the others, and the view it would have replaced is dropped, so no
-    stale definition outlives its file. A view may read another view: views that fail are tried
-    again as long as others succeed, so their order does not matter.
-
-    ``con`` must be read-write. Each view is checked on a separate cursor before it is created,
-    so a broken file does not abort the caller's transaction; that cursor sees only committed
-    views, so a view that reads a view created in the same, still open transaction fails. Run
-    refresh outside an explicit transaction (in autocommit, as ``Store.migrate`` does) when views
-    read each other. ``prune`` also drops the views curate created earlier whose file is gone.
+    Temporary views live in the connection, never in the store's file: a read-only connection
+    can make them, any number of readers each have their own, and a user's folder changes only
+    the session that named it. A broken view never stops the others. A view may read another
+    view: views that fail are tried again as long as others succeed, so their order does not
+    matter. Creating a view binds it (reads no rows), so an error names the file and line.
     """
     protected = _protected(con)
-    ours = _ours(con)
     pending = list(views)
     failed: list[tuple[View, ViewError]] = []
     while pending:
         failed = []
         for view in pending:
             try:
-                _create(con, view, protected, ours)
+                _create(con, view, protected)
             except ViewError as exc:
                 failed.append((view, exc))
         if len(failed) == len(pending):
             break
         pending = [view for view, _ in failed]
-    errors = [error for _, error in failed]
-    names = {view.name.lower() for view in views}
-    broken = {error.view.lower() for error in errors}
-    for key, (name, _) in _ours(con).items():
-        if key in broken or (prune and key not in names):
-            con.execute(f'drop view if exists "{name}"')
-    return errors
+    return [error for _, error in failed]
 
 
 def describe(con: duckdb.DuckDBPyConnection, views: Sequence[View]) -> list[tuple[str, str, int | None]]:

@@ -51,7 +51,8 @@ from curate import ledger
 from curate.client import ApiError, ApiUnavailable, InferenceClient
 from curate.config import Settings
 from curate.serving import BackgroundServed, BackgroundServer, serve_forever
-from curate.store import Store, ingest
+from curate.merge import ingest
+from curate.store import Store
 
 __all__ = [
     "EVENTS",

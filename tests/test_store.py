@@ -65,7 +65,7 @@ def test_writers_in_one_process_take_turns_and_store_one_row(store: Store) -> No
 def test_ingest_per_line_reports_each_lines_outcome(store: Store) -> None:
     import pyarrow as pa
 
-    from curate.store import ingest
+    from curate.merge import ingest
 
     first = json.dumps(generation_record(1))
     texts = [first, json.dumps(generation_record(2)), "{broken", "", first]

@@ -1,0 +1,385 @@
+"""The spool: where writers make what they learn durable before the store's file is theirs.
+
+A DuckDB file takes one writer or many readers at a time, and a notebook or an export may hold
+it for minutes. What a writer must never lose while it waits (a delivery it is about to
+acknowledge, a body it fetched, an id the API returned) goes first into the spool, a folder
+beside the store (``STORE.duckdb.spool/``), and is merged into the store whenever some writer
+can take the file.
+
+The folder holds segments, one per writing process (``PID-NANOS-RANDOM.seg``). A segment starts
+with ``MAGIC`` and is a run of frames: a little-endian ``u32`` length and ``u32`` CRC-32 of the
+payload, then the payload: one line of JSON (the record's header: what to do with it) and the raw
+bytes it carries, if any. Frames are only appended, and ``append`` returns once they are on disk
+(``fdatasync``); appends from several threads share one sync (group commit). A process holds an
+``flock`` on its segment for as long as it owns it, so a segment whose lock can be taken belongs
+to a process that has ended (or rotated it away): any writer may then merge it.
+
+``drain`` merges inside one DuckDB transaction per round: it applies the frames after the offset
+recorded for each segment in ``spool_merged``, and records the new offset in the same
+transaction, so a segment merged again after a crash starts where the last commit ended. A
+segment is deleted only after the commit that merged its last frame. A frame cut short by a
+crash (a torn write) can only be a segment's last: it is skipped with a logged reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from curate import merge
+from curate.store import Store, StoreLocked
+
+__all__ = [
+    "MAGIC", "DrainResult", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
+    "status",
+]
+
+log = logging.getLogger("curate.spool")
+
+MAGIC = b"curate-spool 1\n"
+_FRAME = struct.Struct("<II")
+SUFFIX = ".seg"
+ROTATE_BYTES = 64 * 1024 * 1024  # a fully merged segment past this is replaced by a new one
+ROUND_BYTES = 64 * 1024 * 1024  # what one merge transaction reads at most
+
+
+@dataclass(frozen=True)
+class Record:
+    """One spooled record: its header (``op`` says what it is) and the raw bytes it carries."""
+
+    header: dict[str, Any]
+    body: bytes = b""
+
+
+def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
+    """One frame: length, CRC-32, then the header's JSON line and ``body``."""
+    payload = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" + body
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolWriter:
+    """This process's segment of a store's spool: ``append`` returns once frames are on disk."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._write_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self.records = 0  # frames appended since this writer started, over all its segments
+        # Line numbers for the records' rejects key: unique within a process's segments, and
+        # unlikely to meet another process's (microseconds since the epoch at the start).
+        self._next_line = time.time_ns() // 1000
+        self._open()
+
+    def _open(self) -> None:
+        self.folder.mkdir(exist_ok=True)
+        self.path = self.folder / f"{os.getpid()}-{time.time_ns()}-{secrets.token_hex(3)}{SUFFIX}"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, MAGIC)
+        os.fsync(fd)
+        _fsync_dir(self.folder)  # the segment's name survives a crash too
+        self._fd = fd
+        self.written = self.durable = len(MAGIC)
+
+    def append(self, frames: Sequence[bytes]) -> int:
+        """Write ``frames`` and make them durable; return this segment's durable length."""
+        data = b"".join(frames)
+        with self._write_lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            self.written += len(data)
+            self.records += len(frames)
+            end = self.written
+        self._sync(end)
+        return end
+
+    def _sync(self, end: int) -> None:
+        with self._sync_lock:
+            if self.durable >= end:
+                return  # another thread's sync covered these frames
+            target = self.written
+            os.fdatasync(self._fd)
+            self.durable = target
+
+    def lines(self, n: int) -> range:
+        """``n`` line numbers no other record of this writer has."""
+        with self._write_lock:
+            first = self._next_line
+            self._next_line += n
+        return range(first, first + n)
+
+    def rotate(self) -> None:
+        """Start a new segment; the old one (let go of) is merged and deleted by the next drain."""
+        with self._write_lock, self._sync_lock:
+            os.close(self._fd)
+            self._open()
+
+    def close(self) -> None:
+        """Let go of the segment: what is in it stays for the next drain, by any writer."""
+        with self._write_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def finish(store: Store, writer: SpoolWriter) -> DrainResult:
+    """Let go of ``writer``'s segment and merge what is left if the file is free (else it waits
+    in the spool for the next writer)."""
+    writer.close()
+    return drain(store, None, wait=0.0)
+
+
+def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | None]:
+    """The whole frames in ``data`` from ``start``: (records, where they end, why reading stopped early).
+
+    The reason is None when ``data`` ends on a frame boundary; otherwise it says what is wrong
+    with the frame at the returned offset (cut short, or failing its checksum).
+    """
+    records: list[Record] = []
+    at = start
+    size = len(data)
+    while at < size:
+        if at + _FRAME.size > size:
+            return records, at, f"a frame header cut short ({size - at} of {_FRAME.size} bytes)"
+        length, crc = _FRAME.unpack_from(data, at)
+        begin = at + _FRAME.size
+        if begin + length > size:
+            return records, at, f"a frame cut short ({size - begin} of {length} bytes)"
+        payload = data[begin:begin + length]
+        if zlib.crc32(payload) != crc:
+            return records, at, "a frame whose checksum does not match"
+        newline = payload.find(b"\n")
+        try:
+            header = json.loads(payload[:newline])
+        except ValueError:
+            return records, at, "a frame whose header is not JSON"
+        records.append(Record(header, payload[newline + 1:]))
+        at = begin + length
+    return records, at, None
+
+
+@dataclass
+class DrainResult:
+    """What one ``drain`` merged: records, segments finished (deleted), and whether more remain."""
+
+    records: int = 0
+    segments_done: int = 0
+    rounds: int = 0
+    remaining: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _segments(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
+@dataclass
+class _Claim:
+    path: Path
+    fd: int | None  # an orphan's lock, held until it is deleted; None for our own live segment
+    end: int
+
+
+def _claim(path: Path, own: SpoolWriter | None) -> _Claim | None:
+    """Our own segment up to what is durable, or a segment nobody holds (its writer has ended)."""
+    if own is not None and path == own.path:
+        return _Claim(path, None, own.durable)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # deleted by another drain meanwhile
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None  # alive: its writer merges it
+    return _Claim(path, fd, os.fstat(fd).st_size)
+
+
+def _read(claim: _Claim, start: int, budget: int) -> tuple[list[Record], int, bool, bool]:
+    """Frames of ``claim`` from ``start``, at most ``budget`` bytes of them.
+
+    Returns (records, the offset they end at, whether the segment is finished, whether the
+    budget cut the read short).
+    """
+    orphan = claim.fd is not None
+    if claim.end <= len(MAGIC):  # created, then its writer ended before writing a frame
+        return [], max(start, claim.end), orphan, False
+    with claim.path.open("rb") as segment:
+        if start < len(MAGIC):
+            if segment.read(len(MAGIC)) != MAGIC:
+                log.warning("spool segment %s does not start as a curate spool segment: left as it is",
+                            claim.path.name)
+                return [], start, False, False
+            start = len(MAGIC)
+        end = min(claim.end, start + budget)
+        segment.seek(start)
+        data = segment.read(end - start)
+    records, stop, problem = read_records(data)
+    offset = start + stop
+    if end < claim.end:
+        return records, offset, False, True
+    if problem is None:
+        return records, offset, orphan and offset >= claim.end, False
+    # The frame at `offset` is bad. In a segment whose writer has ended, a torn last write is the
+    # expected way for it to end; anything after a bad frame cannot be framed again, so it is
+    # reported either way and the segment counts as finished once the frames before it are in.
+    log.warning("spool segment %s: skipped %s at byte %d (%d bytes left unmerged)",
+                claim.path.name, problem, offset, claim.end - offset)
+    return records, claim.end, orphan, False
+
+
+def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 0.0) -> DrainResult:
+    """Merge every segment of ``store``'s spool that this process may merge, until none is left.
+
+    ``own`` is this process's writer (its segment is merged up to what is durable). Segments of
+    other live processes are theirs to merge. ``wait`` is how long to wait for the file before
+    giving up with what was merged so far (0: not at all; None: as long as it takes).
+    Returns what was merged; ``remaining`` says a round stopped for want of the file.
+    """
+    result = DrainResult()
+    folder = store.spool_dir
+    while True:
+        if not _segments(folder):
+            return result
+        try:
+            more = _round(store, own, result, wait)
+        except StoreLocked:
+            result.remaining = True
+            return result
+        if not more:
+            return result
+
+
+def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: float | None) -> bool:
+    """One transaction: merge up to ``ROUND_BYTES``; True if more is left to merge now."""
+    claims: list[_Claim] = []
+    finished: list[_Claim] = []
+    more = False
+    try:
+        with store.write(wait=wait) as con:
+            # Listed with the file held, so every segment a writer merged before is listed.
+            paths = _segments(store.spool_dir)
+            merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
+            budget = ROUND_BYTES
+            for path in paths:
+                claim = _claim(path, own)
+                if claim is None:
+                    continue
+                claims.append(claim)
+                start = merged.get(path.name, 0)
+                if budget <= 0:
+                    more = more or start < claim.end
+                    continue
+                records, offset, done, cut = _read(claim, start, budget)
+                more = more or cut
+                budget -= offset - start
+                if records:
+                    counts = merge.apply(con, records)
+                    for name, n in counts.items():
+                        result.counts[name] = result.counts.get(name, 0) + n
+                    result.records += len(records)
+                if offset != start:
+                    con.execute(
+                        "insert into spool_merged values (?, ?, ?, now()) on conflict (segment) do update "
+                        "set merged_to = excluded.merged_to, records = spool_merged.records + excluded.records, "
+                        "merged_at = excluded.merged_at",
+                        [path.name, offset, len(records)],
+                    )
+                if done:
+                    finished.append(claim)
+            gone = [name for name in merged if name not in {p.name for p in paths}]
+            if gone:
+                con.execute("delete from spool_merged where segment in (select unnest(?::varchar[]))", [gone])
+        result.rounds += 1
+        for claim in finished:  # only after the commit that merged their last frame
+            claim.path.unlink(missing_ok=True)
+            result.segments_done += 1
+        if finished:
+            _fsync_dir(store.spool_dir)
+        if own is not None and own.durable >= ROTATE_BYTES and not more:
+            own.rotate()
+            more = True  # the old segment is now an orphan to delete
+    finally:
+        for claim in claims:
+            if claim.fd is not None:
+                os.close(claim.fd)
+    return more
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """What waits in a spool: segments, records and bytes not yet merged, and the oldest one's time."""
+
+    segments: int
+    records: int
+    bytes: int
+    oldest: datetime | None
+
+    @property
+    def age_seconds(self) -> float | None:
+        return None if self.oldest is None else max(0.0, (datetime.now(UTC) - self.oldest).total_seconds())
+
+
+def _frames(path: Path, start: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, header line) of each whole frame from ``start``, reading only headers."""
+    with path.open("rb") as segment:
+        size = os.fstat(segment.fileno()).st_size
+        at = max(start, len(MAGIC))
+        while at + _FRAME.size <= size:
+            segment.seek(at)
+            length, _ = _FRAME.unpack(segment.read(_FRAME.size))
+            if at + _FRAME.size + length > size:
+                return
+            yield at, segment.readline(min(length, 4096))
+            at += _FRAME.size + length
+
+
+def status(folder: str | os.PathLike[str], merged: dict[str, int]) -> SpoolStatus:
+    """What waits in the spool ``folder``, given each segment's merged offset (``spool_merged``)."""
+    segments = records = pending = 0
+    oldest: datetime | None = None
+    for path in _segments(Path(folder)):
+        start = merged.get(path.name, 0)
+        try:
+            frames = list(_frames(path, start))
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        if not frames:
+            continue
+        segments += 1
+        records += len(frames)
+        pending += size - frames[0][0]
+        try:
+            at = json.loads(frames[0][1]).get("at")
+        except ValueError:
+            at = None
+        if isinstance(at, (int, float)):
+            first = datetime.fromtimestamp(at, UTC)
+            oldest = first if oldest is None or first < oldest else oldest
+    return SpoolStatus(segments, records, pending, oldest)
