@@ -43,7 +43,7 @@ from curate.store import Store, StoreLocked
 
 __all__ = [
     "MAGIC", "DrainResult", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
-    "status",
+    "segments", "status",
 ]
 
 log = logging.getLogger("curate.spool")
@@ -188,9 +188,10 @@ class DrainResult:
     rounds: int = 0
     remaining: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    own_to: tuple[Path, int] | None = None  # (the caller's own segment, how far it is merged), if looked at
 
 
-def _segments(folder: Path) -> list[Path]:
+def segments(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
     except FileNotFoundError:
@@ -264,7 +265,7 @@ def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 
     result = DrainResult()
     folder = store.spool_dir
     while True:
-        if not _segments(folder):
+        if not segments(folder):
             return result
         try:
             more = _round(store, own, result, wait)
@@ -280,10 +281,11 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
     claims: list[_Claim] = []
     finished: list[_Claim] = []
     more = False
+    own_to: tuple[Path, int] | None = None
     try:
         with store.write(wait=wait) as con:
             # Listed with the file held, so every segment a writer merged before is listed.
-            paths = _segments(store.spool_dir)
+            paths = segments(store.spool_dir)
             merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
             budget = ROUND_BYTES
             for path in paths:
@@ -303,6 +305,8 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
                     for name, n in counts.items():
                         result.counts[name] = result.counts.get(name, 0) + n
                     result.records += len(records)
+                if claim.fd is None:
+                    own_to = (path, offset)
                 if offset != start:
                     con.execute(
                         "insert into spool_merged values (?, ?, ?, now()) on conflict (segment) do update "
@@ -316,6 +320,8 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
             if gone:
                 con.execute("delete from spool_merged where segment in (select unnest(?::varchar[]))", [gone])
         result.rounds += 1
+        if own_to is not None:
+            result.own_to = own_to
         for claim in finished:  # only after the commit that merged their last frame
             claim.path.unlink(missing_ok=True)
             result.segments_done += 1
@@ -363,7 +369,7 @@ def status(folder: str | os.PathLike[str], merged: dict[str, int]) -> SpoolStatu
     """What waits in the spool ``folder``, given each segment's merged offset (``spool_merged``)."""
     segments = records = pending = 0
     oldest: datetime | None = None
-    for path in _segments(Path(folder)):
+    for path in segments(Path(folder)):
         start = merged.get(path.name, 0)
         try:
             frames = list(_frames(path, start))

@@ -6,20 +6,24 @@ the body) is the only proof of origin, so it is compared in constant time agains
 ids, and an optional secret path segment can be required as well. Anything unauthenticated is
 answered 401 and stored nowhere.
 
-A delivery is acknowledged (2xx) only once what it carried is committed to the store; when the
-store cannot be written, the answer is 503 so that inference.net retries. Deliveries are queued
-and written in groups, one transaction per group, each opening the store only for its length (so
-a notebook or a harvest can take turns with the listener). A delivery delivered twice is one row.
+A delivery is acknowledged (2xx) once what it carried is on disk in the store's spool
+(``curate.spool``): deliveries that arrive together share one ``fdatasync`` (group commit), and
+nothing waits for the DuckDB file, which a notebook or an export may hold for minutes. A thread
+merges the spool into the store whenever the file is free (every ``MERGE_SECONDS`` while there is
+something to merge), so a delivery is in ``chat`` moments after its answer when nobody else holds
+the file. A delivery delivered twice is one row. When the spool cannot be written (a full disk),
+the answer is 503 so that inference.net retries.
 
 What a delivery gets back:
 
 ====  =========================================================================================
-200   stored, or already stored (a duplicate), or a ``webhook.test`` (logged, stored nowhere)
-400   not JSON, not an object, an unknown event, or a shape the store refuses: a ``rejects`` row
+200   spooled (a body the store then refuses is kept in ``rejects`` with its reason), or a
+      ``webhook.test`` (logged, stored nowhere)
+400   not JSON, not an object, or an unknown event: a ``rejects`` row
 401   no configured webhook id (or wrong path token); nothing stored
 404   a path that is not the webhook's (``/webhook`` itself when a path token is configured)
 413   a body over ``max_body`` bytes, refused without reading it whole
-503   the store (or, with ``verify_by_fetch``, the API) is unavailable: retry later
+503   the spool cannot be written (or, with ``verify_by_fetch``, the API cannot be asked): retry later
 ====  =========================================================================================
 
 Every delivery gets one JSON access-log line (logger ``curate.listen``): event, ids, outcome,
@@ -33,26 +37,25 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import duckdb
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from curate import ledger
+from curate import spool
 from curate.client import ApiError, ApiUnavailable, InferenceClient
 from curate.config import Settings
 from curate.serving import BackgroundServed, BackgroundServer, serve_forever
-from curate.merge import ingest
-from curate.store import Store
+from curate.store import Store, StoreLocked
 
 __all__ = [
     "EVENTS",
@@ -82,7 +85,7 @@ class ListenerConfig(BaseModel):
     path_token: str | None = Field(default=None, description="Secret path segment: POST /webhook/TOKEN.")
     verify_by_fetch: bool = Field(default=False, description="Store the API's copy, not the pushed body.")
     max_body: int = Field(default=MAX_BODY, gt=0, description="Largest body accepted, in bytes.")
-    max_batch: int = Field(default=2000, gt=0, description="Most deliveries written in one transaction.")
+    max_batch: int = Field(default=2000, gt=0, description="Most deliveries made durable by one sync.")
     rpm: int | None = Field(default=250, description="API calls per minute for verify_by_fetch.")
 
     @field_validator("webhook_ids")
@@ -109,13 +112,13 @@ class Refused(Exception):
         self.status, self.outcome, self.detail = status, outcome, detail
 
 
-class StoreUnavailable(Exception):
-    """The batch could not be committed; its deliveries are answered 503."""
+class SpoolUnavailable(Exception):
+    """The spool could not be written; the deliveries waiting on it are answered 503."""
 
 
 @dataclass
 class _Delivery:
-    """One authenticated delivery on its way to the store."""
+    """One authenticated delivery on its way to the spool."""
 
     event: str
     texts: list[str]  # what to store: the pushed body, or the API's copies
@@ -123,8 +126,24 @@ class _Delivery:
     generations: list[tuple[str, str | None]] = field(default_factory=list)  # (id, state)
     group: tuple[str, list[tuple[str, str | None]]] | None = None  # (group id, members)
     reject: str | None = None  # refused before the store: kept in rejects with this reason
-    lines: list[int] = field(default_factory=list)
-    done: asyncio.Future[tuple[str, str | None]] | None = None
+
+    def frames(self, lines: range) -> list[bytes]:
+        """The delivery's spool records: one per text; the ids it settles ride on the last."""
+        at = time.time()
+        if self.reject is not None:
+            return [spool.encode({"op": "reject", "source": SOURCE, "line": lines[0], "reason": self.reject,
+                                  "at": at}, self.texts[0].encode("utf-8", "backslashreplace"))]
+        frames = []
+        for index, (line, text) in enumerate(zip(lines, self.texts, strict=True)):
+            header: dict[str, Any] = {"op": "body", "source": self.source, "line": line, "at": at}
+            if index == len(self.texts) - 1:
+                header["settle"] = SOURCE
+                if self.generations:
+                    header["gens"] = self.generations
+                if self.group is not None:
+                    header["group"] = self.group
+            frames.append(spool.encode(header, text.encode("utf-8", "backslashreplace")))
+        return frames
 
 
 def _first_str(*values: Any) -> str | None:
@@ -147,167 +166,144 @@ def _members(data: Any) -> list[tuple[str, str | None]]:
     ]
 
 
-# The store is one writer or many readers (docs: duckdb-and-datasets B.1). Under load the writer
-# keeps the file across back-to-back batches for at most HOLD_SECONDS, which spares a reopen and a
-# checkpoint per batch, then lets go for REST_SECONDS whatever is queued, so a notebook or a
-# harvest waiting for the file (retrying every <=0.2 s) gets its turn; idle, it holds nothing.
-HOLD_SECONDS = 2.0
-REST_SECONDS = 0.2
+MERGE_SECONDS = 0.2  # how often the merger looks for something to merge, when idle
+STOP_WAIT_SECONDS = 5.0  # at shutdown, how long to wait for the file to merge what is left
 
 
-class _Writer:
-    """Writes queued deliveries in groups, one transaction each, and settles their futures.
+class _Spooler:
+    """Makes deliveries durable in groups and answers each once its group is on disk.
 
-    Grouping needs no timer: while one transaction commits, the next deliveries queue up, so the
-    group size follows the load (measured in docs/benchmarks.md).
+    Deliveries queue on the event loop; one thread appends everything queued since its last sync
+    and syncs once (group commit), so the number of deliveries per sync follows the load. Another
+    thread merges the spool into the store whenever it can take the file.
     """
 
     def __init__(self, store: Store, max_batch: int, counters: Counter[str]) -> None:
         self._store, self._max_batch, self._counters = store, max_batch, counters
-        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue()
-        # Line numbers (the rejects key within a source) unique across restarts: microseconds.
-        self._next_line = time.time_ns() // 1000
+        self.writer = spool.SpoolWriter(store.spool_dir)
+        self._pending: list[tuple[list[bytes], asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._appends: deque[tuple[Path, int, float, int]] = deque()  # (segment, its end, when, records)
+        self._merged_to: tuple[Path, int] = (self.writer.path, 0)  # how far our segment is merged
         self.healthy = True
         self.last_error: str | None = None
-        self.ledger_pending: int | None = None
+        self.merged = 0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for target, name in ((self._sync_loop, "curate-spool-sync"), (self._merge_loop, "curate-spool-merge")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, wait: float) -> None:
+        """Sync what is queued, stop both threads, and merge what is left if the file is free in ``wait`` s."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+        try:
+            self._note(spool.drain(self._store, self.writer, wait=wait))
+        except Exception as exc:  # noqa: BLE001 - what is not merged stays in the spool
+            log.warning(json.dumps({"spool_error": f"{type(exc).__name__}: {exc}"[:300]}))
+        spool.finish(self._store, self.writer)
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        with self._lock:
+            return len(self._pending)
 
-    async def put(self, delivery: _Delivery) -> tuple[str, str | None]:
-        delivery.done = asyncio.get_running_loop().create_future()
-        delivery.lines = list(range(self._next_line, self._next_line + max(1, len(delivery.texts))))
-        self._next_line += len(delivery.lines)
-        self._queue.put_nowait(delivery)
-        return await delivery.done
+    async def put(self, delivery: _Delivery) -> None:
+        """Return once ``delivery`` is durable in the spool (``SpoolUnavailable`` if it cannot be)."""
+        frames = delivery.frames(self.writer.lines(max(1, len(delivery.texts))))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._pending.append((frames, done))
+        self._wake.set()
+        await done
 
-    def _take(self, first: _Delivery) -> list[_Delivery]:
-        batch = [first]
-        while len(batch) < self._max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
-
-    async def run(self) -> None:
+    def _sync_loop(self) -> None:
         while True:
-            batch = self._take(await self._queue.get())
-            try:
-                session = await asyncio.to_thread(self._store.session)
-            except Exception as exc:  # noqa: BLE001 - a store that cannot be opened means "retry later"
-                self._fail(batch, exc)
-                continue
-            held_since = time.monotonic()
-            try:
-                while True:
-                    results = await asyncio.to_thread(self._write_all, session.con, batch)
-                    self._settle(batch, results)
-                    if any(isinstance(r, BaseException) for r in results):
-                        break  # the connection may be unusable: start the next batch afresh
-                    if self._queue.empty() or time.monotonic() - held_since > HOLD_SECONDS:
-                        break
-                    batch = self._take(self._queue.get_nowait())
-            finally:
-                await asyncio.to_thread(session.close)
-            if time.monotonic() - held_since > HOLD_SECONDS:
-                await asyncio.sleep(REST_SECONDS)
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                if not batch:
+                    break
+                frames = [frame for item, _ in batch for frame in item]
+                error: BaseException | None = None
+                try:
+                    end = self.writer.append(frames)
+                    with self._lock:
+                        self._appends.append((self.writer.path, end, time.time(), len(frames)))
+                    self.healthy, self.last_error = True, None
+                except OSError as exc:
+                    error = exc
+                    self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"[:300]
+                    log.warning(json.dumps({"spool_error": self.last_error, "deliveries": len(batch)}))
+                self._counters["syncs"] += 1
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(_answer, batch, error)
+            if self._stop.is_set():
+                with self._lock:
+                    if not self._pending:
+                        return
 
-    def _fail(self, batch: list[_Delivery], exc: BaseException) -> None:
-        self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"[:300]
-        log.warning(json.dumps({"store_error": self.last_error, "deliveries": len(batch)}))
-        self._settle(batch, [exc] * len(batch))
+    def _merge_loop(self) -> None:
+        while not self._stop.is_set():
+            merged_path, merged_to = self._merged_to
+            if merged_path != self.writer.path or self.writer.durable > max(merged_to, len(spool.MAGIC)) \
+                    or self._others():
+                try:
+                    merged = spool.drain(self._store, self.writer, wait=0.0)
+                except Exception as exc:  # noqa: BLE001 - reported, and tried again
+                    self.last_error = f"merge: {type(exc).__name__}: {exc}"[:300]
+                    log.warning(json.dumps({"merge_error": self.last_error}))
+                    self._stop.wait(1.0)
+                    continue
+                self._note(merged)
+                if merged.records and not merged.remaining:
+                    continue  # more may have arrived meanwhile
+            self._stop.wait(MERGE_SECONDS)
 
-    def _settle(self, batch: list[_Delivery], results: list[tuple[str, str | None] | BaseException]) -> None:
-        for delivery, result in zip(batch, results, strict=True):
-            assert delivery.done is not None
-            if delivery.done.done():  # the client went away meanwhile
-                continue
-            if isinstance(result, BaseException):
-                delivery.done.set_exception(StoreUnavailable(str(result)))
-            else:
-                delivery.done.set_result(result)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            self.healthy, self.last_error = False, f"{type(failed).__name__}: {failed}"[:300]
-            log.warning(json.dumps({"store_error": self.last_error, "deliveries": len(batch)}))
+    def _note(self, merged: spool.DrainResult) -> None:
+        """Count what a drain merged, and forget the appends it covered."""
+        self.merged += merged.records
+        for name, n in merged.counts.items():
+            self._counters[name] += n
+        if merged.own_to is not None:
+            self._merged_to = merged.own_to
+            path, offset = merged.own_to
+            with self._lock:
+                while self._appends and (self._appends[0][0] != path or self._appends[0][1] <= offset):
+                    self._appends.popleft()
 
-    def _write_all(
-        self, con: duckdb.DuckDBPyConnection, batch: list[_Delivery]
-    ) -> list[tuple[str, str | None] | BaseException]:
-        try:
-            return list(self._transaction(con, batch))
-        except Exception as exc:  # noqa: BLE001 - answered per delivery below
-            if len(batch) == 1:
-                return [exc]
-        # One delivery the store chokes on must not hold back the others: write each alone.
-        results: list[tuple[str, str | None] | BaseException] = []
-        for delivery in batch:
-            try:
-                results.extend(self._transaction(con, [delivery]))
-            except Exception as exc:  # noqa: BLE001 - that delivery alone is answered 503
-                results.append(exc)
-        return results
+    def _others(self) -> bool:
+        """Whether the spool holds segments besides ours (a crashed writer's, or our rotated one)."""
+        return any(p != self.writer.path for p in spool.segments(self._store.spool_dir))
 
-    def _transaction(self, con: duckdb.DuckDBPyConnection, batch: list[_Delivery]) -> list[tuple[str, str | None]]:
-        started = time.perf_counter()
-        con.execute("begin transaction")
-        try:
-            outcomes = self._write(con, batch)
-            con.execute("commit")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("rollback")
-            raise
-        self.healthy, self.last_error = True, None
-        self._counters["batches"] += 1
-        self._counters["batch_ms"] += round((time.perf_counter() - started) * 1000)
-        return outcomes
-
-    def _write(self, con: duckdb.DuckDBPyConnection, batch: list[_Delivery]) -> list[tuple[str, str | None]]:
-        lines, texts, sources = [], [], []
-        for delivery in batch:
-            if delivery.reject is not None:
-                continue
-            lines.extend(delivery.lines[: len(delivery.texts)])
-            texts.extend(delivery.texts)
-            sources.extend([delivery.source] * len(delivery.texts))
-        by_line: dict[int, tuple[str, str | None]] = {}
-        refused = [(SOURCE, d.lines[0], d.reject, d.texts[0]) for d in batch if d.reject is not None]
-        if refused:
-            con.executemany(
-                "insert into rejects values (?, ?, ?, ?, md5(?), now()) on conflict do nothing",
-                [(source, line, reason, text, text) for source, line, reason, text in refused],
-            )
-            by_line.update({line: ("rejected", reason) for _, line, reason, _ in refused})
-        for source in dict.fromkeys(sources):
-            chosen = [i for i, s in enumerate(sources) if s == source]
-            table = pa.table({
-                "line": pa.array([lines[i] for i in chosen], pa.int64()),
-                "text": pa.array([texts[i] for i in chosen], pa.string()),
-            })
-            by_line.update(ingest(con, table, source=source, per_line=True).outcomes)
-        outcomes = [_combine([by_line.get(line, ("rejected", "no record")) for line in d.lines[: len(d.texts)]])
-                    for d in batch]
-        accepted = [d for d, (outcome, _) in zip(batch, outcomes, strict=True) if outcome != "rejected"]
-        ledger.settle(
-            con,
-            [g for d in accepted for g in d.generations],
-            [d.group for d in accepted if d.group is not None],
-            source=SOURCE,
-        )
-        row = con.execute("select count(*) from ledger where done_at is null").fetchone()
-        self.ledger_pending = int(row[0]) if row else None
-        return outcomes
+    def backlog(self) -> dict[str, Any]:
+        """What of ours waits in the spool: records, and the oldest one's age in seconds."""
+        with self._lock:
+            records = sum(n for *_, n in self._appends)
+            oldest = self._appends[0][2] if self._appends else None
+        return {"records": records, "oldest_seconds": None if oldest is None else round(time.time() - oldest, 3),
+                "merged": self.merged}
 
 
-def _combine(outcomes: list[tuple[str, str | None]]) -> tuple[str, str | None]:
-    """One delivery's outcome from its records' (a verified group has one record per member)."""
-    if not outcomes:
-        return ("rejected", "no record")
-    for name in ("rejected", "stored", "updated", "duplicate"):
-        hit = next((o for o in outcomes if o[0] == name), None)
-        if hit is not None:
-            return hit
-    return outcomes[0]
+def _answer(batch: list[tuple[list[bytes], asyncio.Future[None]]], error: BaseException | None) -> None:
+    for _, done in batch:
+        if done.done():  # the client went away meanwhile
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(SpoolUnavailable(str(error)))
 
 
 class Listener:
@@ -323,7 +319,7 @@ class Listener:
     ) -> None:
         self.store, self.config = store, config
         self.counters: Counter[str] = Counter()
-        self._writer = _Writer(store, config.max_batch, self.counters)
+        self._spooler: _Spooler | None = None
         self._ids = [i.encode() for i in config.webhook_ids]
         self._client: InferenceClient | None = None
         if config.verify_by_fetch and client_factory is None:
@@ -346,31 +342,52 @@ class Listener:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(self._writer.run())
+        self._spooler = _Spooler(self.store, self.config.max_batch, self.counters)
+        self._spooler.start()
         if self._client_factory is not None:
             self._client = self._client_factory()
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.to_thread(self._spooler.stop, wait=STOP_WAIT_SECONDS)
             if self._client is not None:
                 await self._client.aclose()
 
     # -- endpoints ------------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
+        spooler = self._spooler
+        assert spooler is not None
         body = {
-            "ready": self._writer.healthy,
+            "ready": spooler.healthy,
             "store": str(self.store.path),
             "verify_by_fetch": self.config.verify_by_fetch,
-            "queued": self._writer.queued,
-            "ledger_pending": self._writer.ledger_pending,
-            "last_error": self._writer.last_error,
+            "queued": spooler.queued,
+            "spool": spooler.backlog(),
+            "ledger_pending": await asyncio.to_thread(self._ledger_pending),
+            "last_error": spooler.last_error,
             "counters": dict(sorted(self.counters.items())),
         }
-        return JSONResponse(body, status_code=200 if self._writer.healthy else 503)
+        return JSONResponse(body, status_code=200 if spooler.healthy else 503)
+
+    def wait_merged(self, timeout: float = 10.0) -> bool:
+        """Wait until every delivery acknowledged so far is merged into the store; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            spooler = self._spooler
+            if spooler is not None and spooler.queued == 0 and spooler.backlog()["records"] == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _ledger_pending(self) -> int | None:
+        """Ids the store's ledger still waits for (None while a writer holds the file)."""
+        try:
+            with self.store.read() as con:
+                row = con.execute("select count(*) from ledger where done_at is null").fetchone()
+        except StoreLocked:
+            return None
+        return int(row[0]) if row else None
 
     async def _webhook(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -425,16 +442,18 @@ class Listener:
             raise await self._reject(text, f"field event is {event!r}, not one of {', '.join(EVENTS)}")
         if event == "webhook.test":
             return 200, "test"
-        delivery = self._delivery(request, payload, text, entry)
+        delivery = await self._delivery(request, payload, text, entry)
         if self._client is not None:
             await self._verify(delivery)
         try:
-            outcome, reason = await self._writer.put(delivery)
-        except StoreUnavailable as exc:
-            raise Refused(503, "unavailable", f"the store is unavailable: {str(exc)[:200]}") from None
-        if outcome == "rejected":
-            raise Refused(400, "rejected", reason or "refused by the store")
-        return 200, outcome
+            await self._put(delivery)
+        except SpoolUnavailable as exc:
+            raise Refused(503, "unavailable", f"the spool is unavailable: {str(exc)[:200]}") from None
+        return 200, "spooled"
+
+    async def _put(self, delivery: _Delivery) -> None:
+        assert self._spooler is not None
+        await self._spooler.put(delivery)
 
     def _known(self, candidate: str) -> bool:
         given = candidate.encode()
@@ -460,12 +479,14 @@ class Listener:
     async def _reject(self, text: str, reason: str) -> Refused:
         """A 400 whose body is kept in ``rejects`` first (or a 503 if even that cannot be written)."""
         try:
-            await self._writer.put(_Delivery(event="", texts=[text], source=SOURCE, reject=reason))
-        except StoreUnavailable as exc:
-            return Refused(503, "unavailable", f"the store is unavailable: {str(exc)[:200]}")
+            await self._put(_Delivery(event="", texts=[text], source=SOURCE, reject=reason))
+        except SpoolUnavailable as exc:
+            return Refused(503, "unavailable", f"the spool is unavailable: {str(exc)[:200]}")
         return Refused(400, "rejected", reason)
 
-    def _delivery(self, request: Request, payload: dict[str, Any], text: str, entry: dict[str, Any]) -> _Delivery:
+    async def _delivery(
+        self, request: Request, payload: dict[str, Any], text: str, entry: dict[str, Any]
+    ) -> _Delivery:
         event = payload["event"]
         data = payload.get("data")
         if event == "slow-group.completed":
@@ -473,6 +494,8 @@ class Listener:
                 payload.get("group_id"), payload.get("groupId"), request.headers.get("x-inference-group-id")
             )
             entry["group_id"] = group_id
+            if not isinstance(data, dict) or not isinstance(data.get("generations"), list):
+                raise await self._reject(text, "field data.generations is not a list of generations")
             members = _members(data)
             return _Delivery(event, [text], SOURCE, group=(group_id, members) if group_id else None,
                              generations=[] if group_id else members)
@@ -482,7 +505,10 @@ class Listener:
             request.headers.get("x-inference-generation-id"),
         )
         entry["generation_id"] = generation_id
-        return _Delivery(event, [text], SOURCE, generations=[(generation_id, _state(data))] if generation_id else [])
+        if generation_id is None:
+            raise await self._reject(text, "no generation id: generationId, generation_id and data.id are missing "
+                                           "or not strings")
+        return _Delivery(event, [text], SOURCE, generations=[(generation_id, _state(data))])
 
     async def _verify(self, delivery: _Delivery) -> None:
         """Swap the pushed body for the API's own copy (or answer 503 until it has one)."""

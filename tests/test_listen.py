@@ -29,13 +29,31 @@ WID = "wh-AhALzdz8S"
 FAST_SANDBOX = {"queue_delay": 0.01, "run_delay": 0.02, "delay_spread": 0.0, "webhook_backoff": 0.05}
 
 
+LIVE: list[Listener] = []  # listeners serving in this test: reads wait until their spool is merged
+
+
 def serve(store: Store, **config: Any) -> ListenerServer:
     settings = config.pop("settings", None)
-    return ListenerServer(Listener(store, ListenerConfig(webhook_ids=(WID,), **config), settings=settings))
+    listener = Listener(store, ListenerConfig(webhook_ids=(WID,), **config), settings=settings)
+    LIVE.append(listener)
+    return ListenerServer(listener)
+
+
+@pytest.fixture(autouse=True)
+def forget_listeners() -> Iterator[None]:
+    yield
+    LIVE.clear()
+
+
+def query(store: Store, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of ``sql`` once every delivery acknowledged so far is merged (moments, with nobody else on the file)."""
+    for listener in LIVE:
+        assert listener.wait_merged(10), "acknowledged deliveries were not merged within 10 s"
+    return store.query(sql, params).to_pylist()
 
 
 @pytest.fixture
-def listener(store: Store) -> Iterator[ListenerServer]:
+def listener(store: Store) -> Iterator[ListenerServer]:  # noqa: F811 - the fixture, served
     with serve(store) as srv:
         yield srv
 
@@ -57,7 +75,7 @@ def envelope(seed: int, *, casing: str = "camel", webhook_id: str | None = WID) 
 
 
 def count(store: Store, sql: str = "select count(*) as n from generation_rows") -> int:
-    return int(store.query(sql).to_pylist()[0]["n"])
+    return int(query(store, sql)[0]["n"])
 
 
 def with_webhook(request: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +101,7 @@ def test_generation_completed_deliveries_are_stored(store: Store, listener: List
         time.sleep(0.1)
         assert sb.wait_for_webhooks()
         assert sb.stats().webhook_acknowledged == 3
-    rows = store.query("select id, source, state from generation_rows order by id").to_pylist()
+    rows = query(store, "select id, source, state from generation_rows order by id")
     assert rows == [{"id": i, "source": "webhook", "state": "Success"} for i in sorted(ids)]
 
 
@@ -93,7 +111,7 @@ def test_async_embedding_completed_is_stored(store: Store, listener: ListenerSer
         generation_id = client.post("/v1/async/embeddings", json=body).json()["id"]
         time.sleep(0.1)
         assert sb.wait_for_webhooks()
-    assert store.query("select id from generation_rows").to_pylist() == [{"id": generation_id}]
+    assert query(store, "select id from generation_rows") == [{"id": generation_id}]
 
 
 def test_slow_group_completed_stores_every_generation(store: Store, listener: ListenerServer) -> None:
@@ -106,9 +124,9 @@ def test_slow_group_completed_stores_every_generation(store: Store, listener: Li
         assert sb.wait_for_webhooks()
         members = sb.generation_ids()
     assert count(store) == 4
-    assert sorted(r["id"] for r in store.query("select id from generation_rows").to_pylist()) == sorted(members)
-    group = store.query("select kind, done_at is not null as done from ledger where id = ?", [answer["groupId"]])
-    assert group.to_pylist() == [{"kind": "group", "done": True}]
+    assert sorted(r["id"] for r in query(store, "select id from generation_rows")) == sorted(members)
+    group = query(store, "select kind, done_at is not null as done from ledger where id = ?", [answer["groupId"]])
+    assert group == [{"kind": "group", "done": True}]
 
 
 def test_webhook_test_is_acknowledged_and_stored_nowhere(store: Store, listener: ListenerServer) -> None:
@@ -140,7 +158,7 @@ def test_ids_delivered_leave_the_ledger_pending_list(store: Store, listener: Lis
                         "values (?, 'generation', 'submit', now(), now())", [generation_id])
         time.sleep(0.1)
         assert sb.wait_for_webhooks()
-    entry = store.query("select source, last_state, done_at is not null as done from ledger").to_pylist()
+    entry = query(store, "select source, last_state, done_at is not null as done from ledger")
     assert entry == [{"source": "submit", "last_state": "Success", "done": True}]
 
 
@@ -186,7 +204,7 @@ def test_path_token_is_required_when_configured(store: Store) -> None:
         assert post(srv.base_url + "/webhook", envelope(1)).status_code == 404
         assert post(srv.base_url + "/webhook/guess", envelope(2)).status_code == 401
         assert post(srv.url, envelope(3)).status_code == 200
-    assert store.query("select id from generation_rows").to_pylist() == [{"id": generation_record(3)["id"]}]
+    assert query(store, "select id from generation_rows") == [{"id": generation_record(3)["id"]}]
 
 
 def test_listener_refuses_a_config_without_webhook_ids() -> None:
@@ -225,7 +243,7 @@ def test_malformed_json_is_400_with_a_reject_row(store: Store, listener: Listene
     response = post(listener.url, b'{"event": "generation.completed", "data": {')
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["detail"]
-    rejects = store.query("select source, reason, raw from rejects").to_pylist()
+    rejects = query(store, "select source, reason, raw from rejects")
     assert len(rejects) == 1 and rejects[0]["source"] == "webhook"
     assert rejects[0]["raw"] == '{"event": "generation.completed", "data": {'
     assert "not valid JSON" in rejects[0]["reason"]
@@ -235,18 +253,30 @@ def test_unknown_event_is_400_with_a_reject_row(store: Store, listener: Listener
     response = post(listener.url, {**envelope(1), "event": "generation.exploded"})
     assert response.status_code == 400
     assert count(store) == 0
-    [reject] = store.query("select reason from rejects").to_pylist()
+    [reject] = query(store, "select reason from rejects")
     assert "generation.exploded" in reject["reason"] and "event" in reject["reason"]
 
 
-def test_delivery_the_store_refuses_is_400_with_its_reason(store: Store, listener: ListenerServer) -> None:
+def test_delivery_without_a_generation_id_is_400_with_a_reject_row(store: Store, listener: ListenerServer) -> None:
     body = envelope(1)
     del body["generationId"]
     body["data"]["id"] = {"not": "a string"}
     response = post(listener.url, body)
     assert response.status_code == 400
-    assert "field id is object" in response.json()["detail"]
-    assert count(store, "select count(*) as n from rejects where reason like 'field id%'") == 1
+    assert "no generation id" in response.json()["detail"]
+    assert count(store, "select count(*) as n from rejects where reason like 'no generation id%'") == 1
+
+
+def test_delivery_the_store_refuses_is_acknowledged_and_kept_in_rejects_with_its_reason(
+    store: Store, listener: ListenerServer
+) -> None:
+    body = envelope(1)
+    body["data"] = "not an object"  # the envelope names its generation, but carries no body
+    response = post(listener.url, body)
+    assert (response.status_code, response.json()["outcome"]) == (200, "spooled")
+    [reject] = query(store, "select source, reason from rejects")
+    assert reject["source"] == "webhook" and "field data of generation.completed" in reject["reason"]
+    assert count(store) == 0
 
 
 def test_no_delivery_crashes_the_listener(store: Store, listener: ListenerServer) -> None:
@@ -264,22 +294,23 @@ def test_no_delivery_crashes_the_listener(store: Store, listener: ListenerServer
 # -- durability ------------------------------------------------------------------------------------
 
 
-def test_locked_store_answers_503_and_the_retry_succeeds(tmp_path: Path) -> None:
-    store = Store(tmp_path / "curate.duckdb", lock_timeout=0.2)
-    with serve(store) as srv, Sandbox(**{**FAST_SANDBOX, "webhook_backoff": 0.5}, webhook_url=srv.url) as sb:
-        with held(store.path, 1.2):
+@pytest.mark.parametrize("mode", ["ro", "rw"])
+def test_a_held_store_costs_no_503_and_the_delivery_is_merged_once_it_is_let_go(tmp_path: Path, mode: str) -> None:
+    store = Store(tmp_path / "curate.duckdb", lock_timeout=5)
+    with serve(store) as srv, Sandbox(**FAST_SANDBOX, webhook_url=srv.url) as sb:
+        with held(store.path, 3.0, mode):
             with sb.client() as client:
                 generation_id = client.post("/v1/slow/chat/completions",
                                             json=with_webhook(chat_request(0))).json()["id"]
-            deadline = time.monotonic() + 5
-            while not healthz(srv)["counters"].get("unavailable") and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert httpx.get(srv.base_url + "/healthz").status_code == 503
-        assert sb.wait_for_webhooks(10)
-        stats = sb.stats()
-        assert stats.webhook_retries >= 1 and stats.webhook_acknowledged == 1
-        assert healthz(srv)["ready"] is True
-    assert store.query("select id from generation_rows").to_pylist() == [{"id": generation_id}]
+            assert sb.wait_for_webhooks(10)
+            stats = sb.stats()
+            assert (stats.webhook_retries, stats.webhook_acknowledged) == (0, 1)
+            body = healthz(srv)
+            assert body["ready"] is True and body["spool"]["records"] == 1 and body["spool"]["oldest_seconds"] >= 0
+        let_go = time.monotonic()
+        assert srv.listener.wait_merged(10)
+        assert time.monotonic() - let_go < 10
+        assert query(store, "select id from generation_rows") == [{"id": generation_id}]
 
 
 def test_readers_get_turns_while_deliveries_keep_coming(store: Store, listener: ListenerServer) -> None:
@@ -321,7 +352,7 @@ def test_verify_by_fetch_stores_the_api_copy_not_the_pushed_body(tmp_path: Path)
             body = {"event": "generation.completed", "generationId": generation_id, "data": forged}
             assert post(srv.url, body).status_code == 200
             assert sb.stats().calls_by_endpoint.get("GET /v1/generation/{id}") == 1
-    [row] = store.query("select source, raw from generation_rows").to_pylist()
+    [row] = query(store, "select source, raw from generation_rows")
     assert row["source"] == "webhook-verified"
     assert "pwned" not in row["raw"]
     assert json.loads(row["raw"])["response"] == real["response"]
@@ -361,19 +392,22 @@ def test_access_log_has_a_line_per_delivery_and_never_the_body(
     post(listener.url, envelope(2), webhook_id="wh-wrong")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "curate.listen"]
     assert [(line["event"], line["outcome"], line["status"]) for line in lines] == [
-        ("generation.completed", "stored", 200), (None, "unauthorized", 401)]
+        ("generation.completed", "spooled", 200), (None, "unauthorized", 401)]
     assert lines[0]["generation_id"] == generation_record(1)["id"]
     text = caplog.text
     assert WID not in text and "wh-wrong" not in text
     assert generation_record(1)["response"]["choices"][0]["message"]["content"][:40] not in text
 
 
-def test_healthz_reports_readiness_and_counters(listener: ListenerServer) -> None:
+def test_healthz_reports_readiness_counters_and_the_spool(listener: ListenerServer) -> None:
     post(listener.url, envelope(1))
     post(listener.url, envelope(1))
+    assert listener.listener.wait_merged(10)
     body = healthz(listener)
     assert body["ready"] is True and body["queued"] == 0 and body["ledger_pending"] == 0
+    assert body["counters"]["spooled"] == 2
     assert body["counters"]["stored"] == 1 and body["counters"]["duplicate"] == 1
+    assert body["spool"] == {"records": 0, "oldest_seconds": None, "merged": 2}
 
 
 # -- as a process: curate listen -------------------------------------------------------------------
@@ -442,6 +476,11 @@ def test_listener_killed_mid_load_keeps_every_acked_delivery(tmp_path: Path) -> 
         thread.join(30)
     report = result["report"]
     assert 0 < len(report.acked) < len(items) and report.errors > 0  # it was cut off mid-load
+    with listen_process(db, "--webhook-id", WID) as (_, url):  # a restart merges what the killed one spooled
+        deadline = time.monotonic() + 20
+        while httpx.get(url.replace("/webhook", "/healthz")).json()["spool"]["merged"] == 0:
+            assert time.monotonic() < deadline, "the restarted listener merged nothing"
+            time.sleep(0.05)
     stored = {r["id"] for r in Store(db).query("select id from generation_rows").to_pylist()}
     assert set(report.acked) <= stored
     assert count(Store(db), "select count(*) - count(distinct id) as n from generation_rows") == 0
