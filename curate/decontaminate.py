@@ -30,9 +30,11 @@ chat rows' shingles of that length. A pair is contaminated when it shares at lea
 ``min(min_shared, the item's shingle count)`` distinct shingles, so a short item can match too.
 
 The matching runs in DuckDB: shingles are hashed (``hash()``) and joined on the hash, then the
-shingle strings are compared, so a hash collision never counts. The pairs are computed under a
-read-only connection and written in one transaction that first deletes the rows of the same eval
-sets: re-running a set replaces its rows, other sets' rows stay.
+shingle strings are compared, so a hash collision never counts. The store is held read-only only
+to copy each chat row's lowercased text to a temporary Parquet file (``Store.unload``); the
+matching runs afterwards in a DuckDB of its own, with nothing held. The pairs are written in one
+short transaction that first deletes the rows of the same eval sets: re-running a set replaces its
+rows, other sets' rows stay.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.formats import json_message_text
-from curate.store import Store
+from curate.store import Store, no_progress_bar
 
 __all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminationResult", "EvalItem", "decontaminate",
            "item_text", "read_eval_set"]
@@ -201,6 +204,13 @@ def _shingles(words: str, n: str) -> str:
     return f"list_transform(range(1, len({words}) - ({n}) + 2), lambda i: array_to_string({words}[i:i + ({n}) - 1], ' '))"
 
 
+# What is read from the store: each chat row's text, every message's, lowercased.
+_CHAT_TEXT_SQL = f"""
+select id, lower(array_to_string(list_transform(json_extract(messages, '$[*]'),
+                                                lambda m: {json_message_text('m')}), ' ')) as text
+from chat
+"""
+
 _MATCH_SQL = f"""
 with eval_words as (
     select eval_set, eval_item, regexp_extract_all(lower(text), '{_WORD}') as words
@@ -221,10 +231,8 @@ eval_hashed as (
 ),
 widths as (select distinct width from eval_hashed),
 chat_words as (
-    select id, regexp_extract_all(lower(array_to_string(list_transform(
-               json_extract(messages, '$[*]'),
-               lambda m: {json_message_text('m')}), ' ')), '{_WORD}') as words
-    from chat
+    select id, regexp_extract_all(text, '{_WORD}') as words
+    from _curate_chat_text
 ),
 chat_grams as (
     select id, width, unnest({_shingles('words', 'width')}) as gram
@@ -243,6 +251,19 @@ from shared
 where shared_ngrams >= least($min_shared, n_grams)
 order by eval_set, id, eval_item
 """
+
+
+def _match(store: Store, texts: Path, spill: Path, items: pa.Table, *, ngram: int, min_shared: int) -> pa.Table:
+    """The contaminated pairs, computed in a DuckDB of its own (the store is not held)."""
+    con = duckdb.connect(config={"memory_limit": store.memory_limit, "temp_directory": str(spill)})
+    try:
+        no_progress_bar(con)
+        quoted = "'" + str(texts).replace("'", "''") + "'"
+        con.execute(f"create view _curate_chat_text as select * from read_parquet({quoted})")
+        con.register("_curate_eval_items", items)
+        return con.sql(_MATCH_SQL, params={"n": ngram, "min_shared": min_shared}).to_arrow_table()
+    finally:
+        con.close()
 
 
 def decontaminate(
@@ -271,13 +292,10 @@ def decontaminate(
         raise ValueError(f"two eval sets would have the same name: {', '.join(twice)} (rename one)")
     sets = [(p.name, read_eval_set(p)) for p in paths]
     items = _eval_table(sets)
-    with store.read() as con:
-        con.register("_curate_eval_items", items)
-        try:
-            pairs: pa.Table = con.sql(_MATCH_SQL, params={"n": ngram, "min_shared": min_shared}).to_arrow_table()
-            ((scanned,),) = con.execute("select count(*) from chat").fetchall()
-        finally:
-            con.unregister("_curate_eval_items")
+    with store.scratch() as folder:
+        texts = Path(folder) / "chat_text.parquet"
+        scanned = store.unload(_CHAT_TEXT_SQL, texts)
+        pairs = _match(store, texts, Path(folder) / "spill", items, ngram=ngram, min_shared=min_shared)
     with store.write() as con:
         con.register("_curate_contamination", pairs)
         try:

@@ -304,7 +304,7 @@ async def _harvest(
             for entry in due:
                 queue.put_nowait(entry)
 
-            async def worker() -> None:
+            async def worker(queue: asyncio.Queue[_Entry]) -> None:
                 while not queue.empty():
                     await _poll(client, queue.get_nowait(), buffer, summary)
                     if len(buffer.bodies) >= FLUSH_EVERY or time.monotonic() - buffer.since > FLUSH_SECONDS:
@@ -313,7 +313,7 @@ async def _harvest(
                         async with flushing:
                             await asyncio.to_thread(run.flush, buffer.take())
 
-            await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+            await asyncio.gather(*(worker(queue) for _ in range(max(1, concurrency))))
             async with flushing:
                 await asyncio.to_thread(run.flush, buffer.take())
             entries = await asyncio.to_thread(run.load)

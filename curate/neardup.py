@@ -11,7 +11,10 @@ LSH band are candidates; candidates whose estimated Jaccard similarity reaches `
 joined, and the connected components of two rows or more are the clusters. A cluster is named by
 its representative: the longest text, then the first finished, then the smallest id.
 
-The clusters replace the previous ones for the same ``on`` in one transaction.
+The store is not held while Python shingles and hashes: the texts are copied to a temporary
+Parquet file under one read-only connection (``Store.unload``), and read from it a batch at a
+time once the store is let go. The clusters replace the previous ones for the same ``on`` in one
+short transaction.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import time
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import rensa
 
 from curate.formats import json_message_text
@@ -123,23 +128,25 @@ def near_duplicates(
     lengths = array("q")
     signatures = array("I")  # num_perm per row with text; rows without text have none
     has_text = bytearray()
-    with store.read() as con:
-        reader = con.sql(_texts_sql(on)).to_arrow_reader(batch_size=BATCH_ROWS)
-        for batch in reader:
-            texts = batch.column("text").to_pylist()
-            ids.extend(batch.column("id").to_pylist())
-            finished.extend(batch.column("finished_at").to_pylist())
-            token_sets = []
-            for text in texts:
-                text = text or ""
-                lengths.append(len(text))
-                has_text.append(1 if text else 0)
-                if text:
-                    token_sets.append(shingles(text, shingle))
-            if token_sets:
-                matrix = rensa.RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, SEED)
-                for row in matrix.to_rows():
-                    signatures.extend(row)
+    with store.scratch() as folder:
+        unloaded = Path(folder) / "texts.parquet"
+        store.unload(_texts_sql(on), unloaded, row_group_rows=BATCH_ROWS)
+        with pq.ParquetFile(unloaded) as reading:
+            for batch in reading.iter_batches(batch_size=BATCH_ROWS, columns=["id", "finished_at", "text"]):
+                texts = batch.column("text").to_pylist()
+                ids.extend(batch.column("id").to_pylist())
+                finished.extend(batch.column("finished_at").to_pylist())
+                token_sets = []
+                for text in texts:
+                    text = text or ""
+                    lengths.append(len(text))
+                    has_text.append(1 if text else 0)
+                    if text:
+                        token_sets.append(shingles(text, shingle))
+                if token_sets:
+                    matrix = rensa.RMinHash.digest_matrix_from_token_sets(token_sets, num_perm, SEED)
+                    for row in matrix.to_rows():
+                        signatures.extend(row)
     n = len(ids)
     # Row number of each signature (rows without text are never clustered).
     signed = [i for i in range(n) if has_text[i]]

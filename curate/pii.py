@@ -5,6 +5,10 @@ credit card number, an IP address or a secret; ``scan(store)`` runs it over ever
 ``chat`` view and replaces the store's ``pii_findings`` with what it found (the stored bodies are
 never modified); ``redact(text, findings)`` replaces each span by ``[EMAIL]``, ``[PHONE]``, ...
 
+A scan does not sit on the store while Python looks for personal data: it copies the messages to
+a temporary Parquet file under one read-only connection (``unload``), lets go, reads that file a
+batch at a time, and writes its findings in one short transaction at the end.
+
 The detectors, each named in a finding's ``detector``:
 
 - ``email``: a regular expression (``local@domain.tld``).
@@ -45,10 +49,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     from curate.store import Store
@@ -254,46 +260,53 @@ _FINDINGS_SCHEMA = pa.schema([
     ("span_start", pa.int32()), ("span_end", pa.int32()), ("detector", pa.string()),
 ])
 
-
+# --- reading a store without holding it -------------------------------------------------------
+# Shared by the passes that compute in Python (scan pii here, dedup near in curate.neardup).
 def scan(store: Store, *, source: str = "chat") -> ScanResult:
     """Find personal data in every message of the ``chat`` view (or ``source``, a view with ``id``
-    and ``messages``), and replace the store's ``pii_findings`` with it, in one transaction."""
+    and ``messages``), and replace the store's ``pii_findings`` with it, in one transaction.
+
+    The store is held only to copy the messages out (read-only) and to write the findings: not
+    while they are searched."""
     started = time.perf_counter()
-    columns: dict[str, list[Any]] = {name: [] for name in _FINDINGS_SCHEMA.names}
     counts: Counter[str] = Counter()
     rows = messages = 0
     quoted = '"' + source.replace('"', '""') + '"'
-    with store.read() as con:
-        reader = con.sql(f"select id, messages::varchar as messages from {quoted}").to_arrow_reader(
-            batch_size=BATCH_SIZE)
-        for batch in reader:
-            for gid, raw in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(), strict=True):
-                rows += 1
-                if raw is None:
-                    continue
-                parsed = json.loads(raw)
-                if not isinstance(parsed, list):
-                    continue
-                for index, message in enumerate(parsed):
-                    messages += 1
-                    text = message_text(message)
-                    if not text:
+    with store.scratch() as folder:
+        unloaded = Path(folder) / "messages.parquet"
+        found = Path(folder) / "findings.parquet"
+        store.unload(f"select id, messages::varchar as messages from {quoted}", unloaded, row_group_rows=BATCH_SIZE)
+        with pq.ParquetFile(unloaded) as reading, pq.ParquetWriter(found, _FINDINGS_SCHEMA) as writing:
+            for batch in reading.iter_batches(batch_size=BATCH_SIZE, columns=["id", "messages"]):
+                columns: dict[str, list[Any]] = {name: [] for name in _FINDINGS_SCHEMA.names}
+                for gid, raw in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(),
+                                    strict=True):
+                    rows += 1
+                    if raw is None:
                         continue
-                    for f in find(text):
-                        counts[f.kind] += 1
-                        for name, value in (("id", gid), ("message_index", index), ("kind", f.kind),
-                                            ("span_start", f.start), ("span_end", f.end), ("detector", f.detector)):
-                            columns[name].append(value)
-    table = pa.table(columns, schema=_FINDINGS_SCHEMA)
-    scanned_at = datetime.now(UTC)
-    with store.write() as con:
-        con.execute("delete from pii_findings")
-        con.register("_curate_pii", table)
-        con.execute(
-            "insert into pii_findings (id, message_index, kind, span_start, span_end, detector, scanned_at) "
-            "select id, message_index, kind, span_start, span_end, detector, ? from _curate_pii",
-            [scanned_at],
-        )
-        con.unregister("_curate_pii")
+                    parsed = json.loads(raw)
+                    if not isinstance(parsed, list):
+                        continue
+                    for index, message in enumerate(parsed):
+                        messages += 1
+                        text = message_text(message)
+                        if not text:
+                            continue
+                        for f in find(text):
+                            counts[f.kind] += 1
+                            for name, value in (("id", gid), ("message_index", index), ("kind", f.kind),
+                                                ("span_start", f.start), ("span_end", f.end),
+                                                ("detector", f.detector)):
+                                columns[name].append(value)
+                if columns["id"]:
+                    writing.write_table(pa.table(columns, schema=_FINDINGS_SCHEMA))
+        scanned_at = datetime.now(UTC)
+        with store.write() as con:
+            con.execute("delete from pii_findings")
+            con.execute(
+                "insert into pii_findings (id, message_index, kind, span_start, span_end, detector, scanned_at) "
+                "select id, message_index, kind, span_start, span_end, detector, ? from read_parquet(?)",
+                [scanned_at, str(found)],
+            )
     return ScanResult(rows=rows, messages=messages, findings={k: counts[k] for k in KINDS if counts[k]},
                       seconds=time.perf_counter() - started)

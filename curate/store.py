@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -374,6 +375,29 @@ class Store:
         """Run one read-only query and return its rows as an Arrow table."""
         with self.read() as con:
             return con.sql(sql, params=params).to_arrow_table()
+
+    def unload(self, sql: str, path: str | os.PathLike[str], *, row_group_rows: int = 5000) -> int:
+        """Copy the rows of ``sql`` (which may read the views) to the Parquet file ``path``, and let go.
+
+        For a pass that computes in Python: the store is held read-only for the copy alone, which
+        DuckDB does by itself; the pass then reads ``path`` (``pyarrow.parquet.ParquetFile``) one
+        row group of ``row_group_rows`` rows at a time with nothing held, so its memory does not
+        grow with the store. Rows keep the query's order. Returns the number of rows written.
+        """
+        quoted = "'" + str(path).replace("'", "''") + "'"
+        with self.read() as con:
+            ((written,),) = con.execute(
+                f"copy ({sql}) to {quoted} (format parquet, compression zstd, row_group_size {int(row_group_rows)})"
+            ).fetchall()
+        return int(written)
+
+    def scratch(self) -> tempfile.TemporaryDirectory[str]:
+        """A temporary folder beside the store, removed on exit, for the files of ``unload``.
+
+        Beside the store rather than in the system's temporary folder: what is unloaded can be as
+        large as the store's messages, and /tmp is often a small in-memory file system.
+        """
+        return tempfile.TemporaryDirectory(prefix=f".{self.path.name}.", suffix=".unload", dir=self.path.parent)
 
     # -- the analyst's API: each call opens read-only, fetches, and lets go -----------------
 
