@@ -3,7 +3,7 @@
 This module owns ``Stats`` and ``stats(store)``: how many generations there are by state, model
 and source, what the ledger still waits for, what was refused and why, the dates the generations
 span, the tokens they used, and how many rows the ``chat`` and ``conversations`` views give. It
-reads everything in one read-only connection, with one SQL query per figure group, never a
+reads everything in one read-only connection (and the spool's files, for what waits there), with one SQL query per figure group, never a
 Python loop over rows.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from curate import spool
 from curate.store import Store
 
 __all__ = ["OTHER_MODELS", "STATES", "TOP_MODELS", "TOP_REASONS", "Counts", "Stats", "stats"]
@@ -43,7 +44,9 @@ class Stats:
     ``None`` in a store with no such timestamp. ``mean_tokens_per_success`` is the mean
     ``total_tokens`` of the ``Success`` generations that report it (``None`` if none).
     ``chat_rows`` and ``conversations`` are ``None`` when that view cannot be queried (a broken
-    view file that replaces it).
+    view file that replaces it). ``spool_*`` say what writers have made durable in the spool but
+    not merged into the store yet (``curate.spool``): records, segments, bytes, and when the oldest
+    was spooled.
     """
 
     generations: int
@@ -64,6 +67,10 @@ class Stats:
     mean_tokens_per_success: float | None
     chat_rows: int | None
     conversations: int | None
+    spool_records: int = 0
+    spool_segments: int = 0
+    spool_bytes: int = 0
+    spool_oldest_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: counts as ``{name: count}`` objects, datetimes as ISO 8601 strings."""
@@ -148,6 +155,8 @@ def stats(store: Store) -> Stats:
         reasons = _pairs(con, _REJECT_REASONS)
         chat_rows = _view_rows(con, "chat")
         conversations = _view_rows(con, "conversations")
+        merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
+    waiting = spool.status(store.spool_dir, merged)
     return Stats(
         generations=int(generations),
         by_state=by_state,
@@ -167,4 +176,8 @@ def stats(store: Store) -> Stats:
         mean_tokens_per_success=None if mean_success is None else float(mean_success),
         chat_rows=chat_rows,
         conversations=conversations,
+        spool_records=waiting.records,
+        spool_segments=waiting.segments,
+        spool_bytes=waiting.bytes,
+        spool_oldest_at=waiting.oldest,
     )

@@ -2,8 +2,11 @@
 
 Every line is checked before anything is sent; one bad line refuses the file, naming the line.
 Each line has a key (its ``metadata.custom_id``, else a hash of the request), and each request
-is written to ``submissions`` as ``sending`` and committed *before* its POST goes out, then
-marked ``submitted`` with the id it got. A re-run skips every key already there. A line whose
+is written to ``submissions`` as ``sending`` and committed *before* its POST goes out; the id
+the API answers with (a generation's or a group's) is made durable in the store's spool
+(``curate.spool``) before anything else happens, then merged, which marks the line ``submitted``
+and puts the id in the ledger. So an id the API gave is never lost, even when the store's file
+is busy or the process dies right after the POST. A re-run skips every key already there. A line whose
 answer never came (a crash, a timeout, a 5xx after sending) stays ``sending``/``uncertain``: it
 may exist and be billed, and there is no idempotency key, so it is not sent again unless asked
 (``resend_uncertain``). Requests go in groups of up to 50 (one POST each) unless told otherwise.
@@ -15,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from curate import ledger
+from curate import spool
 from curate.client import InferenceClient, SubmitFailed, SubmitUncertain
 from curate.config import Settings
 from curate.store import Store
@@ -141,12 +145,19 @@ def submit_file(
         raise FileNotFoundError(f"{path}: no such file")
     settings.require_api_key()
     _check(path)
-    return asyncio.run(_submit(store, settings, path, group_size, webhook_id, rpm, resend_uncertain))
+    writer = spool.SpoolWriter(store.spool_dir)
+    try:
+        spool.drain(store, writer)  # what a crashed submit left: its ids, before we read the known keys
+        summary = asyncio.run(_submit(store, writer, settings, path, group_size, webhook_id, rpm, resend_uncertain))
+        spool.drain(store, writer, wait=None)  # every id this run got, in the store before we return
+        return summary
+    finally:
+        spool.finish(store, writer)
 
 
 async def _submit(
-    store: Store, settings: Settings, path: Path, group_size: int, webhook_id: str | None,
-    rpm: int | None, resend_uncertain: bool,
+    store: Store, writer: spool.SpoolWriter, settings: Settings, path: Path, group_size: int,
+    webhook_id: str | None, rpm: int | None, resend_uncertain: bool,
 ) -> SubmitSummary:
     summary = SubmitSummary()
     source = f"submit:{path.resolve()}"
@@ -169,10 +180,10 @@ async def _submit(
             try:
                 if group_size == 1:
                     generation_id = await client.submit(chunk[0].body)
-                    _record_submitted(store, chunk, generation_id=generation_id)
+                    _record_submitted(store, writer, chunk, generation_id=generation_id)
                 else:
                     group_id, _ = await client.submit_group([line.body for line in chunk])
-                    _record_submitted(store, chunk, group_id=group_id)
+                    _record_submitted(store, writer, chunk, group_id=group_id)
                 summary.posts += 1
                 summary.submitted += len(chunk)
             except SubmitFailed as exc:
@@ -210,19 +221,13 @@ def _record_sending(store: Store, chunk: list[_Line], source: str) -> None:
 
 
 def _record_submitted(
-    store: Store, chunk: list[_Line], *, generation_id: str | None = None, group_id: str | None = None
+    store: Store, writer: spool.SpoolWriter, chunk: list[_Line], *, generation_id: str | None = None,
+    group_id: str | None = None,
 ) -> None:
-    keys = [line.key for line in chunk]
-    with store.write() as con:
-        con.execute(
-            "update submissions set state = 'submitted', generation_id = ?, group_id = ?, "
-            "updated_at = now() where key in (select unnest(?::varchar[]))",
-            [generation_id, group_id, keys],
-        )
-        if generation_id is not None:
-            ledger.add(con, [generation_id], kind="generation", source="submit")
-        if group_id is not None:
-            ledger.add(con, [group_id], kind="group", source="submit")
+    """Make the id the API gave durable first (the spool), then merge it if the file is free."""
+    writer.append([spool.encode({"op": "submitted", "keys": [line.key for line in chunk],
+                                 "generation_id": generation_id, "group_id": group_id, "at": time.time()})])
+    spool.drain(store, writer)
 
 
 def _record_state(store: Store, chunk: list[_Line], state: str, error: str) -> None:

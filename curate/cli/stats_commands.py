@@ -74,4 +74,9 @@ def _store_table(s: Stats) -> Table:
     table.add_row("tokens per Success", "-" if mean is None else f"{mean:,.1f}")
     table.add_row("chat rows", _maybe(s.chat_rows))
     table.add_row("conversations", _maybe(s.conversations))
+    spooled = "0 (all merged)"
+    if s.spool_records:
+        age = "" if s.spool_oldest_at is None else f", oldest since {s.spool_oldest_at.isoformat(sep=' ', timespec='seconds')}"
+        spooled = f"{s.spool_records:,} record(s) in {s.spool_segments:,} segment(s), {s.spool_bytes:,} bytes{age}"
+    table.add_row("waiting in the spool", spooled)
     return table
