@@ -14,12 +14,14 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     db.table("conversations").pl()
     db.views()                                                      # name, what a row is, rows
     db.snapshot("snapshot/")                                        # Parquet, read with no lock
-    db.export("conversations", "out/", fmt="messages")              # a Hugging Face dataset folder
+    curate.export(db, "conversations", "out/", fmt="messages")      # a Hugging Face dataset folder
     lake = curate.open(lake="postgresql://me@db/curate?warehouse=/shared/lake")  # many writers' lake
     curate.publish("out/", "ORG/NAME")                              # to the Hub
 
 Every call opens the store read-only for its one query and lets go, so a notebook never stops a
-harvest, an import or a listener from writing.
+harvest, an import or a listener from writing, and never changes the file: the views are made
+in each reading connection. A store an older curate wrote is refused until a writer migrates it
+(``curate migrate``, or ``store.migrate()``).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def open(
     queries: list[str | os.PathLike[str]] | None = None,
     lock_timeout: float = 30.0,
 ) -> Store:
-    """Open (creating or migrating as needed) the store at ``path``, else ``$CURATE_DB``.
+    """The store at ``path``, else ``$CURATE_DB``: a new one if there is no file, else the file untouched.
 
     ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
     ``curate.lake.LakeConfig``): the same views and exports, on one row per generation id.

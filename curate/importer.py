@@ -21,8 +21,8 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel
 
-from curate.records import WriteCounts
 from curate.merge import FastPathRefused, fast_insert, merge_source
+from curate.records import WriteCounts
 from curate.store import Store
 
 __all__ = ["ImportSummary", "import_file", "import_files", "line_batches"]

@@ -3,7 +3,8 @@
 ``LakeStore`` is a ``Store`` whose DuckDB file is private to this process and holds no data:
 the schema's tables (empty) and, in place of the ``generation_rows`` table, a view over the
 Parquet files of the lake's current snapshot (planned by pyiceberg) that keeps one row per id,
-the one ``lake.DEDUP_ORDER`` prefers. The shipped views and the user's own then run unchanged.
+the one ``lake.DEDUP_ORDER`` prefers. The shipped views and the user's own then run unchanged,
+made by each read as temporary views of its own connection, as for any store.
 Each read checks the lake's current snapshot first and re-plans when writers have committed since.
 
 The lake is read-only here: the curation passes, which write their findings into the store,
@@ -26,7 +27,7 @@ from typing import Any, NoReturn, Self
 import duckdb
 import pyarrow as pa
 
-from curate import migrations, views
+from curate import migrations
 from curate.importer import ImportSummary
 from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
@@ -81,6 +82,7 @@ class LakeStore(Store):
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         super().__init__(Path(folder) / "lake.duckdb", lock_timeout=lock_timeout, memory_limit=memory_limit,
                          queries=queries)
+        self._build()
 
     def __repr__(self) -> str:
         return f"LakeStore({self.lake.config.identity!r})"
@@ -90,20 +92,23 @@ class LakeStore(Store):
         return f"lake {self.lake.config.identity}"
 
     def migrate(self) -> list[str]:
-        """Build the private file: the schema, the lake's rows as a view, and the views."""
-        files = self.view_files()
-        with self._plan_lock:
-            con = self._connect(read_only=False)
-            try:
-                applied = migrations.apply(con)
-                if applied:
-                    con.execute(f"create table {_EMPTY} as select * from generation_rows limit 0")
-                    con.execute("drop table generation_rows")
-                self._plan(con)
-                self.view_errors = views.refresh(con, files)
-                return applied
-            finally:
-                con.close()
+        """Nothing to do: the private file is made at the current schema when the ``LakeStore`` is."""
+        return []
+
+    def _build(self) -> None:
+        """The private file: the schema's tables, empty, and ``generation_rows`` as the lake's rows.
+
+        The views are made by each read, as temporary views of its connection (``Store.read``).
+        """
+        con = self._connect(read_only=False)
+        try:
+            migrations.apply(con)
+            con.execute(f"create table {_EMPTY} as select * from generation_rows limit 0")
+            con.execute("drop table generation_rows")
+            self._plan(con)
+        finally:
+            con.close()
+        self._migrated = True
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> None:
         snapshot, files = self.lake.plan()
@@ -141,7 +146,7 @@ class LakeStore(Store):
         )
 
     @contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def write(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         self._refuse()
         yield  # pragma: no cover
 

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from curate import merge
 from curate.store import Store, StoreLocked
 
@@ -65,7 +67,7 @@ class Record:
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     """One frame: length, CRC-32, then the header's JSON line and ``body``."""
-    payload = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" + body
+    payload = orjson.dumps(header) + b"\n" + body
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -171,8 +173,8 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | 
             return records, at, "a frame whose checksum does not match"
         newline = payload.find(b"\n")
         try:
-            header = json.loads(payload[:newline])
-        except ValueError:
+            header = orjson.loads(payload[:newline])
+        except orjson.JSONDecodeError:
             return records, at, "a frame whose header is not JSON"
         records.append(Record(header, payload[newline + 1:]))
         at = begin + length
@@ -367,7 +369,7 @@ def _frames(path: Path, start: int) -> Iterator[tuple[int, bytes]]:
 
 def status(folder: str | os.PathLike[str], merged: dict[str, int]) -> SpoolStatus:
     """What waits in the spool ``folder``, given each segment's merged offset (``spool_merged``)."""
-    segments = records = pending = 0
+    found = records = pending = 0
     oldest: datetime | None = None
     for path in segments(Path(folder)):
         start = merged.get(path.name, 0)
@@ -378,7 +380,7 @@ def status(folder: str | os.PathLike[str], merged: dict[str, int]) -> SpoolStatu
             continue
         if not frames:
             continue
-        segments += 1
+        found += 1
         records += len(frames)
         pending += size - frames[0][0]
         try:
@@ -388,4 +390,4 @@ def status(folder: str | os.PathLike[str], merged: dict[str, int]) -> SpoolStatu
         if isinstance(at, (int, float)):
             first = datetime.fromtimestamp(at, UTC)
             oldest = first if oldest is None or first < oldest else oldest
-    return SpoolStatus(segments, records, pending, oldest)
+    return SpoolStatus(found, records, pending, oldest)

@@ -98,16 +98,18 @@ def test_import_of_a_missing_file_names_it(tmp_path: Path) -> None:
     assert "nope.jsonl: no such file" in result.stderr
 
 
-def test_locked_store_gives_a_friendly_message(tmp_path: Path, sample: Path) -> None:
+def test_import_into_a_held_store_waits_saying_who_holds_it_then_imports_whole(tmp_path: Path, sample: Path) -> None:
     db = tmp_path / "c.duckdb"
     Store(db)
-    with held(db, 60.0):
+    with held(db, 6.5) as holder:
         result = subprocess.run(
             [CURATE, "import", str(sample), "--db", str(db)], capture_output=True, text=True,
             env={**os.environ, "CURATE_LOCK_TIMEOUT": "1"}, timeout=120,
         )
-    assert result.returncode == 1
-    assert "is locked by" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "waiting for" in result.stderr and f"(PID {holder.pid}) to let go of {db}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert Store(db).query("select count(*) as n from imports").to_pylist() == [{"n": 1}]
 
 
 def test_api_command_without_a_key_fails_with_one_sentence_exit_2(tmp_path: Path) -> None:

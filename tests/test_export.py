@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from curate import card
 from curate.cli import app
-from curate.export import ExportError, ExportResult, export
+from curate.export import ExportError, export
 from curate.formats import dumps, messages_from_arrow, validate_openai
 from curate.importer import import_files
 from curate.store import Store
@@ -402,13 +402,6 @@ def test_cli_export_names_a_bad_format_option(filled: Store, tmp_path: Path) -> 
                                       "--db", str(filled.path)])
     assert result.exit_code == 2
     assert "--test-size 1.5" in result.output
-
-
-def test_db_export_is_the_same_export(filled: Store, tmp_path: Path) -> None:
-    result = filled.export("chat", tmp_path / "a", fmt="messages", seed=3)
-    assert isinstance(result, ExportResult)
-    export(filled, "chat", tmp_path / "b", fmt="messages", seed=3)
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
 
 
 # ---------------------------------------------------------------- what the curation passes found

@@ -259,8 +259,8 @@ def test_an_export_from_the_lake_is_byte_identical_to_one_from_the_store(store: 
     fill(store, range(200))
     push(store, lake, batch_rows=50)
     with LakeStore(lake) as read:
-        read.export("chat", tmp_path / "lake-out", fmt="openai", test_size=0.2)
-    store.export("chat", tmp_path / "store-out", fmt="openai", test_size=0.2)
+        curate.export(read, "chat", tmp_path / "lake-out", fmt="openai", test_size=0.2)
+    curate.export(store, "chat", tmp_path / "store-out", fmt="openai", test_size=0.2)
 
     for name in ("data/train.jsonl", "data/test.jsonl", "lineage.parquet"):
         assert (tmp_path / "lake-out" / name).read_bytes() == (tmp_path / "store-out" / name).read_bytes(), name

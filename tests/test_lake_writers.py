@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from curate.export import export
 from curate.importer import import_files
 from curate.lake import Lake
 from curate.lakestore import LakeStore
@@ -214,8 +215,8 @@ def test_four_killed_writers_and_a_maintainer_leave_every_generation_once(
                 out.writelines(raw + "\n" for raw in terminal.column("raw").to_pylist())
         reference = Store(tmp_path / "reference.duckdb")
         import_files(reference, [bodies])
-        from_lake = read.export("chat", tmp_path / "from-lake", fmt="messages")
-        from_store = reference.export("chat", tmp_path / "from-store", fmt="messages")
+        from_lake = export(read, "chat", tmp_path / "from-lake", fmt="messages")
+        from_store = export(reference, "chat", tmp_path / "from-store", fmt="messages")
         assert from_lake.counts == from_store.counts
         for name in ["lineage.parquet", *(str(p.relative_to(tmp_path / "from-store"))
                                           for p in (tmp_path / "from-store" / "data").iterdir())]:

@@ -1,15 +1,27 @@
-"""Migrations: a blank store and a store at an earlier schema end at the same exact columns."""
+"""Migrations: a blank store and a store at an earlier schema end at the same exact columns.
+
+Only a writer migrates (``Store.migrate``, ``curate migrate``, any import or harvest); a reader
+refuses a store that is behind and leaves its file as it found it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from curate import migrations, views
-from curate.store import Store
+from curate.store import Store, StoreBehind
 from curate.synthetic import generation_record
+
+CURATE = str(Path(sys.executable).parent / "curate")
+LAST = migrations.MIGRATIONS[-1].__name__
 
 EXPECTED = {
     "generation_rows": [
@@ -72,6 +84,10 @@ EXPECTED = {
         ("state", "VARCHAR"), ("claimed_by", "VARCHAR"), ("claimed_at", "TIMESTAMP WITH TIME ZONE"),
         ("snapshot_id", "BIGINT"), ("committed_at", "TIMESTAMP WITH TIME ZONE"),
     ],
+    "spool_merged": [
+        ("segment", "VARCHAR"), ("merged_to", "BIGINT"), ("records", "BIGINT"),
+        ("merged_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
 }
 
 
@@ -95,10 +111,20 @@ def test_blank_store_has_exactly_the_expected_columns(tmp_path: Path) -> None:
     assert applied == [m.__name__ for m in migrations.MIGRATIONS]
 
 
-def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "old.duckdb"
+def old_store(path: Path) -> duckdb.DuckDBPyConnection:
+    """A store at the schema before the last migration, as the previous curate left it (open)."""
     con = duckdb.connect(str(path))
     migrations.apply(con, migrations.MIGRATIONS[:-1])
+    return con
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = old_store(path)
     record = generation_record(1)
     con.execute(
         "insert into generation_rows (id, raw, raw_hash, shape, source, first_seen_at, updated_at, "
@@ -108,10 +134,84 @@ def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: P
     con.close()
 
     store = Store(path)
+    assert store.migrate() == [LAST]
 
     assert columns(store) == EXPECTED
     (row,) = store.query("select id, request from generations").to_pylist()
     assert (row["id"], json.loads(row["request"])) == (record["id"], record["request"])
+
+
+def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_own(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = old_store(path)
+    # What curate before m007 left in the file: the views, each marked by its comment.
+    con.execute("create view chat as select id, model from generations where state = 'Success'")
+    con.execute("comment on view chat is 'curate view 0123456789abcdef'")
+    con.execute("create view usage as select model, count(*) as n from generations group by model")
+    con.execute("comment on view usage is 'curate view fedcba9876543210'")
+    # A user's own views: one bare, one with a comment of their own.
+    con.execute("create view my_ids as select id from generation_rows")
+    con.execute("create view my_models as select distinct model from generation_rows")
+    con.execute("comment on view my_models is 'the models we pay for'")
+    con.close()
+
+    assert Store(path).migrate() == [LAST]
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        left = con.execute(
+            "select view_name, comment from duckdb_views() where not internal order by view_name").fetchall()
+    finally:
+        con.close()
+    assert left == [("generations", None), ("my_ids", None), ("my_models", "the models we pay for")]
+    # The reader's own chat and usage take their place, and the user's views still read.
+    store = Store(path)
+    assert store.query("select count(*) as n from chat").to_pylist() == [{"n": 0}]
+    assert store.query("select count(*) as n from my_ids").to_pylist() == [{"n": 0}]
+    assert store.view_errors == []
+
+
+def test_a_reader_refuses_a_store_that_needs_a_migration_and_leaves_the_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    old_store(path).close()
+    before = sha256(path)
+
+    store = Store(path)
+    for read in (lambda: store.sql("select 1"), lambda: store.views(), lambda: store.snapshot(tmp_path / "snap")):
+        with pytest.raises(StoreBehind) as caught:
+            read()
+        message = str(caught.value)
+        assert f"run `curate migrate --db {path}`" in message
+        assert LAST in message and "\n" not in message
+
+    assert sha256(path) == before
+    assert not path.with_name(path.name + ".wal").exists()
+
+
+def curate_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CURATE_DB", "CURATE_QUERIES")}
+    return subprocess.run([CURATE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_curate_migrate_applies_what_is_pending_then_says_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    old_store(path).close()
+
+    refused = curate_cli("sql", "select 1", "--db", str(path))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"error: {path} was written by an older curate")
+    assert f"run `curate migrate --db {path}`" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+
+    first = curate_cli("migrate", "--db", str(path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"applied 1 migration(s) to {path}:", f"  {LAST}"]
+    assert columns(Store(path)) == EXPECTED
+
+    again = curate_cli("migrate", "--db", str(path))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"{path} is up to date"
+    assert curate_cli("sql", "select 1 as one", "--db", str(path), "-f", "json").stdout.strip() == '[{"one": 1}]'
 
 
 def test_migrating_twice_runs_nothing(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The analyst's side: curate.open() in a notebook, views on open, snapshots, and never a lock fight."""
+"""The analyst's side: curate.open() in a notebook, views on each read, snapshots, and never a lock fight."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_views_lists_each_view_with_what_a_row_is_and_its_rows(db: Store) -> Non
     assert infos["failures"].rows == db.sql("select count(*) as n from failures").to_pylist()[0]["n"]
 
 
-def test_views_are_created_when_the_store_opens(tmp_path: Path) -> None:
+def test_a_new_store_reads_with_every_view(tmp_path: Path) -> None:
     store = curate.open(tmp_path / "fresh.duckdb")
     names = {r["view_name"] for r in store.query(
         "select view_name from duckdb_views() where not internal").to_pylist()}
@@ -63,9 +63,10 @@ def test_a_broken_user_view_is_reported_by_file_and_line_and_the_rest_work(db: S
     (folder / "mine.sql").write_text("-- my view\n\nselect id,\n       no_such_column\nfrom generations\n")
     (folder / "fine.sql").write_text("-- ids only\n\nselect id from generations\n")
     store = curate.open(db.path, queries=[folder])
+    assert store.view_errors == []  # nothing is read, nor created, until the first query
+    assert len(store.table("fine")) == 20 and len(store.table("chat")) > 0
     [error] = store.view_errors
     assert str(folder / "mine.sql") in str(error) and "line 4" in str(error)
-    assert len(store.table("fine")) == 20 and len(store.table("chat")) > 0
 
 
 def test_curate_queries_environment_variable_adds_a_folder(

@@ -1,4 +1,4 @@
-"""The SQL views: what one row of each shipped view is, and how view files are loaded and refreshed.
+"""The SQL views: what one row of each shipped view is, and how view files are loaded and installed.
 
 The data tests share one small store: a 3-call conversation and a branch off its first call, a
 tool call answered by a tool message, multi-part content, two exact duplicates, a Failed and an
@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import duckdb
 import pytest
@@ -172,10 +174,10 @@ def chat_row(id: str) -> dict[str, Any]:
 
 @pytest.fixture
 def db(store: Store) -> Store:
-    """The store holding RECORDS and the bad line, with the shipped views refreshed."""
+    """The store holding RECORDS and the bad line; every shipped view creates without an error."""
     store.ingest_texts([*(compact(r) for r in RECORDS), NOT_JSON], source="test")
-    with store.write() as con:
-        assert views.refresh(con, views.load([views.QUERIES_DIR])) == []
+    with store.read():
+        assert store.view_errors == []
     return store
 
 
@@ -217,8 +219,6 @@ def test_chat_reads_webhook_group_and_hugging_face_records_like_the_others(store
         compact({"event": "slow-group.completed", "group_id": "G1", "data": {"generations": [item]}}),
         compact({"messages": [PICTURE, CAT]}),  # a Hugging Face row: its id is derived from its content
     ], source="test")
-    with store.write() as con:
-        assert views.refresh(con, views.load([views.QUERIES_DIR])) == []
     got = rows(store, "select * from chat order by id")
     assert got == [
         {**chat_row("tool-2"), "id": "grp-tool-2"},
@@ -258,8 +258,6 @@ def test_conversations_break_a_length_tie_by_the_first_finished_call(store: Stor
         generation("a-late", [U1, A1, U2], A2, model="m1", dispatched=at(1, 9, 4), latency=120),
         generation("z-early", [U1, A1, U3], A3, model="m1", dispatched=at(1, 9, 5), latency=1),
     )], source="test")
-    with store.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR]))
     assert rows(store, "select id, n_calls, folded_ids from conversations order by id") == [
         {"id": "a-late", "n_calls": 1, "folded_ids": []},
         {"id": "z-early", "n_calls": 2, "folded_ids": ["first"]},
@@ -272,8 +270,6 @@ def test_conversations_fold_every_copy_of_a_call_into_the_call_that_extends_them
         generation("copy-2", [U1], A1, model="m2", dispatched=at(1, 9, 1), latency=1),
         generation("next", [U1, A1, U2], A2, model="m1", dispatched=at(1, 9, 2), latency=1),
     )], source="test")
-    with store.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR]))
     assert rows(store, "select id, n_calls, folded_ids from conversations") == [
         {"id": "next", "n_calls": 3, "folded_ids": ["copy-1", "copy-2"]},
     ]
@@ -285,8 +281,6 @@ def test_conversations_do_not_fold_a_call_whose_answer_was_altered(store: Store)
         generation("edited", [U1, {"role": "assistant", "content": "Paris!"}, U2], A2, model="m1",
                    dispatched=at(1, 9, 5), latency=1),
     )], source="test")
-    with store.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR]))
     assert rows(store, "select id, n_calls from conversations order by id") == [
         {"id": "asked", "n_calls": 1}, {"id": "edited", "n_calls": 1},
     ]
@@ -322,8 +316,6 @@ def test_duplicates_ignore_key_order_and_null_members(store: Store) -> None:
         generation("y", [ASK_WEATHER, CALL_RESENT, TOOL_RESULT], answer, model="m2", dispatched=at(1, 9, 1),
                    latency=1),
     )], source="test")
-    with store.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR]))
     assert rows(store, "select n, ids, kept_id from duplicates") == [{"n": 2, "ids": ["x", "y"], "kept_id": "x"}]
 
 
@@ -399,9 +391,9 @@ def test_conversations_and_duplicates_follow_a_user_chat_view(db: Store, tmp_pat
     folder.mkdir()
     shipped = (views.QUERIES_DIR / "chat.sql").read_text()
     (folder / "chat.sql").write_text(shipped.rstrip() + "\nwhere false\n")
-    with db.session() as session:
-        assert views.refresh(session.con, views.load([views.QUERIES_DIR, folder])) == []
-    with db.read() as con:
+    narrowed = Store(db.path, queries=[folder])
+    with narrowed.read() as con:
+        assert narrowed.view_errors == []
         assert con.execute("select count(*) from conversations").fetchone() == (0,)
         assert con.execute("select count(*) from duplicates").fetchone() == (0,)
 
@@ -439,24 +431,50 @@ group by model
 """
 
 
+@contextmanager
+def bare(store: Store, *, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the store's file with no views of curate's: the test installs them."""
+    con = duckdb.connect(str(store.path), read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def view_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+
+
+def test_views_are_temporary_views_of_the_reading_connection_never_in_the_file(db: Store) -> None:
+    with db.read() as con:
+        assert set(con.execute(
+            "select view_name from duckdb_views() where not internal and temporary").fetchall()) == {
+            (name,) for name in SHIPPED}
+    with bare(db) as con:  # the file holds only the schema's own view
+        assert view_names(con) == {"generations"}
+
+
 def test_a_broken_view_names_its_file_and_line_and_the_shipped_views_still_work(db: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, broken=BROKEN)
-    with db.write() as con:
-        errors = views.refresh(con, views.load([views.QUERIES_DIR, folder]))
+    with bare(db) as con:
+        errors = views.install(con, views.load([views.QUERIES_DIR, folder]))
+        assert con.execute("select count(*) from chat").fetchall() == [(9,)]
+        assert view_names(con) == {*SHIPPED, "generations"}  # no "broken"
     assert len(errors) == 1
     error = errors[0]
     assert (error.path, error.line, error.view) == (folder / "broken.sql", 7, "broken")
     assert str(error).startswith(f"{folder / 'broken.sql'}, line 7: Binder Error: Referenced column \"stat\" not found")
     assert str(error).endswith("\n    where stat = 'Success'")
-    assert rows(db, "select count(*) as n from chat") == [{"n": 9}]
-    with db.read() as con:
-        assert "broken" not in {r[0] for r in con.execute("select view_name from duckdb_views()").fetchall()}
+    # The same through a Store given the folder: it reads, and keeps the error for the caller to show.
+    mine = Store(db.path, queries=[folder])
+    assert rows(mine, "select count(*) as n from chat") == [{"n": 9}]
+    assert [str(e) for e in mine.view_errors] == [str(error)]
 
 
 def test_a_syntax_error_names_its_line_too(db: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, typo="-- A typo.\nselect id\nfrom generations\nwher state = 'Failed'\n")
-    with db.write() as con:
-        [error] = views.refresh(con, views.load([folder]))
+    with bare(db) as con:
+        [error] = views.install(con, views.load([folder]))
     assert error.line == 4
     assert "Parser Error: syntax error at or near \"state\"" in error.message
 
@@ -464,112 +482,71 @@ def test_a_syntax_error_names_its_line_too(db: Store, tmp_path: Path) -> None:
 def test_a_view_file_holds_one_query_and_nothing_else(db: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, sneaky="-- Two statements.\nselect 1 as one;\ndrop table rejects;\n",
                       creates="create view other as select 1")
-    with db.write() as con:
-        errors = views.refresh(con, views.load([folder]))
+    with bare(db, read_only=False) as con:  # read-write: a statement that ran would have dropped rejects
+        errors = views.install(con, views.load([folder]))
+        assert view_names(con) == {"generations"}
     assert sorted(e.view for e in errors) == ["creates", "sneaky"]
     assert all("a view file holds one query" in e.message for e in errors)
     assert rows(db, "select count(*) as n from rejects") == [{"n": 1}]
 
 
-def test_a_view_file_cannot_replace_the_stores_own_tables_and_views(db: Store, tmp_path: Path) -> None:
+def test_a_view_file_cannot_take_the_name_of_the_stores_own_tables_and_views(db: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, generations="-- Mine.\nselect 1 as x\n", rejects="-- Mine.\nselect 1 as x\n")
-    with db.write() as con:
-        errors = views.refresh(con, views.load([folder]))
+    with bare(db) as con:
+        errors = views.install(con, views.load([folder]))
+        # Nothing shadows them in this connection either.
+        assert con.execute("select count(*) from generations").fetchall() == [(len(RECORDS),)]
+        assert con.execute("select count(*) from rejects").fetchall() == [(1,)]
+        assert view_names(con) == {"generations"}
     assert sorted((e.view, e.message) for e in errors) == [
         ("generations", "generations is the store's own view: name the file otherwise"),
         ("rejects", "rejects is the store's own table: name the file otherwise"),
     ]
-    assert len(rows(db, "select * from generations")) == len(RECORDS)
+    mine = Store(db.path, queries=[folder])
+    assert len(rows(mine, "select * from generations")) == len(RECORDS)
+    assert sorted(e.view for e in mine.view_errors) == ["generations", "rejects"]
 
 
-def test_a_broken_view_does_not_abort_the_callers_transaction(db: Store, tmp_path: Path) -> None:
-    folder = user_dir(tmp_path, broken=BROKEN, typo="-- A typo.\nselec 1\n")
-    with db.write() as con:  # inside begin transaction ... commit
-        errors = views.refresh(con, views.load([views.QUERIES_DIR, folder]))
-        assert len(errors) == 2
-        con.execute("delete from rejects")
-        assert con.execute("select count(*) from chat").fetchall() == [(9,)]
-    assert rows(db, "select count(*) as n from rejects") == [{"n": 0}]  # the transaction committed
-
-
-def test_a_user_folder_overrides_a_shipped_view_by_name(db: Store, tmp_path: Path) -> None:
+def test_a_user_folder_overrides_a_shipped_view_for_that_store_only(db: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, chat="-- Only the ids.\n--\n-- id  varchar  the generation id\n"
                                      "select id from generations where state = 'Success' and id like 'conv-%'\n")
     loaded = views.load([views.QUERIES_DIR, folder])
     assert [v.name for v in loaded] == SHIPPED
     assert loaded[0].path == folder / "chat.sql" and loaded[0].description == "Only the ids."
-    with db.session() as session:  # autocommit, as when the store opens
-        errors = views.refresh(session.con, loaded)
-    assert rows(db, "select * from chat order by id") == [{"id": "conv-1"}, {"id": "conv-2"}, {"id": "conv-3"}]
+    mine = Store(db.path, queries=[folder])
+    # Both read at once, each with its own chat.
+    with mine.read() as ours, db.read() as theirs:
+        assert ours.execute("select * from chat order by id").fetchall() == [("conv-1",), ("conv-2",), ("conv-3",)]
+        assert theirs.execute("select count(*) from chat").fetchall() == [(9,)]
     # conversations and duplicates read chat: an override without chat's columns breaks them, by name.
-    assert sorted(e.view for e in errors) == ["conversations", "duplicates"]
+    assert sorted(e.view for e in mine.view_errors) == ["conversations", "duplicates"]
+    assert db.view_errors == []
+    # Nor does it outlive that Store: a Store opened after it has the shipped chat.
+    assert rows(Store(db.path), "select count(*) as n from chat") == [{"n": 9}]
+
+
+def test_a_broken_override_leaves_that_store_without_the_view_not_with_the_shipped_one(
+    db: Store, tmp_path: Path
+) -> None:
+    folder = user_dir(tmp_path, chat="-- Broken.\nselect id from nowhere\n")
+    mine = Store(db.path, queries=[folder])
+    with mine.read() as con:
+        assert "chat" not in view_names(con)
+    [error] = [e for e in mine.view_errors if e.view == "chat"]
+    assert (error.path, error.line) == (folder / "chat.sql", 2)
+    assert "Table with name nowhere does not exist" in error.message
+    assert rows(db, "select count(*) as n from chat") == [{"n": 9}]
 
 
 def test_a_view_may_read_another_view_whatever_their_order(store: Store, tmp_path: Path) -> None:
     folder = user_dir(tmp_path, a_per_model="-- Chat rows per model.\nselect model, count(*) as n from chat "
                                             "group by model\n")
     store.ingest_texts([compact(by_record("conv-1"))], source="test")
-    con = duckdb.connect(str(store.path))  # autocommit: each view commits as it is created
-    try:
-        assert views.refresh(con, views.load([views.QUERIES_DIR, folder])) == []
+    loaded = views.load([views.QUERIES_DIR, folder])
+    assert loaded[0].name == "a_per_model"  # created before the chat it reads
+    with bare(store) as con:
+        assert views.install(con, loaded) == []
         assert con.execute("select * from a_per_model").fetchall() == [("m1", 1)]
-    finally:
-        con.close()
-
-
-class Recording:
-    """A connection that notes every statement run through it."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
-        self.statements: list[str] = []
-
-    def execute(self, sql: str, *args: Any) -> duckdb.DuckDBPyConnection:
-        self.statements.append(sql)
-        return self.con.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.con, name)
-
-
-def test_refresh_rewrites_only_the_views_whose_file_changed(db: Store, tmp_path: Path) -> None:
-    folder = user_dir(tmp_path, mine="-- Mine.\nselect 1 as x\n")
-    with db.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR, folder]))
-    (folder / "mine.sql").write_text("-- Mine, changed.\nselect 2 as x\n")
-    with db.write() as con:
-        recording = Recording(con)
-        assert views.refresh(cast(duckdb.DuckDBPyConnection, recording), views.load([views.QUERIES_DIR, folder])) == []
-    assert [s.split(" as ")[0] for s in recording.statements if s.startswith("create")] == [
-        'create or replace view "mine"',
-    ]
-    assert rows(db, "select * from mine") == [{"x": 2}]
-
-
-def test_a_broken_file_drops_the_view_it_would_have_replaced(db: Store, tmp_path: Path) -> None:
-    folder = user_dir(tmp_path, mine="-- Mine.\nselect 1 as x\n")
-    with db.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR, folder]))
-    (folder / "mine.sql").write_text("-- Mine, broken.\nselect x from nowhere\n")
-    with db.write() as con:
-        [error] = views.refresh(con, views.load([views.QUERIES_DIR, folder]))
-        names = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
-    assert (error.view, error.line) == ("mine", 2)
-    assert "Table with name nowhere does not exist" in error.message
-    assert names == {*SHIPPED, "generations"}
-
-
-def test_prune_drops_the_views_curate_made_whose_file_is_gone(db: Store, tmp_path: Path) -> None:
-    folder = user_dir(tmp_path, mine="-- Mine.\nselect 1 as x\n")
-    with db.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR, folder]))
-    (folder / "mine.sql").unlink()
-    with db.write() as con:
-        views.refresh(con, views.load([views.QUERIES_DIR, folder]))  # without prune, mine stays
-        assert con.execute("select * from mine").fetchall() == [(1,)]
-        views.refresh(con, views.load([views.QUERIES_DIR, folder]), prune=True)
-        names = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
-    assert names == {*SHIPPED, "generations"}
 
 
 def test_a_later_folder_replaces_an_earlier_ones_file_and_a_missing_folder_is_an_error(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ def version_command() -> None:
 for _name, _command in (
     ("import", store_commands.import_command),
     ("sql", store_commands.sql_command),
+    ("migrate", store_commands.migrate_command),
     ("stats", stats_commands.stats_command),
     ("snapshot", view_commands.snapshot_command),
     ("export", export_commands.export_command),

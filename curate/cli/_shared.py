@@ -1,7 +1,7 @@
 """What every command shares: the typer app, the consoles, ``--db``, and how errors end.
 
-Errors a user can fix (a missing file, a locked store, a missing API key, bad SQL) end in one
-sentence on stderr and a non-zero exit, never a traceback.
+Errors a user can fix (a missing file, a locked store, a store to migrate, a missing API key, bad
+SQL) end in one sentence on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from curate.config import MissingApiKey, Settings
 from curate.export import ExportError
 from curate.lake import LakeError
 from curate.publish import HubError, PublishError
-from curate.store import Store, StoreLocked
+from curate.store import Store, StoreBehind, StoreLocked
 from curate.submit import InvalidRequests
 
 __all__ = [
@@ -84,18 +84,38 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+_opened: list[Store] = []  # the stores open_store gave out, whose broken views are yet to be told
+
+
+def _warn_view_errors() -> None:
+    """One warning per view file that did not create, for each store read since the last call.
+
+    A store knows its broken views only once it has read (its views are made per connection),
+    so this runs as a command's work ends, before its output or its error.
+    """
+    while _opened:
+        for error in _opened.pop(0).view_errors:
+            typer.echo(f"warning: view {error.view} not created: {error}", err=True)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can act on into one line on stderr and an exit code."""
+    """Turn the errors a user can act on into one line on stderr and an exit code.
+
+    Broken view files of the stores opened inside (``open_store``) are warned about first.
+    """
     try:
-        yield
+        try:
+            yield
+        finally:
+            _warn_view_errors()
     except HubError as exc:  # a PublishError, but the Hub's failure, not the user's input
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except (MissingApiKey, ExportError, PublishError, LakeError) as exc:  # an argument, file or login to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (StoreLocked, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,
+    except (StoreLocked, StoreBehind, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,
             ApiUnavailable, InvalidRequests) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -113,10 +133,13 @@ QueriesOption = Annotated[
 
 
 def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | None = None) -> Store:
-    """The store (or with ``lake``, the lake read as one), any broken view file reported on stderr."""
+    """The store (or with ``lake``, the lake read as one).
+
+    Any view file that fails to create when the store is read is reported on stderr as the
+    enclosing ``user_errors`` block ends.
+    """
     store = curate.open(db, lake=lake or None, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
-    for error in store.view_errors:
-        typer.echo(f"warning: view {error.view} not created: {error}", err=True)
+    _opened.append(store)
     return store
 
 

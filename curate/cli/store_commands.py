@@ -1,4 +1,4 @@
-"""Commands over the store itself: ``curate import`` and ``curate sql``."""
+"""Commands over the store itself: ``curate import``, ``curate sql`` and ``curate migrate``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from curate import migrations
 from curate.cli._shared import (
     DbOption,
     LakeOption,
@@ -19,15 +20,18 @@ from curate.cli._shared import (
     QueriesOption,
     err,
     lake_uri,
+    lock_timeout,
     open_store,
     out,
     print_table,
     user_errors,
 )
+from curate.config import Settings
 from curate.importer import import_files
 from curate.lake import Lake, push
+from curate.store import Store
 
-__all__ = ["import_command", "sql_command"]
+__all__ = ["import_command", "migrate_command", "sql_command"]
 
 
 def import_command(
@@ -97,3 +101,25 @@ def sql_command(
     with user_errors():
         result = open_store(db, queries, lake_uri(lake, db)).query(query)
     print_table(result, fmt)
+
+
+def migrate_command(db: DbOption = None) -> None:
+    """Bring the store's schema up to date (creating the store if there is none).
+
+    Readers refuse a store an older curate wrote until it is migrated; writers (import, harvest,
+    listen, submit) migrate it themselves. Waits for the file as long as another process
+    writes it, saying every few seconds who holds it.
+    """
+    with user_errors():
+        path = Settings.from_env(db=db).db
+        if not path.exists():
+            Store(path, lock_timeout=lock_timeout())  # a new file is made with every migration
+            applied = [m.__name__ for m in migrations.MIGRATIONS]
+        else:
+            applied = Store(path, lock_timeout=lock_timeout()).migrate()
+    if not applied:
+        typer.echo(f"{path} is up to date")
+        return
+    typer.echo(f"applied {len(applied)} migration(s) to {path}:")
+    for name in applied:
+        typer.echo(f"  {name}")
