@@ -39,14 +39,11 @@ def listen_command(
         bool, typer.Option(help="Store the API's copy of each generation, fetched with INFERENCE_API_KEY.")
     ] = False,
     rpm: Annotated[int, typer.Option(help="API calls per minute for --verify-by-fetch.")] = 250,
-    store_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the store before answering 503 (inference.net waits 30).")
-    ] = 10.0,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate, to serve HTTPS.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
     lake: LakeOption = None,
 ) -> None:
-    """Receive inference.net webhooks and store each delivery before acknowledging it.
+    """Receive inference.net webhooks; each delivery is on disk (the store's spool) before it is acknowledged.
 
     Register the printed URL in inference.net's dashboard and pass its webhook id; deliveries
     carrying any other id are answered 401. GET /healthz reports readiness and counters. One JSON
@@ -67,7 +64,7 @@ def listen_command(
         except ValidationError as exc:
             typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
             raise typer.Exit(2) from None
-        store = Store(settings.db, lock_timeout=min(store_timeout, lock_timeout()))
+        store = Store(settings.db, lock_timeout=lock_timeout())
         listener = Listener(store, config, settings=settings)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
