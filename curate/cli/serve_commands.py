@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 from contextlib import nullcontext
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Annotated
 
@@ -68,14 +70,23 @@ def listen_command(
         listener = Listener(store, config, settings=settings)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # The access log's lines are written by a thread of their own: a write to stderr per delivery
+    # on the event loop cost ~15 % of the deliveries per second (docs/benchmarks.md).
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = QueueListener(lines, handler)
     access = logging.getLogger("curate.listen")
-    access.addHandler(handler)
+    access.addHandler(QueueHandler(lines))
     access.setLevel(logging.INFO)
     access.propagate = False
+    writer.start()
     tls = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     uri = lake_uri(lake)
-    with user_errors(), LakePusher(store, uri) if uri else nullcontext():
-        run_forever(listener, host=host, port=port, announce=lambda line: out.print(line, highlight=False), **tls)
+    try:
+        with user_errors(), LakePusher(store, uri) if uri else nullcontext():
+            run_forever(listener, host=host, port=port, announce=lambda line: out.print(line, highlight=False),
+                        **tls)
+    finally:
+        writer.stop()
 
 
 def _env_ids() -> list[str]:
