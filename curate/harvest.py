@@ -97,6 +97,7 @@ LEARN_QUANTILE = 0.95
 LEARN_AFTER = {"generation": 10, "group": 1}
 SAMPLE = {"generation": 12, "group": 1}
 HOLD = 0.5  # seconds between looks at the schedule while ids are held
+LOAD_WAIT = 1.0  # seconds to wait for a writer before polling on with what this run knows
 
 _LEARNED = """
     select 'generation' as kind, count(*) as n,
@@ -129,7 +130,7 @@ class _Run:
         When a writer holds the file the store cannot be read: the run goes on with what it knew.
         """
         try:
-            with self.store.read() as con:
+            with self.store.read(wait=LOAD_WAIT) as con:
                 learned = {
                     kind: seconds if n >= LEARN_AFTER[kind] else None
                     for kind, n, seconds in con.execute(_LEARNED.format(q=LEARN_QUANTILE)).fetchall()

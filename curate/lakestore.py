@@ -128,9 +128,9 @@ class LakeStore(Store):
             return True
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def read(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         self.refresh()
-        with super().read() as con:
+        with super().read(wait=wait) as con:
             yield con
 
     @contextmanager

@@ -345,11 +345,15 @@ class Store:
         return WriteSession(self)
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection with the views, closed on exit. Changes nothing in the file."""
+    def read(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection with the views, closed on exit. Changes nothing in the file.
+
+        Waits for a writer to let go for ``wait`` seconds (default ``lock_timeout``), then
+        ``StoreLocked``; never for another reader.
+        """
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no store here (a writer such as curate import creates one)")
-        con = self._connect(read_only=True)
+        con = self._connect(read_only=True, wait=wait)
         try:
             self._prepare_reader(con)
             yield con

@@ -402,7 +402,7 @@ class Listener:
         if now - self._ledger_read_at >= LEDGER_READ_SECONDS:
             self._ledger_read_at = now
             try:
-                with self.store.read() as con:
+                with self.store.read(wait=0.5) as con:
                     row = con.execute("select count(*) from ledger where done_at is null").fetchone()
                 self._ledger_count = int(row[0]) if row else None
             except StoreLocked:
