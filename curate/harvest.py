@@ -62,6 +62,7 @@ class _Entry:
     attempts: int
     next_poll_at: datetime
     held: bool = False  # waiting until its kind's timing is learned
+    rank: int = 0  # its place among its kind's pending ids, oldest first
 
 
 @dataclass
@@ -152,7 +153,7 @@ class _Run:
             if known is not None and known.attempts > attempts:
                 entries[entry_id] = known  # polled by this run since the store last heard of it
                 continue
-            entry = _Entry(entry_id, kind, attempts, next_poll_at)
+            entry = _Entry(entry_id, kind, attempts, next_poll_at, rank=rank)
             if attempts == 0:
                 seconds = learned.get(kind)
                 if seconds is not None:
@@ -167,7 +168,19 @@ class _Run:
         return self.pending()
 
     def pending(self) -> list[_Entry]:
-        return sorted((e for i, e in self.entries.items() if i not in self.finished), key=lambda e: e.next_poll_at)
+        """The ids left to poll, by when they are due.
+
+        While a kind's timing is not learned, ``SAMPLE`` of its ids are polled at a time: as
+        sampled ids finish, the next held ones are let go here, so sampling goes on even while
+        what finished cannot be merged (the file is held) and the store's ranks stand still.
+        """
+        live = [e for i, e in self.entries.items() if i not in self.finished]
+        for kind, limit in SAMPLE.items():
+            held = sorted((e for e in live if e.kind == kind and e.held), key=lambda e: (e.rank, e.id))
+            polled = sum(1 for e in live if e.kind == kind and not e.held)
+            for entry in held[: max(0, limit - polled)]:
+                entry.held = False
+        return sorted(live, key=lambda e: e.next_poll_at)
 
     def add(self, ids: list[str], *, source: str) -> None:
         """Wait for ``ids`` too: in the spool first, then in the store."""

@@ -152,22 +152,26 @@ def finish(store: Store, writer: SpoolWriter) -> DrainResult:
     return drain(store, None, wait=0.0)
 
 
+CUT_SHORT = "cut short"  # how a problem that only the end of the data can explain is named
+
+
 def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | None]:
     """The whole frames in ``data`` from ``start``: (records, where they end, why reading stopped early).
 
     The reason is None when ``data`` ends on a frame boundary; otherwise it says what is wrong
-    with the frame at the returned offset (cut short, or failing its checksum).
+    with the frame at the returned offset: cut short (it contains ``CUT_SHORT``: the data ends
+    inside it), or failing its checksum, or a header that is not JSON.
     """
     records: list[Record] = []
     at = start
     size = len(data)
     while at < size:
         if at + _FRAME.size > size:
-            return records, at, f"a frame header cut short ({size - at} of {_FRAME.size} bytes)"
+            return records, at, f"a frame header {CUT_SHORT} ({size - at} of {_FRAME.size} bytes)"
         length, crc = _FRAME.unpack_from(data, at)
         begin = at + _FRAME.size
         if begin + length > size:
-            return records, at, f"a frame cut short ({size - begin} of {length} bytes)"
+            return records, at, f"a frame {CUT_SHORT} ({size - begin} of {length} bytes)"
         payload = data[begin:begin + length]
         if zlib.crc32(payload) != crc:
             return records, at, "a frame whose checksum does not match"
@@ -223,37 +227,48 @@ def _claim(path: Path, own: SpoolWriter | None) -> _Claim | None:
     return _Claim(path, fd, os.fstat(fd).st_size)
 
 
-def _read(claim: _Claim, start: int, budget: int) -> tuple[list[Record], int, bool, bool]:
-    """Frames of ``claim`` from ``start``, at most ``budget`` bytes of them.
+@dataclass
+class _Read:
+    records: list[Record]
+    offset: int  # where the records read end: the segment's new merged offset
+    finished: bool = False  # nothing more will come: delete the segment once this is committed
+    damaged: bool = False  # a frame in the middle is corrupt: keep the file aside once committed
+    cut: bool = False  # the round's byte budget stopped the read: more to read now
 
-    Returns (records, the offset they end at, whether the segment is finished, whether the
-    budget cut the read short).
-    """
+
+def _read(claim: _Claim, start: int, budget: int) -> _Read:
+    """Frames of ``claim`` from ``start``, at most ``budget`` bytes of them."""
     orphan = claim.fd is not None
     if claim.end <= len(MAGIC):  # created, then its writer ended before writing a frame
-        return [], max(start, claim.end), orphan, False
+        return _Read([], max(start, claim.end), finished=orphan)
     with claim.path.open("rb") as segment:
         if start < len(MAGIC):
             if segment.read(len(MAGIC)) != MAGIC:
                 log.warning("spool segment %s does not start as a curate spool segment: left as it is",
                             claim.path.name)
-                return [], start, False, False
+                return _Read([], start)
             start = len(MAGIC)
         end = min(claim.end, start + budget)
         segment.seek(start)
         data = segment.read(end - start)
     records, stop, problem = read_records(data)
     offset = start + stop
-    if end < claim.end:
-        return records, offset, False, True
     if problem is None:
-        return records, offset, orphan and offset >= claim.end, False
-    # The frame at `offset` is bad. In a segment whose writer has ended, a torn last write is the
-    # expected way for it to end; anything after a bad frame cannot be framed again, so it is
-    # reported either way and the segment counts as finished once the frames before it are in.
-    log.warning("spool segment %s: skipped %s at byte %d (%d bytes left unmerged)",
-                claim.path.name, problem, offset, claim.end - offset)
-    return records, claim.end, orphan, False
+        return _Read(records, offset, finished=orphan and offset >= claim.end)
+    if CUT_SHORT in problem:
+        if end < claim.end:
+            return _Read(records, offset, cut=True)  # the budget, not the segment, ended here
+        if not orphan:
+            return _Read(records, offset)  # cannot be: what is durable of our own ends on a frame
+        # A torn last write: the expected way for a crashed writer's segment to end.
+        log.warning("spool segment %s: skipped %s at byte %d (%d bytes left unmerged): a write torn by a crash",
+                    claim.path.name, problem, offset, claim.end - offset)
+        return _Read(records, claim.end, finished=True)
+    # Corrupt in the middle: nothing after it can be framed again. The frames before it are
+    # merged; the file is kept aside (NAME.seg.damaged) for a person to look at, never deleted.
+    log.error("spool segment %s: %s at byte %d; the %d bytes from there are not merged and the segment is "
+              "kept as %s.damaged", claim.path.name, problem, offset, claim.end - offset, claim.path.name)
+    return _Read(records, claim.end, finished=orphan, damaged=orphan)
 
 
 def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 0.0) -> DrainResult:
@@ -281,7 +296,7 @@ def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 
 def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: float | None) -> bool:
     """One transaction: merge up to ``ROUND_BYTES``; True if more is left to merge now."""
     claims: list[_Claim] = []
-    finished: list[_Claim] = []
+    finished: list[tuple[_Claim, bool]] = []
     more = False
     own_to: tuple[Path, int] | None = None
     try:
@@ -299,8 +314,9 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
                 if budget <= 0:
                     more = more or start < claim.end
                     continue
-                records, offset, done, cut = _read(claim, start, budget)
-                more = more or cut
+                read = _read(claim, start, budget)
+                records, offset = read.records, read.offset
+                more = more or read.cut
                 budget -= offset - start
                 if records:
                     counts = merge.apply(con, records)
@@ -316,16 +332,19 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
                         "merged_at = excluded.merged_at",
                         [path.name, offset, len(records)],
                     )
-                if done:
-                    finished.append(claim)
+                if read.finished:
+                    finished.append((claim, read.damaged))
             gone = [name for name in merged if name not in {p.name for p in paths}]
             if gone:
                 con.execute("delete from spool_merged where segment in (select unnest(?::varchar[]))", [gone])
         result.rounds += 1
         if own_to is not None:
             result.own_to = own_to
-        for claim in finished:  # only after the commit that merged their last frame
-            claim.path.unlink(missing_ok=True)
+        for claim, damaged in finished:  # only after the commit that merged their last frame
+            if damaged:
+                claim.path.rename(claim.path.with_name(claim.path.name + ".damaged"))
+            else:
+                claim.path.unlink(missing_ok=True)
             result.segments_done += 1
         if finished:
             _fsync_dir(store.spool_dir)
