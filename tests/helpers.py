@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_port", "held"]
+__all__ = ["CURATE", "free_port", "held", "listen_process"]
+
+CURATE = str(Path(sys.executable).parent / "curate")
 
 HOLDER = """
 import sys, time, duckdb
@@ -41,3 +45,33 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def listen_process(
+    db: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``curate listen --port 0`` in a child process, and the webhook URL it printed.
+
+    The child sees no API key, store or webhook ids from this environment unless ``env`` gives
+    them; its stderr (the access log) goes to ``log`` when given. It is stopped with SIGTERM.
+    """
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL", "CURATE_DB", "CURATE_WEBHOOK_IDS")}
+    with log.open("a") if log is not None else open(os.devnull, "w") as err:
+        proc = subprocess.Popen([CURATE, "listen", "--db", str(db), "--port", "0", *args], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=base | (env or {}))
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("curate listen ready url="), (line, log.read_text()[-2000:] if log else "")
+        yield proc, line.split("url=", 1)[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()

@@ -7,10 +7,8 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from curate.sandbox.loadgen import envelopes
 from curate.store import Store
 from curate.synthetic import chat_request, generation_record
 from curate.webhooks import Listener, ListenerConfig, ListenerServer
-from tests.helpers import held
+from tests.helpers import CURATE, held, listen_process
 
 WID = "wh-AhALzdz8S"
 FAST_SANDBOX = {"queue_delay": 0.01, "run_delay": 0.02, "delay_spread": 0.0, "webhook_backoff": 0.05}
@@ -53,7 +51,7 @@ def query(store: Store, sql: str, params: list[Any] | None = None) -> list[dict[
 
 
 @pytest.fixture
-def listener(store: Store) -> Iterator[ListenerServer]:  # noqa: F811 - the fixture, served
+def listener(store: Store) -> Iterator[ListenerServer]:
     with serve(store) as srv:
         yield srv
 
@@ -412,31 +410,6 @@ def test_healthz_reports_readiness_counters_and_the_spool(listener: ListenerServ
 
 # -- as a process: curate listen -------------------------------------------------------------------
 
-CURATE = str(Path(sys.executable).parent / "curate")
-
-
-@contextmanager
-def listen_process(db: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``curate listen --port 0`` in a child process, and the webhook URL it printed."""
-    base = {k: v for k, v in os.environ.items() if k not in ("INFERENCE_API_KEY", "CURATE_DB", "CURATE_WEBHOOK_IDS")}
-    proc = subprocess.Popen(
-        [CURATE, "listen", "--db", str(db), "--port", "0", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env=base | (env or {}),
-    )
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("curate listen ready url="), line
-        yield proc, line.split("url=", 1)[1].split()[0]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
 
 
 def test_listen_refuses_to_start_without_a_webhook_id(tmp_path: Path) -> None:

@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,8 @@ from curate.store import Store
 from curate.submit import submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
-from tests.helpers import held
+from tests.helpers import CURATE, held, listen_process
 
-CURATE = str(Path(sys.executable).parent / "curate")
 WID = "wh-Sp00lK1ll"
 KILL_TRIALS = int(os.environ.get("CURATE_KILL_TRIALS", "5"))
 HARVEST_KILL_TRIALS = int(os.environ.get("CURATE_HARVEST_KILL_TRIALS", "3"))
@@ -47,26 +44,8 @@ def environment(**extra: str) -> dict[str, str]:
     return base | extra
 
 
-@contextmanager
-def listening(db: Path, log: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``curate listen --port 0`` in a child process (its stderr in ``log``), and its webhook URL."""
-    with log.open("a") as err:
-        proc = subprocess.Popen([CURATE, "listen", "--db", str(db), "--port", "0", "--webhook-id", WID],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=environment())
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("curate listen ready url="), (line, log.read_text()[-2000:])
-        yield proc, line.split("url=", 1)[1].split()[0]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        proc.stdout.close()
+def listening(db: Path, log: Path) -> Any:
+    return listen_process(db, "--webhook-id", WID, log=log)
 
 
 def healthz(url: str) -> dict[str, Any]:
