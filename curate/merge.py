@@ -17,7 +17,9 @@ import pyarrow as pa
 from curate import ledger, records
 from curate.records import WriteCounts
 
-__all__ = ["FastPathRefused", "Spooled", "apply", "fast_insert", "ingest", "ingest_texts", "merge_source"]
+__all__ = [
+    "OPS", "FastPathRefused", "Spooled", "apply", "fast_insert", "ingest", "ingest_texts", "merge_source", "problem",
+]
 
 
 def ingest(
@@ -149,6 +151,36 @@ class Spooled(Protocol):
 #              iso time]...], backoff [first delay, max delay] for a body the store refuses
 #   submitted  the id the API gave a submission (submit): keys, generation_id, group_id
 OPS = ("body", "reject", "ledger", "polled", "submitted")
+_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "body": (("source", str),),
+    "reject": (("source", str), ("reason", str)),
+    "ledger": (("ids", list), ("kind", str), ("source", str)),
+    "polled": (("backoff", list),),
+    "submitted": (("keys", list),),
+}
+
+
+def problem(header: Any) -> str | None:
+    """Why a spooled record's header cannot be applied, or None when it can.
+
+    The spool checks every header with this before anything is merged, so one record that a
+    bug or a newer curate wrote is kept aside with a reason instead of stopping every merge.
+    """
+    if not isinstance(header, dict):
+        return "is not a JSON object"
+    op = header.get("op")
+    if op not in OPS:
+        return f"has an unknown op {op!r}"
+    line = header.get("line")
+    if line is not None and not (isinstance(line, int) and -(2**63) <= line < 2**63):
+        return "has a line that is not a 64-bit integer"
+    for name, kind in _FIELDS[op]:
+        if not isinstance(header.get(name), kind):
+            return f"of a {op} record has no {name} ({kind.__name__})"
+    for name in ("ids", "keys"):
+        if name in header and not all(isinstance(v, str) for v in header[name]):
+            return f"of a {op} record has {name} that are not all strings"
+    return None
 
 
 def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[str, int]:

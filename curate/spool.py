@@ -54,7 +54,8 @@ MAGIC = b"curate-spool 1\n"
 _FRAME = struct.Struct("<II")
 SUFFIX = ".seg"
 ROTATE_BYTES = 64 * 1024 * 1024  # a fully merged segment past this is replaced by a new one
-ROUND_BYTES = 64 * 1024 * 1024  # what one merge transaction reads at most
+ROUND_BYTES = 64 * 1024 * 1024  # what one merge transaction reads at most (but always one whole frame)
+MAX_FRAME = 256 * 1024 * 1024  # a length past this is corrupt, not a record (the listener takes 10 MB)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _create(folder: Path) -> tuple[Path, int]:
+    """A new segment, locked and holding ``MAGIC`` on disk before any drain can see its name.
+
+    It is made under a name drains ignore (``.new``) and renamed once locked: a drain that
+    listed it between its creation and its lock would take it for a dead writer's empty segment
+    and delete it under the writer's feet.
+    """
+    folder.mkdir(exist_ok=True)
+    stem = f"{os.getpid()}-{time.time_ns()}-{secrets.token_hex(3)}"
+    staging = folder / f"{stem}.new"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _write_all(fd, MAGIC)
+        os.fsync(fd)
+        path = folder / f"{stem}{SUFFIX}"
+        os.rename(staging, path)
+        _fsync_dir(folder)  # the segment's name survives a crash too
+    except BaseException:
+        os.close(fd)
+        staging.unlink(missing_ok=True)
+        raise
+    return path, fd
+
+
 class SpoolWriter:
     """This process's segment of a store's spool: ``append`` returns once frames are on disk."""
 
@@ -90,36 +122,39 @@ class SpoolWriter:
         # Line numbers for the records' rejects key: unique within a process's segments, and
         # unlikely to meet another process's (microseconds since the epoch at the start).
         self._next_line = time.time_ns() // 1000
-        self._open()
-
-    def _open(self) -> None:
-        self.folder.mkdir(exist_ok=True)
-        self.path = self.folder / f"{os.getpid()}-{time.time_ns()}-{secrets.token_hex(3)}{SUFFIX}"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, MAGIC)
-        os.fsync(fd)
-        _fsync_dir(self.folder)  # the segment's name survives a crash too
-        self._fd = fd
+        self.path, self._fd = _create(self.folder)
         self.written = self.durable = len(MAGIC)
+        self._segment = 0  # which of this writer's segments is current
+        self._broken: str | None = None  # a failed append could not be undone: start a new segment
 
     def append(self, frames: Sequence[bytes]) -> int:
-        """Write ``frames`` and make them durable; return this segment's durable length."""
+        """Write ``frames`` and make them durable; return this segment's durable length.
+
+        A write that fails (a full disk) is undone before the error is raised, so the segment
+        stays a clean run of frames and later appends land where the readers expect them.
+        """
         data = b"".join(frames)
         with self._write_lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            if self._broken is not None:
+                self._rotate()  # raises while the disk still refuses
+            try:
+                _write_all(self._fd, data)
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, self.written)
+                except OSError as exc:
+                    self._broken = f"{type(exc).__name__}: {exc}"
+                raise
             self.written += len(data)
             self.records += len(frames)
-            end = self.written
-        self._sync(end)
+            end, segment = self.written, self._segment
+        self._sync(segment, end)
         return end
 
-    def _sync(self, end: int) -> None:
+    def _sync(self, segment: int, end: int) -> None:
         with self._sync_lock:
-            if self.durable >= end:
-                return  # another thread's sync covered these frames
+            if segment != self._segment or self.durable >= end:
+                return  # a rotation, or another thread's sync, covered these frames
             target = self.written
             os.fdatasync(self._fd)
             self.durable = target
@@ -133,9 +168,19 @@ class SpoolWriter:
 
     def rotate(self) -> None:
         """Start a new segment; the old one (let go of) is merged and deleted by the next drain."""
-        with self._write_lock, self._sync_lock:
-            os.close(self._fd)
-            self._open()
+        with self._write_lock:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        with self._sync_lock:
+            path, fd = _create(self.folder)  # first: if this fails, the old segment stays current
+            os.fdatasync(self._fd)  # what was written to the old one is on disk before it is let go
+            old = self._fd
+            self.path, self._fd = path, fd
+            self.written = self.durable = len(MAGIC)
+            self._segment += 1
+            self._broken = None
+            os.close(old)
 
     def close(self) -> None:
         """Let go of the segment: what is in it stays for the next drain, by any writer."""
@@ -169,6 +214,8 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | 
         if at + _FRAME.size > size:
             return records, at, f"a frame header {CUT_SHORT} ({size - at} of {_FRAME.size} bytes)"
         length, crc = _FRAME.unpack_from(data, at)
+        if length > MAX_FRAME:
+            return records, at, f"a frame whose length ({length:,} bytes) is past any record's"
         begin = at + _FRAME.size
         if begin + length > size:
             return records, at, f"a frame {CUT_SHORT} ({size - begin} of {length} bytes)"
@@ -180,6 +227,9 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | 
             header = orjson.loads(payload[:newline])
         except orjson.JSONDecodeError:
             return records, at, "a frame whose header is not JSON"
+        why = merge.problem(header)
+        if why is not None:
+            return records, at, f"a frame whose header {why}"
         records.append(Record(header, payload[newline + 1:]))
         at = begin + length
     return records, at, None
@@ -234,6 +284,7 @@ class _Read:
     finished: bool = False  # nothing more will come: delete the segment once this is committed
     damaged: bool = False  # a frame in the middle is corrupt: keep the file aside once committed
     cut: bool = False  # the round's byte budget stopped the read: more to read now
+    rotate: bool = False  # our own segment is damaged: start a new one, and let this one be an orphan
 
 
 def _read(claim: _Claim, start: int, budget: int) -> _Read:
@@ -248,7 +299,10 @@ def _read(claim: _Claim, start: int, budget: int) -> _Read:
                             claim.path.name)
                 return _Read([], start)
             start = len(MAGIC)
-        end = min(claim.end, start + budget)
+        segment.seek(start)
+        first = segment.read(_FRAME.size)
+        whole = _FRAME.size + _FRAME.unpack(first)[0] if len(first) == _FRAME.size else 0
+        end = min(claim.end, start + max(budget, min(whole, _FRAME.size + MAX_FRAME)))  # one frame at least
         segment.seek(start)
         data = segment.read(end - start)
     records, stop, problem = read_records(data)
@@ -266,9 +320,12 @@ def _read(claim: _Claim, start: int, budget: int) -> _Read:
         return _Read(records, claim.end, finished=True)
     # Corrupt in the middle: nothing after it can be framed again. The frames before it are
     # merged; the file is kept aside (NAME.seg.damaged) for a person to look at, never deleted.
+    # Our own segment is let go of first (rotated), and then handled like any other.
     log.error("spool segment %s: %s at byte %d; the %d bytes from there are not merged and the segment is "
               "kept as %s.damaged", claim.path.name, problem, offset, claim.end - offset, claim.path.name)
-    return _Read(records, claim.end, finished=orphan, damaged=orphan)
+    if not orphan:
+        return _Read(records, offset, rotate=True)
+    return _Read(records, claim.end, finished=True, damaged=True)
 
 
 def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 0.0) -> DrainResult:
@@ -299,6 +356,7 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
     finished: list[tuple[_Claim, bool]] = []
     more = False
     own_to: tuple[Path, int] | None = None
+    rotate = False
     try:
         with store.write(wait=wait) as con:
             # Listed with the file held, so every segment a writer merged before is listed.
@@ -317,6 +375,7 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
                 read = _read(claim, start, budget)
                 records, offset = read.records, read.offset
                 more = more or read.cut
+                rotate = rotate or read.rotate
                 budget -= offset - start
                 if records:
                     counts = merge.apply(con, records)
@@ -348,9 +407,9 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
             result.segments_done += 1
         if finished:
             _fsync_dir(store.spool_dir)
-        if own is not None and own.durable >= ROTATE_BYTES and not more:
+        if own is not None and (rotate or (own.durable >= ROTATE_BYTES and not more)):
             own.rotate()
-            more = True  # the old segment is now an orphan to delete
+            more = True  # the old segment is now an orphan to merge or delete
     finally:
         for claim in claims:
             if claim.fd is not None:

@@ -19,6 +19,7 @@ This module is only the file: the records' merge is ``curate.merge``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import tempfile
@@ -38,7 +39,7 @@ from curate import merge, migrations, views
 from curate.records import WriteCounts
 
 __all__ = [
-    "Result", "Store", "StoreBehind", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "holder",
+    "FOREVER", "Result", "Store", "StoreBehind", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "holder",
     "no_progress_bar",
 ]
 
@@ -52,6 +53,7 @@ _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 DEFAULT_MEMORY_LIMIT = "1GB"
 WAIT_NOTICE_SECONDS = 5.0  # how often a waiting writer says who holds the file
+FOREVER = math.inf  # ``read(wait=FOREVER)``: a reader that is part of a writer's work waits as a writer does
 
 T = TypeVar("T")
 
@@ -198,7 +200,8 @@ class Store:
     @property
     def spool_dir(self) -> Path:
         """Where writers make what they learn durable before it is merged (``curate.spool``)."""
-        return self.path.with_name(self.path.name + ".spool")
+        real = self.path.resolve()  # one spool per file, whatever path or link named it
+        return real.with_name(real.name + ".spool")
 
     def _connect(self, *, read_only: bool, wait: float | None = None) -> duckdb.DuckDBPyConnection:
         def connect() -> duckdb.DuckDBPyConnection:
@@ -206,9 +209,9 @@ class Store:
             no_progress_bar(con)
             return con
 
-        if read_only:
+        if read_only and wait != FOREVER:
             return self._retrying_lock(connect, self.lock_timeout if wait is None else wait)
-        return self._waiting_for_lock(connect, wait)
+        return self._waiting_for_lock(connect, None if wait == FOREVER else wait)
 
     def _retrying_lock(self, opening: Callable[[], T], timeout: float) -> T:
         """``opening()``, retried while another process holds the file, for ``timeout`` seconds."""
@@ -349,7 +352,8 @@ class Store:
         """A read-only connection with the views, closed on exit. Changes nothing in the file.
 
         Waits for a writer to let go for ``wait`` seconds (default ``lock_timeout``), then
-        ``StoreLocked``; never for another reader.
+        ``StoreLocked``; never for another reader. ``wait=FOREVER`` waits as long as it takes,
+        saying who holds the file, for reads that are a step of a writer's work.
         """
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no store here (a writer such as curate import creates one)")
@@ -389,7 +393,7 @@ class Store:
         grow with the store. Rows keep the query's order. Returns the number of rows written.
         """
         quoted = "'" + str(path).replace("'", "''") + "'"
-        with self.read() as con:
+        with self.read(wait=FOREVER) as con:  # a pass's first step: it then writes, and writers wait
             ((written,),) = con.execute(
                 f"copy ({sql}) to {quoted} (format parquet, compression zstd, row_group_size {int(row_group_rows)})"
             ).fetchall()

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from curate import spool
 from curate.client import InferenceClient, SubmitFailed, SubmitUncertain
 from curate.config import Settings
-from curate.store import Store
+from curate.store import FOREVER, Store
 
 __all__ = ["InvalidRequests", "SubmitSummary", "submit_file"]
 
@@ -147,7 +147,9 @@ def submit_file(
     _check(path)
     writer = spool.SpoolWriter(store.spool_dir)
     try:
-        spool.drain(store, writer)  # what a crashed submit left: its ids, before we read the known keys
+        # What a crashed submit left (ids the API gave it) must be in the store before the known
+        # keys are read, or a line that was paid for would look unsent: wait for the file.
+        spool.drain(store, writer, wait=None)
         summary = asyncio.run(_submit(store, writer, settings, path, group_size, webhook_id, rpm, resend_uncertain))
         spool.drain(store, writer, wait=None)  # every id this run got, in the store before we return
         return summary
@@ -161,7 +163,7 @@ async def _submit(
 ) -> SubmitSummary:
     summary = SubmitSummary()
     source = f"submit:{path.resolve()}"
-    with store.read() as con:
+    with store.read(wait=FOREVER) as con:
         known = dict(con.execute("select key, state from submissions").fetchall())
     todo: list[_Line] = []
     for line in _read(path, webhook_id):

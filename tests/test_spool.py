@@ -219,7 +219,8 @@ def test_appends_from_many_threads_share_syncs_and_every_frame_reads_back_in_ord
 
     def append(thread: int) -> None:
         for i in range(per_thread):
-            end = writer.append([spool.encode({"t": thread, "i": i}, b"x" * (i % 50))])
+            end = writer.append([spool.encode({"op": "reject", "source": "t", "reason": "r", "t": thread, "i": i},
+                                              b"x" * (i % 50))])
             if writer.durable < end:  # append returned before its frame was synced
                 not_durable.append((thread, i))
 
@@ -263,3 +264,93 @@ def test_stats_reports_records_waiting_in_the_spool_until_they_are_merged(db: St
     spool.drain(db)
     assert stats(db).spool_records == 0
     assert spool_row(db) == "waiting in the spool 0 (all merged)"
+
+
+# -- a writer's own faults: a full disk, a failed rotation, a record it cannot apply ------------------
+
+
+def test_an_append_the_disk_refuses_is_undone_and_the_appends_after_it_merge(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = spool.SpoolWriter(db.spool_dir)
+    writer.append([body_frame(0)])
+    real_write = os.write
+
+    def full_disk(fd: int, data: Any) -> int:  # half the frame reaches the file, then ENOSPC
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        writer.append([body_frame(1)])  # the listener answers this one 503
+    monkeypatch.setattr(os, "write", real_write)
+    writer.append([body_frame(2)])  # ... and acknowledges this one
+    assert writer.path.stat().st_size == writer.durable
+    spool.drain(db, writer)
+    assert stored_ids(db) == ids(range(0, 3, 2))
+    spool.finish(db, writer)
+    assert spool.segments(db.spool_dir) == []
+
+
+def test_a_rotation_that_fails_keeps_the_old_segment_current_and_loses_nothing(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = spool.SpoolWriter(db.spool_dir)
+    writer.append([body_frame(0)])
+    first = writer.path
+
+    def no_room(folder: Path) -> tuple[Path, int]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "_create", no_room)
+    with pytest.raises(OSError):
+        writer.rotate()
+    monkeypatch.undo()
+    writer.append([body_frame(1)])
+    assert writer.path == first
+    spool.drain(db, writer)
+    assert stored_ids(db) == ids(range(2))
+    spool.finish(db, writer)
+
+
+def test_a_new_segment_is_locked_before_a_drain_can_see_its_name(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[Path]] = []
+    real_flock = spool.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:  # what another process's drain lists right now
+        seen.append(spool.segments(db.spool_dir))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(spool.fcntl, "flock", flock)
+    writer = spool.SpoolWriter(db.spool_dir)
+    monkeypatch.undo()
+    assert seen and seen[0] == []
+    writer.append([body_frame(0)])
+    spool.drain(db, writer)
+    assert stored_ids(db) == ids(range(1))
+    spool.finish(db, writer)
+
+
+@pytest.mark.parametrize("header", [["a", "list"], {"op": "compact"}, {"op": "body", "source": "x", "line": 2**63},
+                                    {"op": "ledger", "kind": "generation", "source": "x"}])
+def test_a_record_that_cannot_be_applied_is_kept_aside_and_stops_no_other_merge(
+    db: Store, caplog: pytest.LogCaptureFixture, header: Any
+) -> None:
+    bad = spool.SpoolWriter(db.spool_dir)
+    payload = json.dumps(header).encode() + b"\n"
+    bad.append([body_frame(0), spool._FRAME.pack(len(payload), spool.zlib.crc32(payload)) + payload])
+    bad.close()
+    good = spooled(db, range(1, 4))
+    caplog.set_level(logging.WARNING, logger="curate.spool")
+    spool.drain(db)
+    assert stored_ids(db) == ids(range(4))
+    assert not good.exists() and bad.path.with_name(bad.path.name + ".damaged").exists()
+    assert any("header" in r.getMessage() and bad.path.name in r.getMessage() for r in caplog.records)
+
+
+def test_two_paths_to_one_store_share_one_spool(db: Store, tmp_path: Path) -> None:
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(db.path)
+    assert Store(link).spool_dir == db.spool_dir
