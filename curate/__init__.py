@@ -36,7 +36,7 @@ from curate.importer import ImportSummary, import_file, import_files
 from curate.models import GenerationForClient, WebhookEnvelope
 from curate.publish import PublishError, PublishResult, publish
 from curate.records import WriteCounts
-from curate.store import Result, Store, StoreLocked, ViewInfo
+from curate.store import Result, Store, StoreBehind, StoreLocked, ViewInfo
 from curate.submit import InvalidRequests, SubmitSummary, submit_file
 from curate.views import ViewError
 
@@ -56,6 +56,7 @@ __all__ = [
     "Result",
     "Settings",
     "Store",
+    "StoreBehind",
     "StoreLocked",
     "SubmitSummary",
     "ViewError",
