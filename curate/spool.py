@@ -393,7 +393,8 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
                     )
                 if read.finished:
                     finished.append((claim, read.damaged))
-            gone = [name for name in merged if name not in {p.name for p in paths}]
+            listed = {p.name for p in paths}
+            gone = [name for name in merged if name not in listed]
             if gone:
                 con.execute("delete from spool_merged where segment in (select unnest(?::varchar[]))", [gone])
         result.rounds += 1

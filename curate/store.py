@@ -33,7 +33,6 @@ from typing import Any, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from curate import merge, migrations, views
 from curate.records import WriteCounts
@@ -209,36 +208,15 @@ class Store:
             no_progress_bar(con)
             return con
 
-        if read_only and wait != FOREVER:
-            return self._retrying_lock(connect, self.lock_timeout if wait is None else wait)
-        return self._waiting_for_lock(connect, None if wait == FOREVER else wait)
+        if read_only:
+            timeout = None if wait == FOREVER else self.lock_timeout if wait is None else wait
+            return self._wait_for_lock(connect, timeout, reader=True)
+        return self._wait_for_lock(connect, wait, reader=False)
 
-    def _retrying_lock(self, opening: Callable[[], T], timeout: float) -> T:
-        """``opening()``, retried while another process holds the file, for ``timeout`` seconds."""
-        retrying = Retrying(
-            retry=retry_if_exception(_is_lock_error),
-            wait=wait_random_exponential(multiplier=0.005, max=0.2),
-            stop=stop_after_delay(timeout),
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return opening()
-        except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if not _is_lock_error(exc):
-                raise
-            raise StoreLocked(
-                f"{self.path} is being written by {holder(exc)}, which kept it for more than "
-                f"{timeout:g}s. Readers wait only for writers, and curate's writers hold the file "
-                "for moments at a time: an import of a large file holds it until the file is in. "
-                "Try again, or raise CURATE_LOCK_TIMEOUT."
-            ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _waiting_for_lock(self, opening: Callable[[], T], wait: float | None) -> T:
-        """``opening()``, retried while another process holds the file: forever (``wait`` None,
-        saying every few seconds who holds it), or for ``wait`` seconds, then ``StoreLocked``."""
+    def _wait_for_lock(self, opening: Callable[[], T], wait: float | None, *, reader: bool) -> T:
+        """``opening()``, retried with jittered backoff (5 ms doubling to 0.2 s) while another
+        process holds the file: forever (``wait`` None, saying every few seconds who holds it),
+        or for ``wait`` seconds, then ``StoreLocked`` naming the holder."""
         started = time.monotonic()
         noticed = started
         delay = 0.005
@@ -250,6 +228,13 @@ class Store:
                     raise
                 now = time.monotonic()
                 if wait is not None and now - started >= wait:
+                    if reader:
+                        raise StoreLocked(
+                            f"{self.path} is being written by {holder(exc)}, which kept it for more than "
+                            f"{wait:g}s. Readers wait only for writers, and curate's writers hold the file "
+                            "for moments at a time: an import of a large file holds it until the file is in. "
+                            "Try again, or raise CURATE_LOCK_TIMEOUT."
+                        ) from exc
                     raise StoreLocked(f"{self.path} is held by {holder(exc)}") from exc
                 if wait is None and now - noticed >= WAIT_NOTICE_SECONDS:
                     noticed = now
@@ -268,8 +253,8 @@ class Store:
         (``use alias``).
         """
         quoted = str(self.path).replace("'", "''")
-        self._retrying_lock(lambda: con.execute(f"attach '{quoted}' as \"{alias}\" (read_only)"),
-                            self.lock_timeout)
+        self._wait_for_lock(lambda: con.execute(f"attach '{quoted}' as \"{alias}\" (read_only)"),
+                            self.lock_timeout, reader=True)
         try:
             (previous,) = con.execute("select current_database()").fetchone() or ("memory",)
             con.execute(f'use "{alias}"')
