@@ -243,6 +243,11 @@ class SandboxApp:
         fault = core.pick_fault(method, path)
         if fault is not None:
             if fault.kind == "error":
+                if fault.after:  # the call takes effect; only its answer is lost
+                    async def discard(message: Message) -> None:
+                        return None
+
+                    await self.router(scope, replay, discard)
                 body = error_body(
                     f"Injected fault: HTTP {fault.status}",
                     "server_error",

@@ -91,6 +91,11 @@ class Fault(BaseModel):
     times: int | None = Field(default=None, ge=1)
     probability: float | None = Field(default=None, ge=0, le=1)
     status: Literal[500, 502, 503, 504] = Field(default=503, description="For kind='error'.")
+    after: bool = Field(
+        default=False,
+        description="For kind='error': the call takes effect first (a POST creates its generations), "
+        "then its answer is replaced by the error, as when a gateway times out after the API accepted.",
+    )
     delay: float = Field(
         default=5.0, ge=0, description="For kind='slow': seconds before answering."
     )
