@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -175,21 +175,30 @@ class InferenceClient:
 
     # -- the API ----------------------------------------------------------------------------
 
-    async def submit(self, body: Mapping[str, Any], *, path: str = "/v1/slow/chat/completions") -> str:
-        """Submit one chat request; return its generation id."""
-        answer = await self._submit(path, body)
+    async def submit(
+        self, body: Mapping[str, Any], *, path: str = "/v1/slow/chat/completions",
+        before_send: Callable[[], None] | None = None,
+    ) -> str:
+        """Submit one chat request; return its generation id.
+
+        ``before_send`` is called once the rate limit lets the POST go, just before it is sent
+        (again before any retry): where a caller writes down that the request may now exist.
+        """
+        answer = await self._submit(path, body, before_send)
         generation_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(generation_id, str):
             raise SubmitUncertain(f"POST {path} answered without an id: {str(answer)[:200]}")
         return generation_id
 
     async def submit_group(
-        self, bodies: Sequence[Mapping[str, Any]], *, path: str = "/v1/slow/group/chat/completions"
+        self, bodies: Sequence[Mapping[str, Any]], *, path: str = "/v1/slow/group/chat/completions",
+        before_send: Callable[[], None] | None = None,
     ) -> tuple[str, int]:
-        """Submit up to 50 chat requests as one group; return its id and size."""
+        """Submit up to 50 chat requests as one group; return its id and size (``before_send``: as
+        for ``submit``)."""
         if not 1 <= len(bodies) <= 50:
             raise ValueError(f"a group holds 1 to 50 requests, not {len(bodies)}")
-        answer = await self._submit(path, {"requests": list(bodies)})
+        answer = await self._submit(path, {"requests": list(bodies)}, before_send)
         group_id = answer.get("groupId") if isinstance(answer, dict) else None
         if not isinstance(group_id, str):
             raise SubmitUncertain(f"POST {path} answered without a groupId: {str(answer)[:200]}")
@@ -205,9 +214,13 @@ class InferenceClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: Any = None, before_send: Callable[[], None] | None = None
+    ) -> httpx.Response:
         if self._limiter is not None:
             await self._limiter.acquire()
+        if before_send is not None:
+            before_send()
         self.calls += 1
         try:
             return await self._http.request(method, path, json=body)
@@ -257,11 +270,11 @@ class InferenceClient:
             raise ApiUnavailable(f"{exc}: gave up after {self._attempts} attempts") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _submit(self, path: str, body: Any) -> Any:
+    async def _submit(self, path: str, body: Any, before_send: Callable[[], None] | None = None) -> Any:
         try:
             async for attempt in self._retrying(only_unsent=True):
                 with attempt:
-                    return self._check("POST", path, await self._send("POST", path, body))
+                    return self._check("POST", path, await self._send("POST", path, body, before_send))
         except _Retryable as exc:
             if exc.sent:
                 raise SubmitUncertain(
