@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from curate import ledger, records
+from curate import ledger, records, submissions
 from curate.records import WriteCounts
 
 __all__ = [
@@ -95,6 +95,7 @@ def merge_source(con: duckdb.DuckDBPyConnection, *, source: str, per_line: bool 
                 outcomes[line] = ("rejected", reason)
     for name in records.TEMP_TABLES:
         con.execute(f"drop table if exists {name}")
+    submissions.resolve(con)
     return WriteCounts(
         stored=actions.get("insert", 0),
         updated=actions.get("update", 0),
@@ -130,6 +131,7 @@ def fast_insert(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
     if duplicates and duplicates[0]:
         raise FastPathRefused("an id of this source is already stored, or appears twice in it")
     stored = int(row[0]) if row else 0
+    submissions.resolve(con)
     return WriteCounts(stored=stored, lines=stored)
 
 
@@ -149,13 +151,16 @@ class Spooled(Protocol):
 #   ledger     ids to wait for (submit, harvest): ids, kind, source, group_id
 #   polled     what a harvest's polls learned: done [[id, state]...], later [[id, state, attempts,
 #              iso time]...], backoff [first delay, max delay] for a body the store refuses
-#   submitted  the id the API gave a submission (submit): keys, generation_id, group_id
-OPS = ("body", "reject", "ledger", "polled", "submitted")
+#   submission what a POST answered (submit): keys, state (submitted|uncertain|failed),
+#              generation_id, group_id, error; see curate.submissions.record
+#   submitted  the same, as earlier curates wrote it: keys, generation_id, group_id
+OPS = ("body", "reject", "ledger", "polled", submissions.OP, "submitted")
 _FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
     "body": (("source", str),),
     "reject": (("source", str), ("reason", str)),
     "ledger": (("ids", list), ("kind", str), ("source", str)),
     "polled": (("backoff", list),),
+    submissions.OP: (("keys", list), ("state", str)),
     "submitted": (("keys", list),),
 }
 
@@ -177,6 +182,8 @@ def problem(header: Any) -> str | None:
     for name, kind in _FIELDS[op]:
         if not isinstance(header.get(name), kind):
             return f"of a {op} record has no {name} ({kind.__name__})"
+    if op == submissions.OP and header["state"] not in submissions.RECORDED:
+        return f"of a {op} record has a state that is not one of {', '.join(submissions.RECORDED)}"
     for name in ("ids", "keys"):
         if name in header and not all(isinstance(v, str) for v in header[name]):
             return f"of a {op} record has {name} that are not all strings"
@@ -244,19 +251,8 @@ def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[st
             ledger.record_polls(con, [tuple(d) for d in header.get("done") or []],
                                 [tuple(x) for x in header.get("later") or []],
                                 first_delay=first_delay, max_delay=max_delay)
-        elif op == "submitted":
-            _submitted(con, header["keys"], header.get("generation_id"), header.get("group_id"))
+        elif op in (submissions.OP, "submitted"):
+            submissions.record(con, header["keys"], str(header.get("state") or "submitted"),
+                               generation_id=header.get("generation_id"), group_id=header.get("group_id"),
+                               error=header.get("error"))
     return counts
-
-
-def _submitted(con: duckdb.DuckDBPyConnection, keys: list[str], generation_id: str | None,
-               group_id: str | None) -> None:
-    con.execute(
-        "update submissions set state = 'submitted', generation_id = ?, group_id = ?, "
-        "updated_at = now() where key in (select unnest(?::varchar[]))",
-        [generation_id, group_id, keys],
-    )
-    if generation_id is not None:
-        ledger.add(con, [generation_id], kind="generation", source="submit")
-    if group_id is not None:
-        ledger.add(con, [group_id], kind="group", source="submit")

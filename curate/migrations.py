@@ -8,9 +8,13 @@ schema is a new function appended to ``MIGRATIONS``. ``apply`` records each appl
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from datetime import datetime
 
 import duckdb
+import pyarrow as pa
 
 __all__ = ["MIGRATIONS", "applied", "apply", "pending"]
 
@@ -236,9 +240,58 @@ def m007_views_per_connection_and_spool(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _m008_key(request: str) -> str:
+    # The key rule of m008, frozen here: a later change of rule is a later migration.
+    body = json.loads(request)
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("webhook_id", None)
+    if metadata:
+        body["metadata"] = metadata
+    else:
+        body.pop("metadata", None)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def m008_submission_claims(con: duckdb.DuckDBPyConnection) -> None:
+    # A line is now claimed by one run (`claimed_by`: host, PID and a token) before its POST, so
+    # two runs never send it twice, and it is sent with a `metadata.custom_id` (`custom_id`: the
+    # user's, or curate's own for a line without one) so a generation that comes back by any way
+    # names its line. Earlier runs sent lines without one: theirs stays NULL.
+    con.execute("alter table submissions add column custom_id varchar")
+    con.execute("alter table submissions add column claimed_by varchar")
+    con.execute(
+        "update submissions set custom_id = substr(key, length('custom_id:') + 1) "
+        "where starts_with(key, 'custom_id:')"
+    )
+    # A line without custom_id was keyed by a hash of the body *after* --webhook-id was added to
+    # it, so the same line submitted with and without the flag had two keys (and was paid twice).
+    # The key now leaves metadata.webhook_id out: re-key those rows, keeping one row per new key
+    # (the furthest along; the ledger already holds every id the others got).
+    rows = con.execute(
+        "select key, request::varchar, state, updated_at from submissions where starts_with(key, 'sha256:')"
+    ).fetchall()
+    rank = {"submitted": 0, "sending": 1, "uncertain": 1, "failed": 2}
+    best: dict[str, tuple[str, str, datetime]] = {}
+    for key, request, state, updated_at in rows:
+        new = _m008_key(request)
+        held = best.get(new)
+        if held is None or (rank.get(state, 3), -updated_at.timestamp()) < (rank.get(held[1], 3), -held[2].timestamp()):
+            best[new] = (key, state, updated_at)
+    keep = {old for old, _, _ in best.values()}
+    dropped = [key for key, *_ in rows if key not in keep]
+    if dropped:
+        con.execute("delete from submissions where key in (select unnest(?::varchar[]))", [dropped])
+    moves = [(old, new) for new, (old, _, _) in best.items() if old != new]
+    if moves:
+        con.register("_curate_rekey", pa.table({"old": [m[0] for m in moves], "new": [m[1] for m in moves]}))
+        con.execute("update submissions set key = r.new from _curate_rekey r where submissions.key = r.old")
+        con.unregister("_curate_rekey")
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
-    m007_views_per_connection_and_spool,
+    m007_views_per_connection_and_spool, m008_submission_claims,
 ]
 
 

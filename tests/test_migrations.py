@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from curate import migrations, views
+from curate import migrations, submissions, views
 from curate.store import Store, StoreBehind
 from curate.synthetic import generation_record
 
@@ -59,7 +59,7 @@ EXPECTED = {
         ("key", "VARCHAR"), ("source", "VARCHAR"), ("line", "BIGINT"), ("request", "JSON"),
         ("state", "VARCHAR"), ("generation_id", "VARCHAR"), ("group_id", "VARCHAR"),
         ("error", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE"),
-        ("updated_at", "TIMESTAMP WITH TIME ZONE"),
+        ("updated_at", "TIMESTAMP WITH TIME ZONE"), ("custom_id", "VARCHAR"), ("claimed_by", "VARCHAR"),
     ],
     "ledger": [
         ("id", "VARCHAR"), ("kind", "VARCHAR"), ("group_id", "VARCHAR"), ("source", "VARCHAR"),
@@ -111,10 +111,11 @@ def test_blank_store_has_exactly_the_expected_columns(tmp_path: Path) -> None:
     assert applied == [m.__name__ for m in migrations.MIGRATIONS]
 
 
-def old_store(path: Path) -> duckdb.DuckDBPyConnection:
-    """A store at the schema before the last migration, as the previous curate left it (open)."""
+def old_store(path: Path, before: str = LAST) -> duckdb.DuckDBPyConnection:
+    """A store at the schema before migration ``before``, as that older curate left it (open)."""
     con = duckdb.connect(str(path))
-    migrations.apply(con, migrations.MIGRATIONS[:-1])
+    names = [m.__name__ for m in migrations.MIGRATIONS]
+    migrations.apply(con, migrations.MIGRATIONS[: names.index(before)])
     return con
 
 
@@ -143,7 +144,7 @@ def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: P
 
 def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_own(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
-    con = old_store(path)
+    con = old_store(path, before="m007_views_per_connection_and_spool")
     # What curate before m007 left in the file: the views, each marked by its comment.
     con.execute("create view chat as select id, model from generations where state = 'Success'")
     con.execute("comment on view chat is 'curate view 0123456789abcdef'")
@@ -155,7 +156,7 @@ def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_o
     con.execute("comment on view my_models is 'the models we pay for'")
     con.close()
 
-    assert Store(path).migrate() == [LAST]
+    assert Store(path).migrate() == ["m007_views_per_connection_and_spool", LAST]
 
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -169,6 +170,36 @@ def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_o
     assert store.query("select count(*) as n from chat").to_pylist() == [{"n": 0}]
     assert store.query("select count(*) as n from my_ids").to_pylist() == [{"n": 0}]
     assert store.view_errors == []
+
+
+def test_lines_keyed_with_their_webhook_id_are_rekeyed_without_it_and_keep_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = old_store(path)
+    line = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with_webhook = {**line, "metadata": {"webhook_id": "w1"}}
+
+    def old_key(body: dict[str, object]) -> str:  # the rule before m008: a hash of the body as sent
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    rows = [  # the same line sent without, then with --webhook-id (paid twice), and a custom_id line
+        (old_key(line), json.dumps(line), "submitted", "g1"),
+        (old_key(with_webhook), json.dumps(with_webhook), "uncertain", None),
+        ("custom_id:c7", json.dumps({**line, "metadata": {"custom_id": "c7"}}), "submitted", "g2"),
+    ]
+    for key, request, state, gid in rows:
+        con.execute("insert into submissions (key, source, line, request, state, generation_id, created_at, "
+                    "updated_at) values (?, 'submit:f', 1, ?, ?, ?, now(), now())", [key, request, state, gid])
+    con.close()
+
+    Store(path).migrate()
+
+    after = Store(path).query("select key, state, generation_id, custom_id from submissions order by key").to_pylist()
+    assert after == [
+        {"key": "custom_id:c7", "state": "submitted", "generation_id": "g2", "custom_id": "c7"},
+        {"key": submissions.line_key(with_webhook), "state": "submitted", "generation_id": "g1", "custom_id": None},
+    ]
+    assert submissions.line_key(with_webhook) == submissions.line_key(line) == old_key(line)
 
 
 def test_a_reader_refuses_a_store_that_needs_a_migration_and_leaves_the_file_alone(tmp_path: Path) -> None:

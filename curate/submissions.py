@@ -1,0 +1,318 @@
+"""The submissions table: every request line curate sends, its key, who claimed it, what became of it.
+
+inference.net has no idempotency key, so this table is what stands between a line and a second
+charge. It is the one place that knows a line's key, the states a line goes through and every
+change between them:
+
+- ``claim`` (``curate submit``, before any POST): one atomic upsert that takes only lines no one
+  else has claimed or sent; a second run, or a run beside a re-run, gets none of them.
+- ``record`` (the spool's merge of what a run wrote down): ``sending`` just before a line's POST
+  goes out, then ``submitted`` with the id the API gave, ``uncertain`` when no answer came,
+  ``failed`` when the API refused it.
+- ``resolve`` (every merge of generations): a stored generation whose ``metadata.custom_id`` is an
+  open line's settles that line, so an uncertain POST that did create its generation stops
+  being uncertain as soon as the generation shows up (a webhook, a group, an import).
+- ``release``: lines a run claimed and never sent (it stopped, or was interrupted) go back.
+
+A line's states (``STATES``):
+
+  claimed    taken by a run (``claimed_by``: host, PID, token), not sent yet. If that run ends
+             without sending it (a kill), the next claim takes it again once the run's spool is
+             merged: it was never sent, so sending it is not sending it twice.
+  sending    its POST is going out or went out (written to the run's spool before the POST).
+             Left so by a run that ended, it may have been created and billed: it is reported
+             with the uncertain lines, never sent again without ``resend_uncertain``.
+  submitted  the API answered with its id (``generation_id``, or ``group_id`` for a group).
+  uncertain  the POST went out and no answer came (5xx, timeout): it may exist and be billed.
+  failed     the API refused it (4xx) or was never reached: it surely does not exist, and a
+             re-run sends it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+
+from curate import ledger
+
+__all__ = [
+    "OP", "RECORDED", "STATES", "Claimed", "Line", "State", "claim", "claimant", "custom_id_of", "line_key", "listing",
+    "record", "release", "resolve", "running",
+]
+
+State = Literal["claimed", "sending", "submitted", "uncertain", "failed"]
+STATES: tuple[State, ...] = ("claimed", "sending", "submitted", "uncertain", "failed")
+OP = "submission"  # the spool record (curate.merge) that carries what a run wrote down about a POST
+RECORDED: tuple[State, ...] = ("sending", "submitted", "uncertain", "failed")  # what such a record can say
+OPEN = ("claimed", "sending", "uncertain")  # lines whose generation may exist without curate knowing its id
+
+
+def line_key(body: dict[str, Any]) -> str:
+    """A line's key: ``custom_id:ID`` from ``metadata.custom_id``, else a hash of the line.
+
+    The hash is of the line as its author wrote it, less ``metadata.webhook_id``: where the
+    answer is delivered does not make another request, so ``--webhook-id`` (or a webhook id
+    written in the line) never changes a key. The rule is frozen in migration m008.
+    """
+    custom_id = (body.get("metadata") or {}).get("custom_id")
+    if custom_id:
+        return f"custom_id:{custom_id}"
+    metadata = dict(body.get("metadata") or {})
+    metadata.pop("webhook_id", None)
+    keyed = {k: v for k, v in body.items() if k != "metadata"}
+    if metadata:
+        keyed["metadata"] = metadata
+    canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def custom_id_of(body: dict[str, Any], key: str) -> str:
+    """The ``metadata.custom_id`` a line is sent with: its own, else its key."""
+    return str((body.get("metadata") or {}).get("custom_id") or key)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line to claim: its key, where it came from, and the request as stored (no webhook id)."""
+
+    key: str
+    number: int
+    request: str
+    custom_id: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a claim took, and what each line it did not take is: ``submitted`` (sent before),
+    ``uncertain`` (sent, no answer: maybe paid) or ``elsewhere`` (another run holds it)."""
+
+    keys: frozenset[str]
+    others: dict[str, Literal["submitted", "uncertain", "elsewhere"]]
+
+
+def claimant() -> str:
+    """A new run's name in ``claimed_by``: host, PID and a token (a PID alone is reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def running(claimed_by: str | None) -> bool | None:
+    """Whether the run that claimed a line is still running: None when it cannot be told
+    (another host), False when it has ended or the claim predates claimants."""
+    if not claimed_by:
+        return False
+    host, _, rest = claimed_by.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user has that PID now: it is not ours
+        return False
+    return True
+
+
+def _pid(claimed_by: str) -> int | None:
+    pid = claimed_by.split(":")[1] if claimed_by.count(":") >= 2 else ""
+    return int(pid) if pid.isdigit() else None
+
+
+def claim(
+    con: duckdb.DuckDBPyConnection,
+    lines: Sequence[Line],
+    *,
+    by: str,
+    source: str,
+    spooling: Callable[[], set[int]],
+    resend_uncertain: bool = False,
+) -> Claimed:
+    """Claim ``lines`` for the run ``by``, in the caller's write transaction; one statement.
+
+    A line is taken when it is new or ``failed``, or ``claimed`` by a run that has ended (it
+    never sent it). With ``resend_uncertain`` it is also taken when ``uncertain``, or
+    ``sending`` under a run that has ended. A run has ended when its process is gone *and* none
+    of its spool is left to merge: ``spooling`` returns the PIDs whose spool segments are still
+    there, and is called after the processes are looked at, so a run that ends meanwhile is
+    taken for running. A line ``submitted``, or held by a run still running (or on another
+    host, which cannot be told), is never taken.
+    """
+    if not lines:
+        return Claimed(frozenset(), {})
+    holders = [h for (h,) in con.execute(
+        "select distinct claimed_by from submissions where state in ('claimed', 'sending') "
+        "and claimed_by is not null and claimed_by <> ?", [by]).fetchall()]
+    gone = [h for h in holders if running(h) is False]
+    unmerged = spooling() if gone else set()  # only now: what a gone run spooled is all there is
+    ended = [h for h in gone if _pid(h) not in unmerged]
+    con.register("_curate_claim", pa.table({
+        "key": pa.array([line.key for line in lines], pa.string()),
+        "line": pa.array([line.number for line in lines], pa.int64()),
+        "request": pa.array([line.request for line in lines], pa.string()),
+        "custom_id": pa.array([line.custom_id for line in lines], pa.string()),
+    }))
+    try:
+        taken = con.execute(
+            """
+            insert into submissions (key, source, line, request, state, created_at, updated_at, custom_id,
+                                     claimed_by)
+            select key, ?, line, request, 'claimed', now(), now(), custom_id, ? from _curate_claim
+            on conflict (key) do update set
+                state = 'claimed', source = excluded.source, line = excluded.line, request = excluded.request,
+                custom_id = excluded.custom_id, claimed_by = excluded.claimed_by, error = null,
+                generation_id = null, group_id = null, updated_at = excluded.updated_at
+            where submissions.state = 'failed'
+               or (submissions.state = 'claimed' and list_contains(?::varchar[], submissions.claimed_by))
+               or (? and (submissions.state = 'uncertain'
+                          or (submissions.state = 'sending'
+                              and (submissions.claimed_by is null
+                                   or list_contains(?::varchar[], submissions.claimed_by)))))
+            returning key
+            """,
+            [source, by, ended, resend_uncertain, ended],
+        ).fetchall()
+        keys = frozenset(k for (k,) in taken)
+        rows = con.execute(
+            "select s.key, s.state, s.claimed_by from submissions s semi join _curate_claim c on c.key = s.key"
+        ).fetchall()
+    finally:
+        con.unregister("_curate_claim")
+    others: dict[str, Literal["submitted", "uncertain", "elsewhere"]] = {}
+    for key, state, holder in rows:
+        if key in keys:
+            continue
+        if state == "submitted":
+            others[key] = "submitted"
+        elif state == "uncertain" or (state == "sending" and (holder is None or holder in gone)):
+            others[key] = "uncertain"  # sent, and no answer will come: maybe paid
+        else:
+            others[key] = "elsewhere"
+    return Claimed(keys, others)
+
+
+def release(con: duckdb.DuckDBPyConnection, keys: Iterable[str], *, by: str) -> int:
+    """Give back lines ``by`` claimed and never sent; they are as if never claimed."""
+    keys = list(keys)
+    if not keys:
+        return 0
+    ((deleted,),) = con.execute(
+        "delete from submissions where state = 'claimed' and claimed_by = ? "
+        "and key in (select unnest(?::varchar[]))", [by, keys],
+    ).fetchall()
+    return int(deleted)
+
+
+def record(
+    con: duckdb.DuckDBPyConnection,
+    keys: Sequence[str],
+    state: str,
+    *,
+    generation_id: str | None = None,
+    group_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    """What a run wrote down about a POST, in the caller's transaction (the spool's merge calls this).
+
+    ``sending`` moves a ``claimed`` line on; ``submitted`` is certain and always wins;
+    ``uncertain`` and ``failed`` only change a line not yet answered, so they never undo a line
+    that a generation already settled. The ids go into the ledger, where a harvest waits for them.
+    """
+    if state == "submitted":
+        con.execute(
+            "update submissions set state = 'submitted', generation_id = coalesce(?, generation_id), "
+            "group_id = coalesce(?, group_id), error = null, updated_at = now() "
+            "where key in (select unnest(?::varchar[]))",
+            [generation_id, group_id, list(keys)],
+        ).fetchall()
+        if generation_id is not None:
+            ledger.add(con, [generation_id], kind="generation", source="submit")
+        if group_id is not None:
+            ledger.add(con, [group_id], kind="group", source="submit")
+        return
+    if state not in RECORDED:
+        raise ValueError(f"a run cannot record a line as {state!r}")
+    before = ["claimed"] if state == "sending" else ["claimed", "sending"]
+    con.execute(
+        "update submissions set state = ?, error = ?, updated_at = now() "
+        "where list_contains(?::varchar[], state) and key in (select unnest(?::varchar[]))",
+        [state, error, before, list(keys)],
+    ).fetchall()
+
+
+def resolve(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> int:
+    """Settle open lines whose generation is in the store, in the caller's transaction.
+
+    An open line (``OPEN``) is one whose POST may have created a generation whose
+    id never reached curate. A stored generation whose ``metadata.custom_id`` is the line's
+    makes it ``submitted`` with that id, and puts the id in the ledger. Only the generations
+    this transaction wrote are looked at (a merge calls this for every batch, so it must not
+    grow with the store), unless ``everything``. Returns how many lines it settled.
+    """
+    ((open_lines,),) = con.execute(
+        "select count(*) from submissions where list_contains(?::varchar[], state) and custom_id is not null",
+        [list(OPEN)],
+    ).fetchall()
+    if not open_lines:
+        return 0
+    recent = "" if everything else "and g.updated_at = now()"  # now(): this transaction's start
+    found = con.execute(
+        f"""
+        select s.key, g.id, g.state from submissions s
+        join generation_rows g on g.custom_id = s.custom_id {recent}
+        where list_contains(?::varchar[], s.state) and s.custom_id is not null
+        qualify row_number() over (partition by s.key order by g.first_seen_at, g.id) = 1
+        """,
+        [list(OPEN)],
+    ).fetchall()
+    if not found:
+        return 0
+    con.register("_curate_resolved", pa.table({
+        "key": pa.array([k for k, _, _ in found], pa.string()),
+        "id": pa.array([i for _, i, _ in found], pa.string()),
+    }))
+    try:
+        con.execute(
+            "update submissions set state = 'submitted', generation_id = r.id, error = null, updated_at = now() "
+            "from _curate_resolved r where submissions.key = r.key"
+        ).fetchall()
+    finally:
+        con.unregister("_curate_resolved")
+    ledger.settle(con, [(i, state) for _, i, state in found], source="submit")
+    return len(found)
+
+
+def listing(con: duckdb.DuckDBPyConnection, states: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Lines in ``states`` (all when empty), oldest first, with where they came from and why.
+
+    ``running`` says whether the run holding a ``claimed`` or ``sending`` line still runs (None:
+    another host).
+    """
+    unknown = sorted(set(states) - set(STATES))
+    if unknown:
+        raise ValueError(f"no such submission state: {', '.join(unknown)} (states: {', '.join(STATES)})")
+    rows = con.execute(
+        """
+        select key, state, case when starts_with(source, 'submit:') then substr(source, 8) else source end
+                   as file,
+               line, error, generation_id, group_id, custom_id, claimed_by, updated_at
+        from submissions
+        where len(?::varchar[]) = 0 or state in (select unnest(?::varchar[]))
+        order by created_at, source, line
+        """,
+        [list(states), list(states)],
+    ).fetchall()
+    names = ("key", "state", "file", "line", "error", "generation_id", "group_id", "custom_id", "claimed_by",
+             "updated_at")
+    out = [dict(zip(names, row, strict=True)) for row in rows]
+    for row in out:
+        row["running"] = running(row["claimed_by"]) if row["state"] in ("claimed", "sending") else None
+    return out
