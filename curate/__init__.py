@@ -37,7 +37,7 @@ from curate.models import GenerationForClient, WebhookEnvelope
 from curate.publish import PublishError, PublishResult, publish
 from curate.records import WriteCounts
 from curate.store import Result, Store, StoreBehind, StoreLocked, ViewInfo
-from curate.submit import InvalidRequests, SubmitSummary, submit_file
+from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
 from curate.views import ViewError
 
 __version__ = "0.1.0"
@@ -58,6 +58,7 @@ __all__ = [
     "Store",
     "StoreBehind",
     "StoreLocked",
+    "SubmitOptions",
     "SubmitSummary",
     "ViewError",
     "ViewInfo",

@@ -1,40 +1,67 @@
-"""``curate submit``: send a JSONL file of chat requests to inference.net, never paying twice.
+"""``curate submit``: send a JSONL file of chat requests to inference.net, each line paid once.
 
 Every line is checked before anything is sent; one bad line refuses the file, naming the line.
-Each line has a key (its ``metadata.custom_id``, else a hash of the request), and each request
-is written to ``submissions`` as ``sending`` and committed *before* its POST goes out; the id
-the API answers with (a generation's or a group's) is made durable in the store's spool
-(``curate.spool``) before anything else happens, then merged, which marks the line ``submitted``
-and puts the id in the ledger. So an id the API gave is never lost, even when the store's file
-is busy or the process dies right after the POST. A re-run skips every key already there. A line whose
-answer never came (a crash, a timeout, a 5xx after sending) stays ``sending``/``uncertain``: it
-may exist and be billed, and there is no idempotency key, so it is not sent again unless asked
-(``resend_uncertain``). Requests go in groups of up to 50 (one POST each) unless told otherwise.
+Then lines go out in claims (``curate.submissions`` holds the rules): a claim takes, in one
+atomic write, only lines no run has claimed or sent, so two runs of one file, or a run beside a
+re-run, split the lines instead of paying for them twice. Each claimed line is sent with a
+``metadata.custom_id`` (its own, else its key), so its generation names its line however it
+comes back. Claimed lines go out in groups of up to 50 (or singly), several POSTs in flight
+within the account's rate; the id each answer carries is made durable in the store's spool
+(``curate.spool``) before anything else, then merged, so an id the API gave survives a busy
+store, a crash and SIGKILL.
+
+What an answer means for its lines:
+- 2xx: ``submitted``, with the generation's or the group's id (then in the ledger).
+- 5xx, a timeout or a cut connection after the request went out: ``uncertain`` (it may exist and
+  be billed; there is no idempotency key). The run goes on with the next lines; a generation
+  that later reaches the store with the line's custom_id settles it. ``resend_uncertain`` is
+  the explicit way to risk a second charge.
+- 4xx: nothing was created. A group is split in halves until the refused lines are alone; each
+  of those is ``failed`` with the API's message, and a re-run sends it again. An answer that
+  refuses every request alike (401, 402, 403, 404) stops the run.
+- ``max_failures`` POSTs in a row that are uncertain or never reach the API stop the run: the
+  API is down, and sending on would only make more uncertain lines.
+
+Just before a POST goes out (once the rate limit lets it), its lines are written down as
+``sending`` in the spool. So when a run is killed, the lines whose POST had begun are reported
+with the uncertain ones and never sent again without asking, while the lines it had claimed
+and not begun are taken by the next run. A run that stops, or is interrupted, gives back the
+lines it claimed and never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import logging
+import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from pydantic import BaseModel
 
-from curate import spool
-from curate.client import InferenceClient, SubmitFailed, SubmitUncertain
+from curate import spool, submissions
+from curate.client import ApiError, InferenceClient, SubmitFailed, SubmitUncertain
 from curate.config import Settings
-from curate.store import FOREVER, Store
+from curate.store import Store
 
-__all__ = ["InvalidRequests", "SubmitSummary", "submit_file"]
+__all__ = ["InvalidRequests", "SubmitOptions", "SubmitSummary", "submit_file"]
+
+log = logging.getLogger("curate.submit")
 
 MAX_GROUP = 50
+# A claim holds about this many seconds of sending at the account's rate: what a second run
+# beside this one finds taken at a time, against one store write (and maybe a wait) per claim.
+CLAIM_SECONDS = 1.0
+# Answers that would refuse every request alike: sending on would only repeat them.
+REFUSES_EVERY_LINE = frozenset({401, 402, 403, 404, 405})
+EXIT_CODES = {0: "every line is submitted", 1: "the run stopped before the end of the file",
+              3: "the run ended, and some lines are uncertain or failed (see `curate submissions`)"}
 
 
 class InvalidRequests(ValueError):
@@ -47,16 +74,44 @@ class InvalidRequests(ValueError):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How a submit sends: one frozen object, as the CLI and a notebook both pass it."""
+
+    group_size: int = MAX_GROUP  # requests per POST; 1 submits singly
+    webhook_id: str | None = None  # set as metadata.webhook_id on every request sent
+    rpm: int | None = 250  # requests per minute the account allows (None: no cap)
+    concurrency: int = 4  # POSTs in flight at once
+    resend_uncertain: bool = False  # also send lines whose earlier answer never came (may pay twice)
+    max_failures: int = 5  # POSTs in a row that are uncertain or unsent before the run stops
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.group_size <= MAX_GROUP:
+            raise ValueError(f"group size must be 1 to {MAX_GROUP}, not {self.group_size}")
+        if self.concurrency < 1 or self.max_failures < 1:
+            raise ValueError("concurrency and max failures must be at least 1")
+        if self.rpm is not None and self.rpm < 1:
+            raise ValueError(f"rpm must be at least 1, not {self.rpm}")
+
+
 class SubmitSummary(BaseModel):
-    """What a submit run did."""
+    """What a submit run did, line by line; ``exit_code`` says whether anything needs attention."""
 
     lines: int = 0
-    submitted: int = 0
-    already_submitted: int = 0
-    uncertain: int = 0
-    failed: int = 0
+    submitted: int = 0  # sent by this run, with an id
+    already_submitted: int = 0  # sent before, with an id
+    uncertain: int = 0  # sent and unanswered (this run or an earlier one that ended)
+    failed: int = 0  # refused by the API (4xx) or never reached it
+    elsewhere: int = 0  # being sent by another run that still runs
+    not_sent: int = 0  # left for a later run because this one stopped
     posts: int = 0
     stopped: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return 1
+        return 3 if self.uncertain or self.failed else 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +119,13 @@ class _Line:
     number: int
     key: str
     body: dict[str, Any]
+
+
+def _batched(items: Iterator[_Line] | Sequence[_Line], n: int) -> Iterator[Sequence[_Line]]:
+    """``itertools.batched``, which Python 3.11 lacks."""
+    it = iter(items)
+    while chunk := tuple(islice(it, n)):
+        yield chunk
 
 
 def _problem(body: Any) -> str | None:
@@ -83,23 +145,13 @@ def _problem(body: Any) -> str | None:
     return None
 
 
-def _key(body: dict[str, Any]) -> str:
-    custom_id = (body.get("metadata") or {}).get("custom_id")
-    if custom_id:
-        return f"custom_id:{custom_id}"
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _read(path: Path, webhook_id: str | None) -> Iterator[_Line]:
+def _read(path: Path) -> Iterator[_Line]:
     with path.open(encoding="utf-8", errors="strict") as lines:
         for number, text in enumerate(lines, start=1):
             if not text.strip():
                 continue
             body = json.loads(text)
-            if webhook_id is not None:
-                body["metadata"] = {**(body.get("metadata") or {}), "webhook_id": webhook_id}
-            yield _Line(number, _key(body), body)
+            yield _Line(number, submissions.line_key(body), body)
 
 
 def _check(path: Path) -> None:
@@ -119,7 +171,7 @@ def _check(path: Path) -> None:
             if why:
                 problems.append((number, why))
                 continue
-            key = _key(body)
+            key = submissions.line_key(body)
             if key in first_seen:
                 problems.append((number, f"the same request as line {first_seen[key]} ({key})"))
             first_seen.setdefault(key, number)
@@ -128,114 +180,191 @@ def _check(path: Path) -> None:
 
 
 def submit_file(
-    store: Store,
-    settings: Settings,
-    path: str | os.PathLike[str],
-    *,
-    group_size: int = MAX_GROUP,
-    webhook_id: str | None = None,
-    rpm: int | None = 250,
-    resend_uncertain: bool = False,
+    store: Store, settings: Settings, path: str | os.PathLike[str], options: SubmitOptions | None = None
 ) -> SubmitSummary:
-    """Submit every request of ``path`` not submitted before; see the module's docstring."""
-    if not 1 <= group_size <= MAX_GROUP:
-        raise ValueError(f"group size must be 1 to {MAX_GROUP}, not {group_size}")
+    """Submit every request of ``path`` that no run has claimed or sent; see the module's docstring."""
+    options = options or SubmitOptions()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     settings.require_api_key()
     _check(path)
     writer = spool.SpoolWriter(store.spool_dir)
+    run = _Run(store, writer, settings, path, options)
     try:
-        # What a crashed submit left (ids the API gave it) must be in the store before the known
-        # keys are read, or a line that was paid for would look unsent: wait for the file.
+        # What a crashed submit left (ids the API gave it) must be in the store before lines are
+        # claimed, or a line that was paid for would look unsent: wait for the file.
         spool.drain(store, writer, wait=None)
-        summary = asyncio.run(_submit(store, writer, settings, path, group_size, webhook_id, rpm, resend_uncertain))
-        spool.drain(store, writer, wait=None)  # every id this run got, in the store before we return
-        return summary
+        asyncio.run(run.go())
+        return run.summary
     finally:
-        spool.finish(store, writer)
+        try:
+            spool.drain(store, writer, wait=None)  # every id this run got, in the store before we return
+            run.give_back()
+        finally:
+            spool.finish(store, writer)
 
 
-async def _submit(
-    store: Store, writer: spool.SpoolWriter, settings: Settings, path: Path, group_size: int,
-    webhook_id: str | None, rpm: int | None, resend_uncertain: bool,
-) -> SubmitSummary:
-    summary = SubmitSummary()
-    source = f"submit:{path.resolve()}"
-    with store.read(wait=FOREVER) as con:
-        known = dict(con.execute("select key, state from submissions").fetchall())
-    todo: list[_Line] = []
-    for line in _read(path, webhook_id):
-        summary.lines += 1
-        state = known.get(line.key)
-        if state == "submitted":
-            summary.already_submitted += 1
-        elif state in ("sending", "uncertain") and not resend_uncertain:
-            summary.uncertain += 1
-        else:
-            todo.append(line)
-    async with InferenceClient(settings, rpm=rpm) as client:
-        for start in range(0, len(todo), group_size):
-            chunk = todo[start : start + group_size]
-            _record_sending(store, chunk, source)
+class _Run:
+    """One submit: claims lines, sends them, and makes every answer durable."""
+
+    def __init__(self, store: Store, writer: spool.SpoolWriter, settings: Settings, path: Path,
+                 options: SubmitOptions) -> None:
+        self.store, self.writer, self.settings, self.path, self.options = store, writer, settings, path, options
+        self.by = submissions.claimant()
+        self.source = f"submit:{path.resolve()}"
+        self.summary = SubmitSummary()
+        self.unsent: set[str] = set()  # claimed by this run, POST not started: given back at the end
+        self.failures = 0  # POSTs in a row that were uncertain or never reached the API
+        rate = (options.rpm or 3000) / 60 * CLAIM_SECONDS
+        self.claim_units = max(options.concurrency, math.ceil(rate))
+        self.claim_lines = self.claim_units * options.group_size
+        self.first_claim = True
+
+    async def go(self) -> None:
+        # One claim's worth queued ahead: the next claim (a store write, and a wait if another
+        # holds the file) happens while the last one's lines are sent.
+        queue: asyncio.Queue[Sequence[_Line] | None] = asyncio.Queue(maxsize=self.claim_units)
+        async with InferenceClient(self.settings, rpm=self.options.rpm) as client:
+            workers = [asyncio.create_task(self._work(client, queue)) for _ in range(self.options.concurrency)]
             try:
-                if group_size == 1:
-                    generation_id = await client.submit(chunk[0].body)
-                    _record_submitted(store, writer, chunk, generation_id=generation_id)
-                else:
-                    group_id, _ = await client.submit_group([line.body for line in chunk])
-                    _record_submitted(store, writer, chunk, group_id=group_id)
-                summary.posts += 1
-                summary.submitted += len(chunk)
-            except SubmitFailed as exc:
-                _record_state(store, chunk, "failed", str(exc))
-                summary.failed += len(chunk)
-                summary.stopped = str(exc)
-                break
-            except SubmitUncertain as exc:
-                _record_state(store, chunk, "uncertain", str(exc))
-                summary.uncertain += len(chunk)
-                summary.stopped = str(exc)
-                break
-    return summary
+                await self._produce(queue)
+                for _ in workers:
+                    await queue.put(None)
+                await asyncio.gather(*workers)
+            finally:
+                for worker in workers:
+                    worker.cancel()
 
+    async def _produce(self, queue: asyncio.Queue[Sequence[_Line] | None]) -> None:
+        for chunk in _batched(_read(self.path), self.claim_lines):
+            self.summary.lines += len(chunk)
+            if self.summary.stopped:
+                self.summary.not_sent += len(chunk)
+                continue
+            claimed = await asyncio.to_thread(self._claim, chunk)
+            self._count_others(claimed)
+            todo = [line for line in chunk if line.key in claimed.keys]
+            self.unsent.update(line.key for line in todo)
+            for unit in _batched(todo, self.options.group_size):
+                await queue.put(unit)
 
-def _record_sending(store: Store, chunk: list[_Line], source: str) -> None:
-    rows = pa.table({
-        "key": [line.key for line in chunk],
-        "line": pa.array([line.number for line in chunk], pa.int64()),
-        "request": [json.dumps(line.body, ensure_ascii=False) for line in chunk],
-    })
-    with store.write() as con:
-        con.register("_curate_sending", rows)
-        con.execute(
-            """
-            insert into submissions (key, source, line, request, state, created_at, updated_at)
-            select key, ?, line, request, 'sending', now(), now() from _curate_sending
-            on conflict (key) do update set state = 'sending', source = excluded.source,
-                line = excluded.line, request = excluded.request, error = null,
-                updated_at = excluded.updated_at
-            """,
-            [source],
-        )
-        con.unregister("_curate_sending")
+    def _claim(self, chunk: Sequence[_Line]) -> submissions.Claimed:
+        spool.drain(self.store, self.writer)  # what runs wrote down so far, merged if the file is free
+        lines = [submissions.Line(line.key, line.number, json.dumps(self._stored(line), ensure_ascii=False),
+                                  submissions.custom_id_of(line.body, line.key)) for line in chunk]
+        with self.store.write() as con:
+            if self.first_claim:  # lines an earlier curate left open whose generation is stored already
+                submissions.resolve(con, everything=True)
+                self.first_claim = False
+            return submissions.claim(con, lines, by=self.by, source=self.source, spooling=self._spooling,
+                                     resend_uncertain=self.options.resend_uncertain)
 
+    def _spooling(self) -> set[int]:
+        """PIDs with spool segments still to merge (a segment's name starts with its writer's PID)."""
+        return {int(p.name.split("-", 1)[0]) for p in spool.segments(self.store.spool_dir)
+                if p.name.split("-", 1)[0].isdigit()}
 
-def _record_submitted(
-    store: Store, writer: spool.SpoolWriter, chunk: list[_Line], *, generation_id: str | None = None,
-    group_id: str | None = None,
-) -> None:
-    """Make the id the API gave durable first (the spool), then merge it if the file is free."""
-    writer.append([spool.encode({"op": "submitted", "keys": [line.key for line in chunk],
-                                 "generation_id": generation_id, "group_id": group_id, "at": time.time()})])
-    spool.drain(store, writer)
+    def _count_others(self, claimed: submissions.Claimed) -> None:
+        for what in claimed.others.values():
+            if what == "submitted":
+                self.summary.already_submitted += 1
+            elif what == "uncertain":
+                self.summary.uncertain += 1
+            else:
+                self.summary.elsewhere += 1
 
+    async def _work(self, client: InferenceClient, queue: asyncio.Queue[Sequence[_Line] | None]) -> None:
+        while (unit := await queue.get()) is not None:
+            if not self.summary.stopped:  # else its lines stay in `unsent`, given back at the end
+                await self._post(client, unit)
 
-def _record_state(store: Store, chunk: list[_Line], state: str, error: str) -> None:
-    with store.write() as con:
-        con.execute(
-            "update submissions set state = ?, error = ?, updated_at = now() "
-            "where key in (select unnest(?::varchar[]))",
-            [state, error, [line.key for line in chunk]],
-        )
+    async def _post(self, client: InferenceClient, unit: Sequence[_Line]) -> None:
+        self.unsent.difference_update(line.key for line in unit)
+        bodies = [self._outgoing(line) for line in unit]
+        marked: list[bool] = []
+
+        def sending() -> None:  # the POST may exist from here on: written down before it goes out
+            if not marked:
+                self._write(unit, "sending")
+                marked.append(True)
+
+        try:
+            if self.options.group_size == 1:
+                generation_id = await client.submit(bodies[0], before_send=sending)
+                self._answer(unit, "submitted", generation_id=generation_id)
+            else:
+                group_id, _ = await client.submit_group(bodies, before_send=sending)
+                self._answer(unit, "submitted", group_id=group_id)
+        except SubmitUncertain as exc:
+            self._answer(unit, "uncertain", error=str(exc))
+            self._failed_post(exc)
+        except SubmitFailed as exc:
+            self._answer(unit, "failed", error=str(exc))
+            self._failed_post(exc)
+        except ApiError as exc:
+            if exc.status in REFUSES_EVERY_LINE:
+                self._answer(unit, "failed", error=str(exc))
+                self._stop(f"{exc} (every request would get the same answer: fix that, then run again)")
+            elif len(unit) > 1:  # nothing was created: find the refused lines, send the others
+                half = len(unit) // 2
+                for part in (unit[:half], unit[half:]):
+                    await self._post(client, part)
+            else:
+                self._answer(unit, "failed", error=str(exc))
+        else:
+            self.summary.posts += 1
+            self.failures = 0
+
+    def _answer(self, unit: Sequence[_Line], state: submissions.State, *, generation_id: str | None = None,
+                group_id: str | None = None, error: str | None = None) -> None:
+        """Make a POST's answer durable (the spool) before anything else; merged at the next claim."""
+        try:
+            self._write(unit, state, generation_id=generation_id, group_id=group_id, error=error)
+        except OSError:
+            log.error("could not write the answer to lines %s of %s to the spool: %s (generation %s, group %s)",
+                      [line.number for line in unit], self.path, state, generation_id, group_id)
+            raise
+        if state == "submitted":
+            self.summary.submitted += len(unit)
+        elif state == "uncertain":
+            self.summary.uncertain += len(unit)
+        else:
+            self.summary.failed += len(unit)
+
+    def _write(self, unit: Sequence[_Line], state: submissions.State, **answer: str | None) -> None:
+        self.writer.append([spool.encode({"op": submissions.OP, "keys": [line.key for line in unit],
+                                          "state": state, **answer, "at": time.time()})])
+
+    def _failed_post(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures >= self.options.max_failures:
+            self._stop(f"{self.failures} POSTs in a row failed, so inference.net looks down; the last: {exc}")
+
+    def _stop(self, reason: str) -> None:
+        if not self.summary.stopped:
+            self.summary.stopped = reason
+
+    def _outgoing(self, line: _Line) -> dict[str, Any]:
+        body = dict(line.body)
+        metadata = dict(body.get("metadata") or {})
+        if not metadata.get("custom_id"):
+            metadata["custom_id"] = line.key  # so the generation names its line, however it returns
+        if self.options.webhook_id is not None:
+            metadata["webhook_id"] = self.options.webhook_id
+        body["metadata"] = metadata
+        return body
+
+    def _stored(self, line: _Line) -> dict[str, Any]:
+        """The request as sent, less the webhook id (a credential: it stays out of the store)."""
+        body = self._outgoing(line)
+        metadata = {k: v for k, v in body["metadata"].items() if k != "webhook_id"}
+        return {**body, "metadata": metadata}
+
+    def give_back(self) -> None:
+        """Release the lines this run claimed and never sent (it stopped, or was interrupted)."""
+        if not self.unsent:
+            return
+        with self.store.write() as con:
+            self.summary.not_sent += submissions.release(con, self.unsent, by=self.by)
+        self.unsent.clear()

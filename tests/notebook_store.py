@@ -13,7 +13,7 @@ from curate.config import Settings
 from curate.harvest import harvest
 from curate.sandbox import Sandbox
 from curate.store import Store
-from curate.submit import submit_file
+from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
 
@@ -34,9 +34,9 @@ def build_store(path: Path, *, grouped: int = 60, single: int = 20, follow_ups: 
         settings = Settings(api_key=sandbox.api_key, base_url=sandbox.url)
         requests = [chat_request(seed) for seed in range(grouped + single)]
         submit_file(store, settings, write_jsonl(work / "grouped.jsonl", requests[:grouped]),
-                    group_size=25, rpm=None)
+                    SubmitOptions(group_size=25, rpm=None))
         submit_file(store, settings, write_jsonl(work / "single.jsonl", requests[grouped:]),
-                    group_size=1, rpm=None)
+                    SubmitOptions(group_size=1, rpm=None))
         harvest(store, settings, rpm=None, client_options=FAST)
 
         # Follow-ups: a client re-sends a finished conversation with one more user turn, so the
@@ -48,7 +48,8 @@ def build_store(path: Path, *, grouped: int = 60, single: int = 20, follow_ups: 
                  "messages": [*json.loads(row["messages"]), {"role": "user", "content": "Tell me more."}],
                  "metadata": {"custom_id": f"{row['custom_id']}-followup"}} for row in rows]
         if more:
-            submit_file(store, settings, write_jsonl(work / "followups.jsonl", more), group_size=1, rpm=None)
+            submit_file(store, settings, write_jsonl(work / "followups.jsonl", more),
+                        SubmitOptions(group_size=1, rpm=None))
             harvest(store, settings, rpm=None, client_options=FAST)
 
     # Exact duplicates: the same conversation logged again under other ids.

@@ -178,5 +178,5 @@ def test_submit_of_a_bad_file_names_the_line_and_sends_nothing(tmp_path: Path) -
         env = {"INFERENCE_API_KEY": sandbox.api_key, "INFERENCE_BASE_URL": sandbox.url}
         result = curate("submit", str(bad), "--db", str(tmp_path / "c.duckdb"), env=env)
         assert sandbox.stats().calls_total == 0
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "line 1: no messages" in result.stderr

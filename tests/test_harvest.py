@@ -17,7 +17,7 @@ from curate.config import Settings
 from curate.harvest import harvest
 from curate.sandbox import Sandbox
 from curate.store import Store
-from curate.submit import submit_file
+from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
 
@@ -36,7 +36,7 @@ def settings(sandbox: Sandbox) -> Settings:
 
 def submitted(store: Store, sandbox: Sandbox, tmp_path: Path, n: int, group_size: int) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", [chat_request(seed) for seed in range(n)])
-    submit_file(store, settings(sandbox), path, group_size=group_size, rpm=None)
+    submit_file(store, settings(sandbox), path, SubmitOptions(group_size=group_size, rpm=None))
 
 
 def stored_states(store: Store) -> dict[str, int]:
@@ -128,7 +128,7 @@ def test_harvest_killed_at_random_moments_ends_with_every_generation_stored_once
             store = Store(db)
             path = write_jsonl(tmp_path / f"r{trial}.jsonl",
                                [chat_request(1000 * trial + i) for i in range(40)])
-            submit_file(store, settings(sandbox), path, group_size=rng.choice((1, 10)), rpm=None)
+            submit_file(store, settings(sandbox), path, SubmitOptions(group_size=rng.choice((1, 10)), rpm=None))
             argv = [sys.executable, "-c", HARVEST, str(db), sandbox.api_key, sandbox.url]
             for _ in range(2):
                 proc = subprocess.Popen(argv)

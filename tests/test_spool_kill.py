@@ -27,7 +27,7 @@ from curate.config import Settings
 from curate.sandbox import Sandbox
 from curate.sandbox.loadgen import LoadReport, deliver, envelopes
 from curate.store import Store
-from curate.submit import submit_file
+from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
 from tests.helpers import CURATE, held, listen_process
@@ -129,7 +129,7 @@ def submitted(store: Store, sandbox: Sandbox, tmp_path: Path, n: int) -> None:
     """``n`` requests submitted one per POST (``group_size=1``): each one is polled on its own."""
     path = write_jsonl(tmp_path / "requests.jsonl", [chat_request(seed) for seed in range(n)])
     summary = submit_file(store, Settings(api_key=SecretStr(sandbox.api_key), base_url=sandbox.url), path,
-                          group_size=1, rpm=None)
+                          SubmitOptions(group_size=1, rpm=None))
     assert summary.submitted == n
 
 

@@ -41,6 +41,7 @@ for _name, _command in (
     ("publish", publish_commands.publish_command),
     ("decontaminate", decontaminate_command),
     ("submit", api_commands.submit_command),
+    ("submissions", api_commands.submissions_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),
     ("listen", serve_commands.listen_command),

@@ -112,11 +112,11 @@ def user_errors() -> Iterator[None]:
     except HubError as exc:  # a PublishError, but the Hub's failure, not the user's input
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (MissingApiKey, ExportError, PublishError, LakeError) as exc:  # an argument, file or login to fix
+    except (MissingApiKey, ExportError, PublishError, LakeError, InvalidRequests) as exc:  # an argument, file or login to fix
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (StoreLocked, StoreBehind, FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError, ApiError,
-            ApiUnavailable, InvalidRequests) as exc:
+            ApiUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

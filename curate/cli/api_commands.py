@@ -1,4 +1,5 @@
-"""Commands that talk to inference.net: ``curate submit``, ``curate harvest``, ``curate fetch``."""
+"""Commands that talk to inference.net: ``curate submit`` (and ``curate submissions``, what became of
+its lines), ``curate harvest``, ``curate fetch``."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
 
-from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_api, out, user_errors
+from curate import submissions
+from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_api, open_store, out, user_errors
 from curate.client import Fetched, InferenceClient
 from curate.config import Settings
 from curate.harvest import HarvestSummary, harvest
 from curate.lake import LakePusher
 from curate.records import WriteCounts
-from curate.submit import submit_file
+from curate.store import FOREVER
+from curate.submit import SubmitOptions, submit_file
 
-__all__ = ["fetch_command", "harvest_command", "submit_command"]
+__all__ = ["fetch_command", "harvest_command", "submissions_command", "submit_command"]
 
 
 def fetch_command(
@@ -48,29 +52,74 @@ def submit_command(
     group_size: Annotated[int, typer.Option(help="Requests per POST (1 to 50; 1 submits singly).")] = 50,
     webhook_id: Annotated[str | None, typer.Option(help="Set metadata.webhook_id on every request.")] = None,
     rpm: Annotated[int, typer.Option(help="Requests per minute the account allows.")] = 250,
+    concurrency: Annotated[int, typer.Option(help="POSTs in flight at once (within --rpm).")] = 4,
+    max_failures: Annotated[
+        int, typer.Option(help="Stop after this many POSTs in a row fail (5xx, timeouts): the API is down.")
+    ] = 5,
     resend_uncertain: Annotated[
         bool, typer.Option(help="Also send lines whose earlier answer never came (may pay twice).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Submit chat requests to inference.net's background API; a re-run sends nothing twice."""
+    """Submit chat requests to inference.net's background API; no line is ever sent twice.
+
+    Exit status: 0 every line is submitted; 1 the run stopped before the end (the API looks down,
+    or refused the key); 3 the run ended but some lines are uncertain or failed (`curate
+    submissions` lists them); 2 the file or an option is wrong (nothing was sent).
+    """
     with user_errors():
         settings, store = open_api(db)
-        summary = submit_file(
-            store, settings, path, group_size=group_size, webhook_id=webhook_id, rpm=rpm,
-            resend_uncertain=resend_uncertain,
-        )
+        options = SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm, concurrency=concurrency,
+                                max_failures=max_failures, resend_uncertain=resend_uncertain)
+        summary = submit_file(store, settings, path, options)
     if as_json:
-        out.print_json(summary.model_dump_json())
+        out.print_json(json.dumps({**summary.model_dump(), "exit_code": summary.exit_code}))
     else:
         out.print(
             f"{summary.submitted:,} submitted in {summary.posts:,} POST(s); "
             f"{summary.already_submitted:,} already submitted; {summary.uncertain:,} uncertain; "
-            f"{summary.failed:,} failed (of {summary.lines:,} lines)"
+            f"{summary.failed:,} failed; {summary.elsewhere:,} being sent by another run; "
+            f"{summary.not_sent:,} not sent (of {summary.lines:,} lines)"
         )
     if summary.stopped:
-        typer.echo(f"error: stopped: {summary.stopped}", err=True)
-        raise typer.Exit(1)
+        err.print(f"error: stopped: {summary.stopped}", markup=False, highlight=False)
+    if summary.uncertain or summary.failed:
+        err.print(
+            f"{summary.uncertain + summary.failed:,} line(s) need attention: "
+            f"curate submissions --db {store.path} --state uncertain --state failed",
+            markup=False, highlight=False,
+        )
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def submissions_command(
+    db: DbOption = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Only lines in this state ({', '.join(submissions.STATES)}); repeatable."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line.")] = False,
+) -> None:
+    """List submitted request lines by state, with the file and line they came from and why."""
+    with user_errors():
+        store = open_store(db)
+        with store.read(wait=FOREVER) as con:
+            rows = submissions.listing(con, state or ())
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str, ensure_ascii=False))
+        return
+    table = Table("state", "file", "line", "id", "error / holder", box=None)
+    for row in rows:
+        why = row["error"] or ""
+        if row["state"] == "sending":
+            holder = {True: "running", False: "ended: may have been sent", None: "on another host"}[row["running"]]
+            why = f"{row['claimed_by']} ({holder})"
+        table.add_row(row["state"], str(row["file"]), str(row["line"]),
+                      row["generation_id"] or row["group_id"] or "", why)
+    out.print(table)
+    out.print(f"{len(rows):,} line(s)")
 
 
 def harvest_command(
