@@ -141,3 +141,21 @@ def test_submit_killed_at_random_moments_never_sends_a_line_twice_nor_loses_an_i
             # Every line is submitted, except the group whose answer the kill cut off.
             assert found.get("submitted", 0) + found.get("sending", 0) == 120, (trial, found)
             assert found.get("submitted", 0) == sum(sent.values()), (trial, found)
+
+
+def test_with_5_percent_of_posts_failing_every_line_is_sent_or_reported_uncertain(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [chat_request(seed) for seed in range(1000)])
+    db = tmp_path / "c.duckdb"
+    with Sandbox(queue_delay=0.05, run_delay=0.05, seed=5) as sandbox:
+        sandbox.inject(kind="error", status=503, method="POST", probability=0.05)
+        proc = subprocess.run([CURATE, "submit", str(path), "--db", str(db), "--rpm", "100000",
+                               "--group-size", "10"], env=environment(sandbox), capture_output=True, text=True,
+                              timeout=180, check=False)
+        faults = sandbox.stats().faults_served.get("error", 0)
+        sent = sent_per_line(sandbox)
+    assert faults > 0 and proc.returncode == 3, proc.stderr
+    found = states(db)
+    assert found == {"submitted": 1000 - 10 * faults, "uncertain": 10 * faults}
+    assert len(sent) == found["submitted"] and max(sent.values()) == 1
+    assert f"{10 * faults:,} uncertain" in proc.stdout
+    assert f"curate submissions --db {db} --state uncertain" in proc.stderr

@@ -79,16 +79,13 @@ def submit_command(
             f"{summary.submitted:,} submitted in {summary.posts:,} POST(s); "
             f"{summary.already_submitted:,} already submitted; {summary.uncertain:,} uncertain; "
             f"{summary.failed:,} failed; {summary.elsewhere:,} being sent by another run; "
-            f"{summary.not_sent:,} not sent (of {summary.lines:,} lines)"
+            f"{summary.not_sent:,} not sent (of {summary.lines:,} lines)", soft_wrap=True
         )
     if summary.stopped:
-        err.print(f"error: stopped: {summary.stopped}", markup=False, highlight=False)
+        typer.echo(f"error: stopped: {summary.stopped}", err=True)
     if summary.uncertain or summary.failed:
-        err.print(
-            f"{summary.uncertain + summary.failed:,} line(s) need attention: "
-            f"curate submissions --db {store.path} --state uncertain --state failed",
-            markup=False, highlight=False,
-        )
+        typer.echo(f"{summary.uncertain + summary.failed:,} line(s) need attention: "
+                   f"curate submissions --db {store.path} --state uncertain --state failed", err=True)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
 
