@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from curate import spool
+from curate import spool, submissions
 from curate.store import Store
 
 __all__ = ["OTHER_MODELS", "STATES", "TOP_MODELS", "TOP_REASONS", "Counts", "Stats", "stats"]
@@ -46,7 +46,7 @@ class Stats:
     ``chat_rows`` and ``conversations`` are ``None`` when that view cannot be queried (a broken
     view file that replaces it). ``spool_*`` say what writers have made durable in the spool but
     not merged into the store yet (``curate.spool``): records, segments, bytes, and when the oldest
-    was spooled.
+    was spooled. ``submissions`` counts the request lines ``curate submit`` claimed, by state.
     """
 
     generations: int
@@ -71,6 +71,7 @@ class Stats:
     spool_segments: int = 0
     spool_bytes: int = 0
     spool_oldest_at: datetime | None = None
+    submissions: Counts = ()  # request lines by state (curate.submissions.STATES order), those with any
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: counts as ``{name: count}`` objects, datetimes as ISO 8601 strings."""
@@ -156,6 +157,7 @@ def stats(store: Store) -> Stats:
         chat_rows = _view_rows(con, "chat")
         conversations = _view_rows(con, "conversations")
         merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
+        lines = dict(_pairs(con, "select state, count(*) from submissions group by all"))
     waiting = spool.status(store.spool_dir, merged)
     return Stats(
         generations=int(generations),
@@ -180,4 +182,5 @@ def stats(store: Store) -> Stats:
         spool_segments=waiting.segments,
         spool_bytes=waiting.bytes,
         spool_oldest_at=waiting.oldest,
+        submissions=tuple((state, lines[state]) for state in submissions.STATES if lines.get(state)),
     )

@@ -173,3 +173,13 @@ def test_the_command_table_names_every_state_and_each_section(filled: Store) -> 
     output = run_stats(filled).stdout
     for word in (*STATES, "Generations", "Models", "Sources", "ledger pending", "rejects", "tokens"):
         assert word in output
+
+
+def test_submitted_lines_are_counted_by_state(store: Store) -> None:
+    with store.write() as con:
+        con.execute(
+            "insert into submissions (key, source, line, request, state, created_at, updated_at) "
+            "select 'k' || i, 'submit:f', i, '{}', case when i < 3 then 'uncertain' else 'submitted' end, now(), now() "
+            "from range(5) t(i)"
+        )
+    assert stats(store).submissions == (("submitted", 2), ("uncertain", 3))

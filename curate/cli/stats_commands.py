@@ -63,6 +63,7 @@ def _maybe(n: int | None) -> str:
 def _store_table(s: Stats) -> Table:
     table = Table(title="Store", title_justify="left", show_header=False)
     table.add_row("ledger pending", f"{s.ledger_pending:,} ({s.ledger_pending_groups:,} group(s))")
+    table.add_row("submitted lines", ", ".join(f"{n:,} {state}" for state, n in s.submissions) or "0")
     table.add_row("rejects", f"{s.rejects:,}")
     table.add_row("dispatched", _when(s.first_dispatched_at, s.last_dispatched_at))
     table.add_row("finished", _when(s.first_finished_at, s.last_finished_at))
