@@ -37,6 +37,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
@@ -99,27 +100,39 @@ class Claimed:
     others: dict[str, Literal["submitted", "uncertain", "elsewhere"]]
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), to tell a PID reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command's name
+
+
 def claimant() -> str:
-    """A new run's name in ``claimed_by``: host, PID and a token (a PID alone is reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """A new run's name in ``claimed_by``: host, PID, the PID's start time and a token."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_started(pid) or '-'}:{secrets.token_hex(4)}"
 
 
 def running(claimed_by: str | None) -> bool | None:
     """Whether the run that claimed a line is still running: None when it cannot be told
-    (another host), False when it has ended or the claim predates claimants."""
+    (another host), False when it has ended, its PID now names another process, or the claim
+    predates claimants."""
     if not claimed_by:
         return False
-    host, _, rest = claimed_by.partition(":")
-    pid_text = rest.partition(":")[0]
+    host, pid_text, started, *_ = [*claimed_by.split(":"), "", ""]
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
+    pid = int(pid_text)
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # a process of another user has that PID now: it is not ours
         return False
-    return True
+    now = _started(pid)
+    return not (started not in ("", "-") and now is not None and now != started)
 
 
 def _pid(claimed_by: str) -> int | None:

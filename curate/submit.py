@@ -250,7 +250,9 @@ class _Run:
                 await queue.put(unit)
 
     def _claim(self, chunk: Sequence[_Line]) -> submissions.Claimed:
-        spool.drain(self.store, self.writer)  # what runs wrote down so far, merged if the file is free
+        # What runs wrote down so far, merged first: a line only claimed by a run that was killed
+        # is taken again only once that run's spool is merged (the claim waits for the file anyway).
+        spool.drain(self.store, self.writer, wait=None)
         lines = [submissions.Line(line.key, line.number, json.dumps(self._stored(line), ensure_ascii=False),
                                   submissions.custom_id_of(line.body, line.key)) for line in chunk]
         with self.store.write() as con:

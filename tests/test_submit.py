@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +250,20 @@ def test_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
         SubmitOptions(group_size=51)
     with pytest.raises(ValueError, match="at least 1"):
         SubmitOptions(concurrency=0)
+
+
+def test_a_line_claimed_by_a_pid_that_now_names_another_process_is_taken_again(
+    sandbox: Sandbox, store: Store, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", requests(2))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with store.write() as con:  # what a killed run left, its PID since given to another process
+            line = submissions.Line(submissions.line_key(requests(1)[0]), 1, "{}", "c")
+            submissions.claim(con, [line], by=f"{socket.gethostname()}:{other.pid}:1:dead", source="submit:x",
+                              spooling=set)
+        summary = submit_file(store, settings(sandbox), path, fast())
+    finally:
+        other.kill()
+        other.wait()
+    assert (summary.submitted, summary.elsewhere) == (2, 0)

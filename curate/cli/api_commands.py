@@ -75,12 +75,14 @@ def submit_command(
     if as_json:
         out.print_json(json.dumps({**summary.model_dump(), "exit_code": summary.exit_code}))
     else:
-        out.print(
-            f"{summary.submitted:,} submitted in {summary.posts:,} POST(s); "
-            f"{summary.already_submitted:,} already submitted; {summary.uncertain:,} uncertain; "
-            f"{summary.failed:,} failed; {summary.elsewhere:,} being sent by another run; "
-            f"{summary.not_sent:,} not sent (of {summary.lines:,} lines)", soft_wrap=True
-        )
+        parts = [f"{summary.submitted:,} submitted in {summary.posts:,} POST(s)",
+                 f"{summary.already_submitted:,} already submitted", f"{summary.uncertain:,} uncertain",
+                 f"{summary.failed:,} failed"]
+        if summary.elsewhere:
+            parts.append(f"{summary.elsewhere:,} being sent by another run")
+        if summary.not_sent:
+            parts.append(f"{summary.not_sent:,} not sent")
+        out.print("; ".join(parts) + f" (of {summary.lines:,} lines)", soft_wrap=True)
     if summary.stopped:
         typer.echo(f"error: stopped: {summary.stopped}", err=True)
     if summary.uncertain or summary.failed:
