@@ -217,13 +217,18 @@ class InferenceClient:
     async def _send(
         self, method: str, path: str, body: Any = None, before_send: Callable[[], None] | None = None
     ) -> httpx.Response:
+        # Encoded first: a body JSON cannot carry (NaN) fails here, before anything is sent or
+        # written down as sent. The same encoding httpx's json= would apply.
+        content = None if body is None else json.dumps(
+            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        headers = None if body is None else {"Content-Type": "application/json"}
         if self._limiter is not None:
             await self._limiter.acquire()
         if before_send is not None:
             before_send()
         self.calls += 1
         try:
-            return await self._http.request(method, path, json=body)
+            return await self._http.request(method, path, content=content, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(f"{method} {path}: {exc!r}", sent=False) from exc
         except httpx.TransportError as exc:  # read/write timeouts, resets, protocol errors

@@ -257,7 +257,8 @@ def m008_submission_claims(con: duckdb.DuckDBPyConnection) -> None:
     # A line is now claimed by one run (`claimed_by`: host, PID and a token) before its POST, so
     # two runs never send it twice, and it is sent with a `metadata.custom_id` (`custom_id`: the
     # user's, or curate's own for a line without one) so a generation that comes back by any way
-    # names its line. Earlier runs sent lines without one: theirs stays NULL.
+    # names its line. Earlier runs sent lines without one: theirs stays NULL. This migration was
+    # widened (the webhook ids below) before any release applied it.
     con.execute("alter table submissions add column custom_id varchar")
     con.execute("alter table submissions add column claimed_by varchar")
     con.execute(
@@ -287,6 +288,13 @@ def m008_submission_claims(con: duckdb.DuckDBPyConnection) -> None:
         con.register("_curate_rekey", pa.table({"old": [m[0] for m in moves], "new": [m[1] for m in moves]}))
         con.execute("update submissions set key = r.new from _curate_rekey r where submissions.key = r.old")
         con.unregister("_curate_rekey")
+    # The webhook id is a credential (deliveries are not signed): it leaves the stored requests.
+    con.execute(
+        """
+        update submissions set request = json_merge_patch(request, '{"metadata": {"webhook_id": null}}')
+        where json_exists(request, '$.metadata.webhook_id')
+        """
+    )
 
 
 MIGRATIONS: list[Migration] = [

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -46,7 +47,8 @@ import pyarrow as pa
 from curate import ledger
 
 __all__ = [
-    "OP", "RECORDED", "STATES", "Claimed", "Line", "State", "claim", "claimant", "custom_id_of", "line_key", "listing",
+    "OP", "RECORDED", "STATES", "Claimed", "Line", "State", "claim", "claimant", "custom_id_of", "finished", "line_key",
+    "listing",
     "record", "release", "resolve", "running",
 ]
 
@@ -57,14 +59,21 @@ RECORDED: tuple[State, ...] = ("sending", "submitted", "uncertain", "failed")  #
 OPEN = ("claimed", "sending", "uncertain")  # lines whose generation may exist without curate knowing its id
 
 
+_HASHED = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def line_key(body: dict[str, Any]) -> str:
     """A line's key: ``custom_id:ID`` from ``metadata.custom_id``, else a hash of the line.
 
     The hash is of the line as its author wrote it, less ``metadata.webhook_id``: where the
     answer is delivered does not make another request, so ``--webhook-id`` (or a webhook id
-    written in the line) never changes a key. The rule is frozen in migration m008.
+    written in the line) never changes a key. The rule is frozen in migration m008. A line
+    whose custom_id is such a hash (curate sent it with its key as custom_id, and it was copied
+    back from its generation) is that same line.
     """
     custom_id = (body.get("metadata") or {}).get("custom_id")
+    if custom_id and _HASHED.fullmatch(custom_id):
+        return str(custom_id)  # the key curate sent a line with: the same line, copied back
     if custom_id:
         return f"custom_id:{custom_id}"
     metadata = dict(body.get("metadata") or {})
@@ -94,10 +103,12 @@ class Line:
 @dataclass(frozen=True)
 class Claimed:
     """What a claim took, and what each line it did not take is: ``submitted`` (sent before),
-    ``uncertain`` (sent, no answer: maybe paid) or ``elsewhere`` (another run holds it)."""
+    ``uncertain`` (sent, no answer: maybe paid), ``elsewhere`` (another run holds it) or
+    ``changed`` (its custom_id was sent before with another request: a new request that reuses
+    an old custom_id is not sent, since its key says it was)."""
 
     keys: frozenset[str]
-    others: dict[str, Literal["submitted", "uncertain", "elsewhere"]]
+    others: dict[str, Literal["submitted", "uncertain", "elsewhere", "changed"]]
 
 
 def _started(pid: int) -> str | None:
@@ -109,10 +120,24 @@ def _started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command's name
 
 
+_RUNNING_HERE: set[str] = set()  # the runs of this process that have not finished (a notebook has many)
+
+
 def claimant() -> str:
-    """A new run's name in ``claimed_by``: host, PID, the PID's start time and a token."""
+    """A new run's name in ``claimed_by``: host, PID, the PID's start time and a token.
+
+    The run counts as running until ``finished``: a notebook's kernel outlives its runs, and
+    the lines an interrupted run claimed must not look held by it for the kernel's lifetime.
+    """
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_started(pid) or '-'}:{secrets.token_hex(4)}"
+    name = f"{socket.gethostname()}:{pid}:{_started(pid) or '-'}:{secrets.token_hex(4)}"
+    _RUNNING_HERE.add(name)
+    return name
+
+
+def finished(claimed_by: str) -> None:
+    """The run ``claimed_by`` (of this process) has ended: its lines are no longer held."""
+    _RUNNING_HERE.discard(claimed_by)
 
 
 def running(claimed_by: str | None) -> bool | None:
@@ -125,14 +150,19 @@ def running(claimed_by: str | None) -> bool | None:
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
     pid = int(pid_text)
+    if pid == os.getpid() and started == (_started(pid) or "-"):
+        return claimed_by in _RUNNING_HERE
     try:
         os.kill(pid, 0)
+        signalled = True
     except ProcessLookupError:
         return False
-    except PermissionError:  # a process of another user has that PID now: it is not ours
-        return False
+    except PermissionError:  # another user's process: a teammate's run on a shared store, or a reuse
+        signalled = False
     now = _started(pid)
-    return not (started not in ("", "-") and now is not None and now != started)
+    if started not in ("", "-") and now is not None:
+        return now == started
+    return True if signalled else None
 
 
 def _pid(claimed_by: str) -> int | None:
@@ -195,21 +225,35 @@ def claim(
         ).fetchall()
         keys = frozenset(k for (k,) in taken)
         rows = con.execute(
-            "select s.key, s.state, s.claimed_by from submissions s semi join _curate_claim c on c.key = s.key"
+            "select s.key, s.state, s.claimed_by, s.request::varchar from submissions s "
+            "semi join _curate_claim c on c.key = s.key"
         ).fetchall()
     finally:
         con.unregister("_curate_claim")
-    others: dict[str, Literal["submitted", "uncertain", "elsewhere"]] = {}
-    for key, state, holder in rows:
+    asked = {line.key: line.request for line in lines}
+    others: dict[str, Literal["submitted", "uncertain", "elsewhere", "changed"]] = {}
+    for key, state, holder, request in rows:
         if key in keys:
             continue
-        if state == "submitted":
+        if _same_request(request) != _same_request(asked[key]):
+            others[key] = "changed"
+        elif state == "submitted":
             others[key] = "submitted"
         elif state == "uncertain" or (state == "sending" and (holder is None or holder in gone)):
             others[key] = "uncertain"  # sent, and no answer will come: maybe paid
         else:
             others[key] = "elsewhere"
     return Claimed(keys, others)
+
+
+def _same_request(text: str) -> Any:
+    """A request as compared with another under the same key: without the webhook id (older
+    curates stored it) and the custom_id (the key accounts for it; older curates sent none)."""
+    body = json.loads(text)
+    if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        metadata = {k: v for k, v in body["metadata"].items() if k not in ("webhook_id", "custom_id")}
+        body = {k: v for k, v in body.items() if k != "metadata"} | ({"metadata": metadata} if metadata else {})
+    return body
 
 
 def release(con: duckdb.DuckDBPyConnection, keys: Iterable[str], *, by: str) -> int:
@@ -281,6 +325,7 @@ def resolve(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> int:
         f"""
         select s.key, g.id, g.state from submissions s
         join generation_rows g on g.custom_id = s.custom_id {recent}
+            and g.first_seen_at >= s.created_at  -- a generation seen before the line was sent is another's
         where list_contains(?::varchar[], s.state) and s.custom_id is not null
         qualify row_number() over (partition by s.key order by g.first_seen_at, g.id) = 1
         """,

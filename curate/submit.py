@@ -60,9 +60,6 @@ MAX_GROUP = 50
 CLAIM_SECONDS = 1.0
 # Answers that would refuse every request alike: sending on would only repeat them.
 REFUSES_EVERY_LINE = frozenset({401, 402, 403, 404, 405})
-EXIT_CODES = {0: "every line is submitted", 1: "the run stopped before the end of the file",
-              3: "the run ended, and some lines are uncertain or failed (see `curate submissions`)"}
-
 
 class InvalidRequests(ValueError):
     """Lines of a request file that cannot be sent; nothing was sent."""
@@ -103,15 +100,21 @@ class SubmitSummary(BaseModel):
     uncertain: int = 0  # sent and unanswered (this run or an earlier one that ended)
     failed: int = 0  # refused by the API (4xx) or never reached it
     elsewhere: int = 0  # being sent by another run that still runs
+    changed: int = 0  # their custom_id was sent before with another request: not sent
+    changed_lines: list[int] = []  # the first 20 of those, by line number
     not_sent: int = 0  # left for a later run because this one stopped
     posts: int = 0
     stopped: str | None = None
 
     @property
     def exit_code(self) -> int:
+        """0: every line is submitted (or being sent by another run that still runs); 1: the run
+        stopped before the end of the file; 3: it ended, and some lines are uncertain, failed, or
+        reuse a custom_id sent before with another request. (2, a file refused before anything was
+        sent, is ``InvalidRequests``.)"""
         if self.stopped:
             return 1
-        return 3 if self.uncertain or self.failed else 0
+        return 3 if self.uncertain or self.failed or self.changed else 0
 
 
 @dataclass(frozen=True)
@@ -145,38 +148,66 @@ def _problem(body: Any) -> str | None:
     return None
 
 
-def _read(path: Path) -> Iterator[_Line]:
-    with path.open(encoding="utf-8", errors="strict") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
+def _not_json(value: str) -> Any:
+    raise ValueError(f"{value} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return value
+
+
+def _parse(path: Path) -> Iterator[tuple[int, _Line | str]]:
+    """Each non-blank line's number, and its parsed line or why it cannot be sent.
+
+    Lines are split on ``\n`` only (``\r`` is JSON whitespace). What JSON cannot carry is
+    refused here, before anything is sent: NaN, Infinity and numbers too large for a double
+    (Python's parser takes them; no request body can), and escaped lone surrogates.
+    """
+    with path.open("rb") as raw:
+        for number, data in enumerate(raw, start=1):
+            if not data.strip():
                 continue
-            body = json.loads(text)
-            yield _Line(number, submissions.line_key(body), body)
+            try:
+                body = json.loads(data.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+            except (UnicodeDecodeError, ValueError) as exc:
+                yield number, f"not valid JSON ({exc})"
+                continue
+            why = _problem(body)
+            if why is None:
+                try:
+                    json.dumps(body, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    why = f"holds a lone surrogate ({exc.object[exc.start:exc.end]!r}), which is not valid Unicode"
+            yield number, why if why else _Line(number, submissions.line_key(body), body)
 
 
 def _check(path: Path) -> None:
     """Refuse the file, naming every bad line, before anything is sent."""
     problems: list[tuple[int, str]] = []
     first_seen: dict[str, int] = {}
-    with path.open("rb") as raw:
-        for number, data in enumerate(raw, start=1):
-            if not data.strip():
-                continue
-            try:
-                body = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                problems.append((number, f"not valid JSON ({exc})"))
-                continue
-            why = _problem(body)
-            if why:
-                problems.append((number, why))
-                continue
-            key = submissions.line_key(body)
-            if key in first_seen:
-                problems.append((number, f"the same request as line {first_seen[key]} ({key})"))
-            first_seen.setdefault(key, number)
+    for number, line in _parse(path):
+        if isinstance(line, str):
+            problems.append((number, line))
+        elif line.key in first_seen:
+            problems.append((number, f"the same request as line {first_seen[line.key]} ({line.key})"))
+        else:
+            first_seen[line.key] = number
     if problems:
         raise InvalidRequests(path, problems)
+
+
+def _read(path: Path) -> Iterator[_Line]:
+    """The lines ``_check`` passed; a file changed since then is refused where it changed."""
+    seen: set[str] = set()
+    for number, line in _parse(path):
+        if isinstance(line, str) or line.key in seen:
+            why = line if isinstance(line, str) else "the same request as an earlier line"
+            raise InvalidRequests(path, [(number, f"{why} (the file changed while it was being sent)")])
+        seen.add(line.key)
+        yield line
 
 
 def submit_file(
@@ -202,6 +233,7 @@ def submit_file(
             spool.drain(store, writer, wait=None)  # every id this run got, in the store before we return
             run.give_back()
         finally:
+            submissions.finished(run.by)
             spool.finish(store, writer)
 
 
@@ -216,6 +248,7 @@ class _Run:
         self.summary = SubmitSummary()
         self.unsent: set[str] = set()  # claimed by this run, POST not started: given back at the end
         self.failures = 0  # POSTs in a row that were uncertain or never reached the API
+        self.error: Exception | None = None  # what a worker could not handle: raised at the end
         rate = (options.rpm or 3000) / 60 * CLAIM_SECONDS
         self.claim_units = max(options.concurrency, math.ceil(rate))
         self.claim_lines = self.claim_units * options.group_size
@@ -235,6 +268,8 @@ class _Run:
             finally:
                 for worker in workers:
                     worker.cancel()
+        if self.error is not None:
+            raise self.error
 
     async def _produce(self, queue: asyncio.Queue[Sequence[_Line] | None]) -> None:
         for chunk in _batched(_read(self.path), self.claim_lines):
@@ -243,7 +278,7 @@ class _Run:
                 self.summary.not_sent += len(chunk)
                 continue
             claimed = await asyncio.to_thread(self._claim, chunk)
-            self._count_others(claimed)
+            self._count_others(claimed, chunk)
             todo = [line for line in chunk if line.key in claimed.keys]
             self.unsent.update(line.key for line in todo)
             for unit in _batched(todo, self.options.group_size):
@@ -263,13 +298,21 @@ class _Run:
                                      resend_uncertain=self.options.resend_uncertain)
 
     def _spooling(self) -> set[int]:
-        """PIDs with spool segments still to merge (a segment's name starts with its writer's PID)."""
+        """PIDs with spool segments still to merge (a segment's name starts with its writer's PID);
+        this run's own segment holds nothing of an earlier run of this process."""
         return {int(p.name.split("-", 1)[0]) for p in spool.segments(self.store.spool_dir)
-                if p.name.split("-", 1)[0].isdigit()}
+                if p != self.writer.path and p.name.split("-", 1)[0].isdigit()}
 
-    def _count_others(self, claimed: submissions.Claimed) -> None:
-        for what in claimed.others.values():
-            if what == "submitted":
+    def _count_others(self, claimed: submissions.Claimed, chunk: Sequence[_Line]) -> None:
+        for line in chunk:
+            what = claimed.others.get(line.key)
+            if what is None:
+                continue
+            if what == "changed":
+                self.summary.changed += 1
+                if len(self.summary.changed_lines) < 20:
+                    self.summary.changed_lines.append(line.number)
+            elif what == "submitted":
                 self.summary.already_submitted += 1
             elif what == "uncertain":
                 self.summary.uncertain += 1
@@ -278,17 +321,24 @@ class _Run:
 
     async def _work(self, client: InferenceClient, queue: asyncio.Queue[Sequence[_Line] | None]) -> None:
         while (unit := await queue.get()) is not None:
-            if not self.summary.stopped:  # else its lines stay in `unsent`, given back at the end
+            if self.summary.stopped:
+                continue  # its lines stay in `unsent`, given back at the end
+            try:
                 await self._post(client, unit)
+            except Exception as exc:  # noqa: BLE001 - kept, and raised once every worker has let go
+                # Not cancelling the others: a POST in flight may create generations, and its
+                # answer (the id) must be waited for and written down. The producer sees the stop.
+                self.error = self.error or exc
+                self._stop(f"{type(exc).__name__}: {exc}")
 
     async def _post(self, client: InferenceClient, unit: Sequence[_Line]) -> None:
-        self.unsent.difference_update(line.key for line in unit)
         bodies = [self._outgoing(line) for line in unit]
         marked: list[bool] = []
 
         def sending() -> None:  # the POST may exist from here on: written down before it goes out
             if not marked:
                 self._write(unit, "sending")
+                self.unsent.difference_update(line.key for line in unit)
                 marked.append(True)
 
         try:
@@ -323,10 +373,15 @@ class _Run:
         """Make a POST's answer durable (the spool) before anything else; merged at the next claim."""
         try:
             self._write(unit, state, generation_id=generation_id, group_id=group_id, error=error)
-        except OSError:
-            log.error("could not write the answer to lines %s of %s to the spool: %s (generation %s, group %s)",
-                      [line.number for line in unit], self.path, state, generation_id, group_id)
-            raise
+        except OSError as exc:
+            # The spool refused (a full disk): the store itself is the last place an id can live.
+            log.error("could not write the answer to lines %s of %s to the spool (%s): recording %s "
+                      "(generation %s, group %s) in the store directly", [line.number for line in unit],
+                      self.path, exc, state, generation_id, group_id)
+            with self.store.write() as con:
+                submissions.record(con, [line.key for line in unit], state, generation_id=generation_id,
+                                   group_id=group_id, error=error)
+            self._stop(f"the spool could not be written ({exc}): free some disk, then run again")
         if state == "submitted":
             self.summary.submitted += len(unit)
         elif state == "uncertain":

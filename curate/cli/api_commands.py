@@ -63,9 +63,10 @@ def submit_command(
 ) -> None:
     """Submit chat requests to inference.net's background API; no line is ever sent twice.
 
-    Exit status: 0 every line is submitted; 1 the run stopped before the end (the API looks down,
-    or refused the key); 3 the run ended but some lines are uncertain or failed (`curate
-    submissions` lists them); 2 the file or an option is wrong (nothing was sent).
+    Exit status: 0 every line is submitted (or being sent by another run that still runs); 1 the
+    run stopped before the end (the API looks down, or refused the key); 3 the run ended but some
+    lines are uncertain or failed (`curate submissions` lists them) or reuse a custom_id sent
+    before with another request; 2 the file or an option is wrong (nothing was sent).
     """
     with user_errors():
         settings, store = open_api(db)
@@ -82,9 +83,16 @@ def submit_command(
             parts.append(f"{summary.elsewhere:,} being sent by another run")
         if summary.not_sent:
             parts.append(f"{summary.not_sent:,} not sent")
+        if summary.changed:
+            parts.append(f"{summary.changed:,} not sent: custom_id already used")
         out.print("; ".join(parts) + f" (of {summary.lines:,} lines)", soft_wrap=True)
     if summary.stopped:
         typer.echo(f"error: stopped: {summary.stopped}", err=True)
+    if summary.changed:
+        shown = ", ".join(str(n) for n in summary.changed_lines)
+        typer.echo(f"{summary.changed:,} line(s) reuse a custom_id that was sent before with another request, so "
+                   f"they were not sent (lines {shown}{', ...' if summary.changed > 20 else ''}): give them a new "
+                   f"custom_id to send them", err=True)
     if summary.uncertain or summary.failed:
         typer.echo(f"{summary.uncertain + summary.failed:,} line(s) need attention: "
                    f"curate submissions --db {store.path} --state uncertain --state failed", err=True)
