@@ -35,6 +35,11 @@ def requests(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [chat_request(seed) for seed in range(start, start + n)]
 
 
+def without_custom_id(n: int) -> list[dict[str, Any]]:
+    """Requests as many users write them: no metadata, so each is keyed by its content."""
+    return [{k: v for k, v in body.items() if k != "metadata"} for body in requests(n)]
+
+
 def fast(**options: Any) -> SubmitOptions:
     return SubmitOptions(rpm=None, **options)
 
@@ -73,10 +78,7 @@ def test_rerunning_the_same_file_sends_nothing(sandbox: Sandbox, store: Store, t
 
 
 def test_lines_without_custom_id_are_keyed_by_content(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
-    bodies = requests(3)
-    for body in bodies:
-        del body["metadata"]
-    path = write_jsonl(tmp_path / "r.jsonl", bodies)
+    path = write_jsonl(tmp_path / "r.jsonl", without_custom_id(3))
     submit_file(store, settings(sandbox), path, fast())
     assert submit_file(store, settings(sandbox), path, fast()).submitted == 0
 
@@ -84,8 +86,7 @@ def test_lines_without_custom_id_are_keyed_by_content(sandbox: Sandbox, store: S
 def test_a_line_without_custom_id_is_sent_with_its_key_as_custom_id(
     sandbox: Sandbox, store: Store, tmp_path: Path
 ) -> None:
-    body = requests(1)[0]
-    del body["metadata"]
+    (body,) = without_custom_id(1)
     submit_file(store, settings(sandbox), write_jsonl(tmp_path / "r.jsonl", [body]), fast(group_size=1))
     (generation_id,) = sandbox.generation_ids()
     sent = sandbox.generation(generation_id)["request"]["metadata"]["custom_id"]  # type: ignore[index]
@@ -94,10 +95,7 @@ def test_a_line_without_custom_id_is_sent_with_its_key_as_custom_id(
 
 
 def test_webhook_id_does_not_change_a_lines_key(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
-    bodies = requests(4)
-    for body in bodies:
-        del body["metadata"]
-    path = write_jsonl(tmp_path / "r.jsonl", bodies)
+    path = write_jsonl(tmp_path / "r.jsonl", without_custom_id(4))
     submit_file(store, settings(sandbox), path, fast())
     again = submit_file(store, settings(sandbox), path, fast(webhook_id="AhALzdz8S"))
     assert (again.submitted, again.already_submitted) == (0, 4)

@@ -102,6 +102,21 @@ def test_a_line_whose_custom_id_was_sent_with_another_request_is_not_reported_su
     assert (summary.already_submitted, summary.exit_code) != (1, 0)
 
 
+def spool_refuses_once(monkeypatch: pytest.MonkeyPatch, state: str) -> list[bool]:
+    """The disk fills when the spool is first asked to write a ``state`` record; the list says it did."""
+    real = spool.SpoolWriter.append
+    refused: list[bool] = []
+
+    def full_disk_once(self: spool.SpoolWriter, frames: Any) -> int:
+        if not refused and any(f'"state":"{state}"'.encode() in f for f in frames):
+            refused.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, frames)
+
+    monkeypatch.setattr(spool.SpoolWriter, "append", full_disk_once)
+    return refused
+
+
 # -- promise 2: every id the API answered ends up in the ledger ------------------------------------
 
 
@@ -109,21 +124,12 @@ def test_an_id_answered_while_the_spool_disk_is_full_still_reaches_the_ledger(
     sandbox: Sandbox, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", [chat_request(seed) for seed in range(3)])
-    real = spool.SpoolWriter.append
-    refused: list[bool] = []
-
-    def full_disk_once(self: spool.SpoolWriter, frames: Any) -> int:
-        if not refused and any(b'"state":"submitted"' in f for f in frames):
-            refused.append(True)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, frames)
-
-    monkeypatch.setattr(spool.SpoolWriter, "append", full_disk_once)
+    refused = spool_refuses_once(monkeypatch, "submitted")
     try:
         submit_file(store, settings(sandbox), path, fast(group_size=1, concurrency=1))
     except OSError:
         pass
-    monkeypatch.setattr(spool.SpoolWriter, "append", real)
+    monkeypatch.undo()
     ledgered = {r["id"] for r in store.query("select id from ledger").to_pylist()}
     assert refused and set(sandbox.generation_ids()) <= ledgered
 
@@ -137,21 +143,12 @@ def test_a_run_that_ends_in_an_error_gives_back_the_lines_it_never_sent(
     # A run that ends on an error, in a process that lives on (a notebook's kernel), must not
     # leave lines `claimed` that it never sent: the next run would take them for another's.
     path = write_jsonl(tmp_path / "r.jsonl", [chat_request(seed) for seed in range(8)])
-    real = spool.SpoolWriter.append
-    refused: list[bool] = []
-
-    def full_disk_once(self: spool.SpoolWriter, frames: Any) -> int:
-        if not refused and any(b'"state":"submitted"' in f for f in frames):
-            refused.append(True)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, frames)
-
-    monkeypatch.setattr(spool.SpoolWriter, "append", full_disk_once)
+    refused = spool_refuses_once(monkeypatch, "submitted")
     try:
         submit_file(store, settings(sandbox), path, SubmitOptions(rpm=120, group_size=1, concurrency=4))
     except OSError:
         pass
-    monkeypatch.setattr(spool.SpoolWriter, "append", real)
+    monkeypatch.undo()
     assert refused
     never_posted = store.query("select count(*) as n from submissions where state = 'claimed'").to_pylist()
     assert never_posted == [{"n": 0}]
