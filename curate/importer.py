@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel
 
+from curate import records
 from curate.merge import FastPathRefused, fast_insert, merge_source
 from curate.records import WriteCounts
 from curate.store import Store
@@ -124,7 +125,7 @@ def _native_source(path: Path, gzipped: bool) -> str:
     literal = str(path).replace("'", "''")
     return f"""
         create or replace temp view _curate_src as
-        select ordinality as line, text
+        select ordinality as line, {records.masked("text")} as text
         from read_csv('{literal}', columns = {{'text': 'VARCHAR'}}, delim = chr(1), quote = '',
                       escape = '', header = false, auto_detect = false,
                       compression = '{"gzip" if gzipped else "none"}',
@@ -146,7 +147,7 @@ def _stage_in_python(con: duckdb.DuckDBPyConnection, path: Path, batch_bytes: in
     with _open(path) as stream:
         for batch in line_batches(stream, batch_bytes):
             con.register("_curate_block", batch)
-            con.execute("insert into _curate_src select line, text from _curate_block")
+            con.execute(f"insert into _curate_src select line, {records.masked('text')} from _curate_block")
             con.unregister("_curate_block")
 
 

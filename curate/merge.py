@@ -26,10 +26,14 @@ def ingest(
     con: duckdb.DuckDBPyConnection, batch: pa.Table, *, source: str, per_line: bool = False
 ) -> WriteCounts:
     """Merge the records of an Arrow ``batch`` (columns ``line``, ``text``) into ``con``'s store."""
-    con.register("_curate_src", batch)
-    counts = merge_source(con, source=source, per_line=per_line)
-    con.unregister("_curate_src")
-    return counts
+    con.register("_curate_batch", batch)
+    con.execute(f"create or replace temp view _curate_src as select line, {records.masked('text')} as text "
+                "from _curate_batch")
+    try:
+        return merge_source(con, source=source, per_line=per_line)
+    finally:
+        con.execute("drop view if exists _curate_src")
+        con.unregister("_curate_batch")
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
@@ -235,8 +239,9 @@ def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[st
                 groups.append((group_id, [(m[0], m[1]) for m in members]))
     if rejected:
         con.executemany(
-            "insert into rejects values (?, ?, ?, ?, md5(?), now()) on conflict do nothing",
-            [(source, line, reason, text, text) for source, line, reason, text in rejected],
+            f"insert into rejects select s, l, r, {records.masked('t')}, md5({records.masked('t')}), now() "
+            "from (select ?::varchar as s, ?::bigint as l, ?::varchar as r, ?::varchar as t) on conflict do nothing",
+            [(source, line, reason, text) for source, line, reason, text in rejected],
         )
         counts["rejected"] = counts.get("rejected", 0) + len(rejected)
     for source, (gens, groups) in settled.items():

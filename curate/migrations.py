@@ -297,9 +297,35 @@ def m008_submission_claims(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m009_mask_webhook_ids(con: duckdb.DuckDBPyConnection) -> None:
+    # A webhook id is a credential (deliveries are not signed): stored records keep a marker in
+    # its place from now on (curate.records.masked), and the rows stored before are masked here,
+    # their hash with them, so a re-delivery is still recognised as a duplicate. The rule is
+    # frozen here as it was on the day.
+    pattern = r'("webhook_?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*"'
+    marker = '\\1"[webhook-id]"'
+    con.execute(
+        f"""
+        update generation_rows set raw = m.raw, raw_hash = hash(m.raw)
+        from (select id, regexp_replace(raw::varchar, '{pattern}', '{marker}', 'g') as raw
+              from generation_rows where contains(raw::varchar, 'ebhook')) m
+        where generation_rows.id = m.id and m.raw <> generation_rows.raw::varchar
+        """
+    )
+    con.execute(
+        f"""
+        update rejects set raw = m.raw, raw_md5 = md5(m.raw)
+        from (select source, line, raw_md5, regexp_replace(raw, '{pattern}', '{marker}', 'g') as raw
+              from rejects where contains(raw, 'ebhook')) m
+        where rejects.source = m.source and rejects.line = m.line and rejects.raw_md5 = m.raw_md5
+          and m.raw <> rejects.raw
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
-    m007_views_per_connection_and_spool, m008_submission_claims,
+    m007_views_per_connection_and_spool, m008_submission_claims, m009_mask_webhook_ids,
 ]
 
 

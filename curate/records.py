@@ -23,7 +23,11 @@ rows, whose request and response curate assembles from the messages, store them
 (``request_built``/``response_built``).
 
 Everything reads the relation ``_curate_src(line BIGINT, text VARCHAR)`` (a view over DuckDB's
-reader of a file, or an Arrow batch) and the variable ``curate_source``. Two ways write it:
+reader of a file, or an Arrow batch) and the variable ``curate_source``. Whoever makes that
+relation passes the text through ``masked``: a webhook id is a credential (deliveries are not
+signed; the id is their only proof), so the value of every ``webhookId``/``webhook_id`` key is
+replaced by ``WEBHOOK_ID_MARKER`` before anything is stored. It is the one deliberate exception
+to "raw is the record byte for byte", as the API key is never stored either. Two ways write it:
 
 * ``fast_insert_sql``: one pass, parse and insert, for a clean file of new ids; it raises on
   anything else, and the caller rolls back and merges instead;
@@ -35,6 +39,7 @@ reader of a file, or an Arrow batch) and the variable ``curate_source``. Two way
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -51,12 +56,41 @@ __all__ = [
     "REJECTED_LINES",
     "SHAPES",
     "TEMP_TABLES",
+    "WEBHOOK_ID_MARKER",
     "WriteCounts",
     "fast_insert_sql",
     "insert_sql",
+    "mask_webhook_ids",
+    "masked",
     "records_sql",
     "rejects_sql",
 ]
+
+WEBHOOK_ID_MARKER = "[webhook-id]"
+# The value of a "webhookId"/"webhook_id" key at any depth (RE2: linear in the text). A quote
+# inside a string value is escaped, so a key's name only ever follows an unescaped quote.
+_WEBHOOK_ID_VALUE = r'("webhook_?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*"'
+
+
+_WEBHOOK_ID_BYTES = re.compile(_WEBHOOK_ID_VALUE.encode())
+
+
+def mask_webhook_ids(data: bytes) -> bytes:
+    """``data`` with every webhook id replaced, by the same rule as ``masked`` (for bytes that are
+    written before they reach DuckDB, such as a delivery in the spool)."""
+    if b"ebhook" not in data:
+        return data
+    return _WEBHOOK_ID_BYTES.sub(rb'\1"' + WEBHOOK_ID_MARKER.encode() + b'"', data)
+
+
+def masked(text: str) -> str:
+    """The SQL expression of ``text`` (a column or expression) with every webhook id replaced.
+
+    Only a line that mentions a webhook at all pays for the regular expression.
+    """
+    return (f"case when contains({text}, 'ebhook') then regexp_replace({text}, '{_WEBHOOK_ID_VALUE}', "
+            f"'\\1\"{WEBHOOK_ID_MARKER}\"', 'g') else {text} end")
+
 
 TEMP_TABLES = ("_curate_parsed", "_curate_rare", "_curate_rejected", "_curate_merge")
 

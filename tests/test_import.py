@@ -79,9 +79,20 @@ def test_webhook_envelope_in_either_casing(store: Store, tmp_path: Path, casing:
     row = one(store, "GENWEBHOOK0000000001")
     assert row["shape"] == "webhook"
     assert row["state"] == "Success"
-    assert json.loads(row["request"]) == data["request"]
+    assert json.loads(row["request"]) == without_webhook_ids(data["request"])
     assert json.loads(row["response"]) == data["response"]
-    assert json.loads(row["raw"]) == envelope
+    assert json.loads(row["raw"]) == without_webhook_ids(envelope)
+    assert "AhALzdz8S" not in row["raw"]
+
+
+def without_webhook_ids(value: Any) -> Any:
+    """``value`` as the store keeps it: every webhook id (a credential) replaced by the marker."""
+    if isinstance(value, dict):
+        return {k: "[webhook-id]" if k in ("webhookId", "webhook_id") else without_webhook_ids(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_webhook_ids(v) for v in value]
+    return value
 
 
 def test_async_embedding_envelope_is_stored(store: Store, tmp_path: Path) -> None:

@@ -156,7 +156,8 @@ def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_o
     con.execute("comment on view my_models is 'the models we pay for'")
     con.close()
 
-    assert Store(path).migrate() == ["m007_views_per_connection_and_spool", LAST]
+    names = [m.__name__ for m in migrations.MIGRATIONS]
+    assert Store(path).migrate() == names[names.index("m007_views_per_connection_and_spool"):]
 
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -174,7 +175,7 @@ def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_o
 
 def test_lines_keyed_with_their_webhook_id_are_rekeyed_without_it_and_keep_one_row(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
-    con = old_store(path)
+    con = old_store(path, before="m008_submission_claims")
     line = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with_webhook = {**line, "metadata": {"webhook_id": "w1"}}
 
@@ -248,3 +249,28 @@ def test_curate_migrate_applies_what_is_pending_then_says_up_to_date(tmp_path: P
 def test_migrating_twice_runs_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.duckdb")
     assert store.migrate() == []
+
+
+def test_webhook_ids_stored_before_are_masked_and_a_redelivery_is_still_a_duplicate(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = old_store(path, before="m009_mask_webhook_ids")
+    data = generation_record(2)
+    data["request"]["metadata"] = {"webhook_id": "SECRETw1", "custom_id": "c2"}
+    envelope = {"event": "generation.completed", "timestamp": "2026-11-01T00:00:00Z", "webhookId": "SECRETw1",
+                "generationId": data["id"], "data": data}
+    text = json.dumps(envelope)
+    con.execute("insert into generation_rows (id, raw, raw_hash, shape, state, source, first_seen_at, updated_at, "
+                "request_path) values (?, ?, hash(?), 'webhook', 'Success', 'webhook', now(), now(), "
+                "'$.data.request')", [data["id"], text, text])
+    con.execute("insert into rejects values ('webhook', 1, 'no id', ?, md5(?), now())",
+                ['{"webhook_id": "SECRETw1"}', '{"webhook_id": "SECRETw1"}'])
+    con.close()
+
+    store = Store(path)
+    store.migrate()
+
+    held = store.query("select count(*) as n from generation_rows where contains(raw::varchar, 'SECRETw1')")
+    rejected = store.query("select raw from rejects").to_pylist()
+    assert held.to_pylist() == [{"n": 0}] and rejected == [{"raw": '{"webhook_id": "[webhook-id]"}'}]
+    again = store.ingest_texts([text], source="webhook")
+    assert (again.duplicate, again.updated, again.stored) == (1, 0, 0)
