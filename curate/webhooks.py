@@ -4,7 +4,13 @@ inference.net pushes each finished generation (and each finished group) to a URL
 dashboard. Deliveries are not signed: the private webhook id in ``X-Inference-Webhook-ID`` (else in
 the body) is the only proof of origin, so it is compared in constant time against the configured
 ids, and an optional secret path segment can be required as well. Anything unauthenticated is
-answered 401 and stored nowhere.
+answered 401 and stored nowhere. Refusing costs little: a body without the header is read only up
+to ``UNAUTHENTICATED_BODY`` bytes (a larger one is answered 401 unread), and a large authenticated
+body is parsed on a thread, ``PARSE_THREADS`` at a time, not on the event loop.
+
+Webhook ids never reach a stored byte: each body is masked (``records.mask_webhook_ids``) before
+it is spooled, and the access log, the answers' details and the rejects' reasons never carry a
+configured webhook id or the path token.
 
 A delivery is acknowledged (2xx) once what it carried is on disk in the store's spool
 (``curate.spool``): deliveries that arrive together share one ``fdatasync`` (group commit), and
@@ -20,14 +26,20 @@ What a delivery gets back:
 200   spooled (a body the store then refuses is kept in ``rejects`` with its reason), or a
       ``webhook.test`` (logged, stored nowhere)
 400   not JSON, not an object, or an unknown event: a ``rejects`` row
-401   no configured webhook id (or wrong path token); nothing stored
+401   no configured webhook id (or wrong path token), or no header and a body over
+      ``UNAUTHENTICATED_BODY`` bytes; nothing stored
 404   a path that is not the webhook's (``/webhook`` itself when a path token is configured)
 413   a body over ``max_body`` bytes, refused without reading it whole
-503   the spool cannot be written (or, with ``verify_by_fetch``, the API cannot be asked): retry later
+503   the spool cannot be written (or, with ``verify_by_fetch``, the API does not yet show every
+      generation the delivery names finished): retry later
 ====  =========================================================================================
 
 Every delivery gets one JSON access-log line (logger ``curate.listen``): event, ids, outcome,
 status, milliseconds. Never the body, never a webhook id.
+
+``GET /healthz`` says whether the listener is ready, its counters and how much waits (queue,
+spool, ledger); with ``health_details`` it also names the store, the spool folder, the process id
+and the last error, which an unauthenticated caller should not learn by default.
 """
 
 from __future__ import annotations
@@ -37,8 +49,10 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -52,8 +66,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from curate import spool
-from curate.client import ApiError, ApiUnavailable, InferenceClient
+from curate import records, spool
+from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.serving import BackgroundServed, BackgroundServer, serve_forever
 from curate.store import Store, StoreLocked
@@ -61,7 +75,9 @@ from curate.store import Store, StoreLocked
 __all__ = [
     "EVENTS",
     "MAX_BODY",
+    "PARSE_THREADS",
     "READY_PREFIX",
+    "UNAUTHENTICATED_BODY",
     "Listener",
     "ListenerConfig",
     "ListenerServer",
@@ -70,6 +86,13 @@ __all__ = [
 
 EVENTS = ("generation.completed", "async-embedding.completed", "slow-group.completed", "webhook.test")
 MAX_BODY = 10 * 1024 * 1024  # inference.net's documented maximum payload
+# The most of a body without X-Inference-Webhook-ID that is read, to look for the webhook id in it.
+# inference.net sends the header with every delivery (typically 5-50 KB); a larger body without
+# it is answered 401 unread, so a stranger cannot make the listener read and parse 10 MB.
+UNAUTHENTICATED_BODY = 64 * 1024
+PARSE_ON_LOOP = 256 * 1024  # authenticated bodies larger than this are parsed on a thread ...
+PARSE_THREADS = 2  # ... this many at once (the others wait their turn, holding only their bytes)
+MASK_ANYWHERE = 8  # a configured webhook id this long is masked wherever a body holds it
 READY_PREFIX = "curate listen ready"
 SOURCE = "webhook"
 VERIFIED_SOURCE = "webhook-verified"
@@ -88,6 +111,7 @@ class ListenerConfig(BaseModel):
     max_body: int = Field(default=MAX_BODY, gt=0, description="Largest body accepted, in bytes.")
     max_batch: int = Field(default=2000, gt=0, description="Most deliveries made durable by one sync.")
     rpm: int | None = Field(default=250, description="API calls per minute for verify_by_fetch.")
+    health_details: bool = Field(default=False, description="/healthz also names paths, the pid, the last error.")
 
     @field_validator("webhook_ids")
     @classmethod
@@ -313,7 +337,10 @@ def _answer(batch: list[tuple[list[bytes], asyncio.Future[None]]], error: BaseEx
         if error is None:
             done.set_result(None)
         else:
-            done.set_exception(SpoolUnavailable(str(error)))
+            # The reason, not the message: an OSError's names the spool's path, which is no
+            # business of whoever sent the delivery (the operator's log has it).
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            done.set_exception(SpoolUnavailable(str(reason)))
 
 
 class Listener:
@@ -333,6 +360,11 @@ class Listener:
         self._ledger_read_at = -LEDGER_READ_SECONDS
         self._ledger_count: int | None = None
         self._ids = [i.encode() for i in config.webhook_ids]
+        # What no log line, answer or rejects reason may print (longest first, so none is cut).
+        self._secrets = sorted({*config.webhook_ids, *([config.path_token] if config.path_token else [])},
+                               key=len, reverse=True)
+        self._mask_anywhere = [i.encode() for i in config.webhook_ids if len(i) >= MASK_ANYWHERE]
+        self._parsing: asyncio.Semaphore | None = None
         self._client: InferenceClient | None = None
         if config.verify_by_fetch and client_factory is None:
             if settings is None:
@@ -355,6 +387,7 @@ class Listener:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._spooler = _Spooler(self.store, self.config.max_batch, self.counters)
+        self._parsing = asyncio.Semaphore(PARSE_THREADS)
         self._spooler.start()
         if self._client_factory is not None:
             self._client = self._client_factory()
@@ -370,16 +403,22 @@ class Listener:
     async def _healthz(self, request: Request) -> Response:
         spooler = self._spooler
         assert spooler is not None
-        body = {
+        # Anyone who can reach the port can ask: by default, nothing about paths or the process.
+        body: dict[str, Any] = {
             "ready": spooler.healthy,
-            "store": str(self.store.path),
-            "verify_by_fetch": self.config.verify_by_fetch,
             "queued": spooler.queued,
             "spool": spooler.backlog(),
             "ledger_pending": await asyncio.to_thread(self._ledger_pending),
-            "last_error": spooler.last_error,
             "counters": dict(sorted(self.counters.items())),
         }
+        if self.config.health_details:
+            body["details"] = {
+                "store": str(self.store.path),
+                "spool_dir": str(self.store.spool_dir),
+                "pid": os.getpid(),
+                "verify_by_fetch": self.config.verify_by_fetch,
+                "last_error": None if spooler.last_error is None else self._scrub(spooler.last_error),
+            }
         return JSONResponse(body, status_code=200 if spooler.healthy else 503)
 
     def wait_merged(self, timeout: float = 10.0) -> bool:
@@ -411,17 +450,18 @@ class Listener:
 
     async def _webhook(self, request: Request) -> Response:
         started = time.perf_counter()
-        entry: dict[str, Any] = {"event": request.headers.get("x-inference-event")}
+        entry: dict[str, Any] = {"event": (request.headers.get("x-inference-event") or "")[:100] or None}
         try:
             status, outcome = await self._handle(request, entry)
         except Refused as refused:
             status, outcome = refused.status, refused.outcome
             entry["detail"] = refused.detail
-        except Exception as exc:  # a bug must cost one delivery a retry, not the server
-            log.exception("delivery failed")
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one delivery a retry, not the server
+            log.error(self._scrub(f"delivery failed\n{traceback.format_exc()}"))
             status, outcome = 500, "error"
             entry["detail"] = f"internal error: {type(exc).__name__}"
         self.counters[outcome] += 1
+        entry = {k: self._scrub(v) if isinstance(v, str) else v for k, v in entry.items()}
         entry.update(outcome=outcome, status=status, ms=round((time.perf_counter() - started) * 1000, 1))
         if request.client is not None:
             entry["client"] = request.client.host
@@ -429,6 +469,13 @@ class Listener:
         if status == 200:
             return JSONResponse({"ok": True, "outcome": outcome})
         return JSONResponse({"ok": False, "outcome": outcome, "detail": entry.get("detail")}, status_code=status)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with every configured webhook id and the path token replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, records.WEBHOOK_ID_MARKER)
+        return text
 
     async def _handle(self, request: Request, entry: dict[str, Any]) -> tuple[int, str]:
         token = self.config.path_token
@@ -441,9 +488,15 @@ class Listener:
         header_id = request.headers.get("x-inference-webhook-id")
         if header_id is not None and not self._known(header_id):
             raise Refused(401, "unauthorized", "unknown webhook id")
-        body = await self._read(request)
+        if header_id is None:  # only a small body may be read (and parsed) to find the id in it
+            body = await self._read(request, UNAUTHENTICATED_BODY, lambda size: Refused(
+                401, "unauthorized", f"no webhook id header, and a body of {size}: at most "
+                                     f"{UNAUTHENTICATED_BODY} bytes are read to find one in the body"))
+        else:
+            body = await self._read(request, self.config.max_body, lambda size: Refused(
+                413, "too_large", f"body of {size}: the most accepted is {self.config.max_body} bytes"))
         try:
-            payload = _parse(body)
+            payload = await self._parse(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
             if header_id is None:  # nothing authenticates it: not ours to keep
                 raise Refused(401, "unauthorized", "no webhook id") from None
@@ -472,7 +525,19 @@ class Listener:
 
     async def _put(self, delivery: _Delivery) -> None:
         assert self._spooler is not None
+        # No spool segment may hold a webhook id: the store masks them too, but only once merged.
+        delivery.bodies = [self._mask(body) for body in delivery.bodies]
         await self._spooler.put(delivery)
+
+    def _mask(self, body: bytes) -> bytes:
+        """``body`` with the value of every webhookId/webhook_id key masked (``records``' rule),
+        and any configured id of ``MASK_ANYWHERE`` characters or more masked wherever it occurs
+        (under another key, say); a shorter one could be a word of a generation's text."""
+        body = records.mask_webhook_ids(body)
+        for secret in self._mask_anywhere:
+            if secret in body:
+                body = body.replace(secret, records.WEBHOOK_ID_MARKER.encode())
+        return body
 
     def _known(self, candidate: str) -> bool:
         given = candidate.encode()
@@ -482,21 +547,30 @@ class Listener:
             matched |= hmac.compare_digest(given, known)
         return matched
 
-    async def _read(self, request: Request) -> bytes:
-        limit = self.config.max_body
+    async def _read(self, request: Request, limit: int, over: Callable[[str], Refused]) -> bytes:
+        """The body, up to ``limit`` bytes: past that, ``over(size)`` is raised as soon as it shows
+        (before reading anything when Content-Length says so), and the rest is never kept."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise Refused(413, "too_large", f"body of {declared} bytes is over {limit}")
+            raise over(f"{declared} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise Refused(413, "too_large", f"body is over {limit} bytes")
+                raise over(f"more than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def _parse(self, body: bytes) -> Any:
+        """``_parse(body)``: on the loop when small, else on a thread, ``PARSE_THREADS`` at a time."""
+        if len(body) <= PARSE_ON_LOOP or self._parsing is None:
+            return _parse(body)
+        async with self._parsing:
+            return await asyncio.to_thread(_parse, body)
+
     async def _reject(self, body: bytes, reason: str) -> Refused:
         """A 400 whose body is kept in ``rejects`` first (or a 503 if even that cannot be written)."""
+        reason = self._scrub(reason)
         try:
             await self._put(_Delivery(event="", bodies=[body], source=SOURCE, reject=reason))
         except SpoolUnavailable as exc:
@@ -530,25 +604,43 @@ class Listener:
         return _Delivery(event, [body], SOURCE, generations=[(generation_id, _state(data))])
 
     async def _verify(self, delivery: _Delivery) -> None:
-        """Swap the pushed body for the API's own copy (or answer 503 until it has one)."""
+        """Swap the pushed body for the API's own copies of every generation it names (by the
+        group's GET when it has a group id, else each generation's), or answer 503 until the API
+        shows them all finished."""
         assert self._client is not None
         try:
             if delivery.group is not None:
-                fetched = await self._client.get_group(delivery.group[0])
+                group_id, named = delivery.group
+                fetched = await self._client.get_group(group_id)
                 members = (fetched.json or {}).get("generations") if isinstance(fetched.json, dict) else None
                 if not fetched.visible or not isinstance(members, list):
                     raise Refused(503, "unverified", "the API does not show this group yet")
+                listed = _members(fetched.json)
+                missing = {i for i, _ in named} - {i for i, _ in listed}
+                if missing:
+                    raise Refused(503, "unverified", f"the API's copy of this group lacks {len(missing)} of the "
+                                                     f"{len(named)} generations the delivery names")
                 delivery.bodies = [json.dumps(m, ensure_ascii=False).encode("utf-8", "backslashreplace")
                                    for m in members]
-                delivery.group = (delivery.group[0], _members(fetched.json))
+                delivery.group = (group_id, listed)
             elif delivery.generations:
-                generation_id = delivery.generations[0][0]
-                fetched = await self._client.get_generation(generation_id)
-                state = fetched.json.get("state") if isinstance(fetched.json, dict) else None
-                if not fetched.visible or state not in ("Success", "Failed"):
-                    raise Refused(503, "unverified", "the API does not show this generation finished yet")
-                delivery.bodies = [fetched.body]
-                delivery.generations = [(generation_id, state)]
+                ids = list(dict.fromkeys(i for i, _ in delivery.generations))
+                # Concurrently (the client keeps to its rate), and every one is waited for.
+                results = await asyncio.gather(*(self._client.get_generation(i) for i in ids),
+                                               return_exceptions=True)
+                answers: list[Fetched] = []
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+                    answers.append(result)
+                states = [a.json.get("state") if isinstance(a.json, dict) else None for a in answers]
+                unfinished = sum(1 for a, state in zip(answers, states, strict=True)
+                                 if not a.visible or state not in ("Success", "Failed"))
+                if unfinished:
+                    what = "this generation" if len(ids) == 1 else f"{unfinished} of the {len(ids)} generations"
+                    raise Refused(503, "unverified", f"the API does not show {what} finished yet")
+                delivery.bodies = [a.body for a in answers]
+                delivery.generations = list(zip(ids, states, strict=True))
             else:
                 raise await self._reject(delivery.bodies[0], "no generation or group id to verify")
         except (ApiUnavailable, ApiError) as exc:

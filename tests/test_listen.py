@@ -379,6 +379,39 @@ def test_verify_by_fetch_of_a_group_stores_every_member(tmp_path: Path) -> None:
     assert count(store, "select count(*) as n from generation_rows where source = 'webhook-verified'") == 3
 
 
+def test_verify_by_fetch_of_a_group_without_its_id_fetches_and_stores_every_member(tmp_path: Path) -> None:
+    store = Store(tmp_path / "curate.duckdb", lock_timeout=5)
+    with Sandbox(**FAST_SANDBOX) as sb, sb.client() as client:
+        settings = Settings(api_key=sb.api_key, base_url=sb.url)
+        ids = [client.post("/v1/slow/chat/completions", json=chat_request(i)).json()["id"] for i in range(3)]
+        time.sleep(0.2)
+        members = [{"generationId": i, **(sb.generation(i) or {})} for i in ids]
+        assert all(m["state"] == "Success" for m in members)
+        forged = [{**m, "response": {**m["response"], "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "pwned"}}]}}
+            for m in members]
+
+        def group(generations: list[dict[str, Any]]) -> dict[str, Any]:  # no group id anywhere
+            return {"event": "slow-group.completed",
+                    "data": {"group_size": len(generations), "status": "completed", "generations": generations}}
+
+        with serve(store, verify_by_fetch=True, settings=settings) as srv:
+            # One member the API does not know: 503, and nothing stored until it shows them all.
+            unknown = {**forged[2], "generationId": "not-a-generation", "id": "not-a-generation"}
+            response = post(srv.url, group([*forged[:2], unknown]))
+            assert (response.status_code, response.json()["outcome"]) == (503, "unverified")
+            assert "1 of the 3" in response.json()["detail"]
+            assert srv.listener.wait_merged(10)
+            assert count(store) == 0
+            calls_before = sb.stats().calls_by_endpoint.get("GET /v1/generation/{id}", 0)
+            response = post(srv.url, group(forged))
+            assert (response.status_code, response.json()["outcome"]) == (200, "spooled")
+            assert sb.stats().calls_by_endpoint["GET /v1/generation/{id}"] - calls_before == 3
+    rows = query(store, "select id, source, raw from generation_rows order by id")
+    assert [(r["id"], r["source"]) for r in rows] == [(i, "webhook-verified") for i in sorted(ids)]
+    assert not any("pwned" in r["raw"] for r in rows)
+
+
 # -- what the operator sees ------------------------------------------------------------------------
 
 
@@ -408,6 +441,16 @@ def test_healthz_reports_readiness_counters_and_the_spool(listener: ListenerServ
     assert body["spool"] == {"records": 0, "oldest_seconds": None, "merged": 2}
 
 
+def test_healthz_names_no_path_or_process_unless_asked(store: Store, listener: ListenerServer) -> None:
+    text = httpx.get(listener.base_url + "/healthz").text
+    assert set(json.loads(text)) == {"ready", "queued", "spool", "ledger_pending", "counters"}
+    assert str(store.path.parent) not in text and "pid" not in text
+    with serve(store, health_details=True) as srv:
+        details = healthz(srv)["details"]
+    assert details == {"store": str(store.path), "spool_dir": str(store.spool_dir), "pid": os.getpid(),
+                       "verify_by_fetch": False, "last_error": None}
+
+
 # -- as a process: curate listen -------------------------------------------------------------------
 
 
@@ -424,7 +467,15 @@ def test_listen_takes_webhook_ids_from_the_environment(tmp_path: Path) -> None:
     db = tmp_path / "c.duckdb"
     with listen_process(db, env={"CURATE_WEBHOOK_IDS": f"wh-other, {WID}"}) as (_, url):
         assert post(url, envelope(1)).status_code == 200
+        assert "details" not in httpx.get(url.replace("/webhook", "/healthz")).json()
     assert count(Store(db)) == 1
+
+
+def test_listen_health_details_flag_adds_the_paths_and_pid(tmp_path: Path) -> None:
+    db = tmp_path / "c.duckdb"
+    with listen_process(db, "--webhook-id", WID, "--health-details") as (proc, url):
+        details = httpx.get(url.replace("/webhook", "/healthz")).json()["details"]
+    assert details["pid"] == proc.pid and details["store"] == str(db)
 
 
 def test_listener_killed_mid_load_keeps_every_acked_delivery(tmp_path: Path) -> None:

@@ -41,6 +41,9 @@ def listen_command(
         bool, typer.Option(help="Store the API's copy of each generation, fetched with INFERENCE_API_KEY.")
     ] = False,
     rpm: Annotated[int, typer.Option(help="API calls per minute for --verify-by-fetch.")] = 250,
+    health_details: Annotated[
+        bool, typer.Option(help="GET /healthz also shows the store's path, the process id and the last error.")
+    ] = False,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate, to serve HTTPS.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
     lake: LakeOption = None,
@@ -48,8 +51,9 @@ def listen_command(
     """Receive inference.net webhooks; each delivery is on disk (the store's spool) before it is acknowledged.
 
     Register the printed URL in inference.net's dashboard and pass its webhook id; deliveries
-    carrying any other id are answered 401. GET /healthz reports readiness and counters. One JSON
-    line per delivery goes to stderr.
+    carrying any other id are answered 401. GET /healthz reports readiness, counters and what
+    waits (no paths or process details without --health-details). One JSON line per delivery goes
+    to stderr.
     """
     from curate.webhooks import Listener, ListenerConfig, run_forever
 
@@ -62,7 +66,7 @@ def listen_command(
         settings = Settings.from_env(db=db)
         try:
             config = ListenerConfig(webhook_ids=tuple(ids), path_token=path_token,
-                                    verify_by_fetch=verify_by_fetch, rpm=rpm)
+                                    verify_by_fetch=verify_by_fetch, rpm=rpm, health_details=health_details)
         except ValidationError as exc:
             typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
             raise typer.Exit(2) from None
