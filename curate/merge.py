@@ -8,6 +8,7 @@ of texts). Nothing here opens the store: ``curate.store`` hands out the connecti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from curate.records import WriteCounts
 
 __all__ = [
     "OPS", "FastPathRefused", "Spooled", "apply", "fast_insert", "ingest", "ingest_texts", "merge_source", "problem",
+    "refuse",
 ]
 
 
@@ -29,11 +31,11 @@ def ingest(
     con.register("_curate_batch", batch)
     con.execute(f"create or replace temp view _curate_src as select line, {records.masked('text')} as text "
                 "from _curate_batch")
-    try:
-        return merge_source(con, source=source, per_line=per_line)
-    finally:
-        con.execute("drop view if exists _curate_src")
-        con.unregister("_curate_batch")
+    counts = merge_source(con, source=source, per_line=per_line)
+    # Only on success: after a failure the transaction is aborted, and the connection goes with it.
+    con.execute("drop view if exists _curate_src")
+    con.unregister("_curate_batch")
+    return counts
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> int:
@@ -194,6 +196,28 @@ def problem(header: Any) -> str | None:
     return None
 
 
+def _reject(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, int, str, str]]) -> None:
+    """Keep (source, line, reason, raw text) in rejects, webhook ids masked; once each."""
+    con.executemany(
+        f"insert into rejects select s, l, r, {records.masked('t')}, md5({records.masked('t')}), now() "
+        "from (select ?::varchar as s, ?::bigint as l, ?::varchar as r, ?::varchar as t) on conflict do nothing",
+        list(rows),
+    )
+
+
+def refuse(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled], reason: str) -> None:
+    """Keep spooled records the store cannot take in rejects, with ``reason``, in the caller's
+    transaction: a body as its text, any other record as its header, so nothing is lost."""
+    _reject(con, [
+        (str(r.header.get("source") or "spool"),
+         r.header["line"] if isinstance(r.header.get("line"), int) else 0,
+         reason,
+         r.body.decode("utf-8", "backslashreplace") if r.header.get("op") in ("body", "reject")
+         else json.dumps(r.header, ensure_ascii=False))
+        for r in spooled
+    ])
+
+
 def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[str, int]:
     """Merge spooled records in the caller's transaction; return the merge's counts.
 
@@ -238,11 +262,7 @@ def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[st
                 group_id, members = header["group"]
                 groups.append((group_id, [(m[0], m[1]) for m in members]))
     if rejected:
-        con.executemany(
-            f"insert into rejects select s, l, r, {records.masked('t')}, md5({records.masked('t')}), now() "
-            "from (select ?::varchar as s, ?::bigint as l, ?::varchar as r, ?::varchar as t) on conflict do nothing",
-            [(source, line, reason, text) for source, line, reason, text in rejected],
-        )
+        _reject(con, rejected)
         counts["rejected"] = counts.get("rejected", 0) + len(rejected)
     for source, (gens, groups) in settled.items():
         ledger.settle(con, gens, groups, source=source)

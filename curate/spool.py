@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
 from curate import merge
@@ -338,20 +339,49 @@ def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 
     """
     result = DrainResult()
     folder = store.spool_dir
+    one_by_one = False  # after a round the store refused: one record per round, to find which
     while True:
         if not segments(folder):
             return result
         try:
-            more = _round(store, own, result, wait)
+            more = _round(store, own, result, wait, budget=1 if one_by_one else ROUND_BYTES)
         except StoreLocked:
             result.remaining = True
             return result
+        except _Refused as refused:
+            if not one_by_one:
+                log.warning("a spool merge failed (%s); merging one record at a time to find the one",
+                            refused.reason)
+                one_by_one = True
+                continue
+            # This one record, alone, cannot be merged: it is kept in rejects with the reason
+            # (raw and all), so it is not lost and the records after it are not held up.
+            log.error("spool segment %s: the record at byte %d cannot be merged (%s): kept in rejects",
+                      refused.segment, refused.start, refused.reason)
+            more = _round(store, own, result, wait, budget=1, refuse=refused)
+            one_by_one = False
         if not more:
             return result
 
 
-def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: float | None) -> bool:
-    """One transaction: merge up to ``ROUND_BYTES``; True if more is left to merge now."""
+# What a merge raises when a record, not the moment, is at fault: retrying it would fail again.
+REFUSED = (duckdb.OutOfMemoryException, duckdb.InvalidInputException, duckdb.ConversionException,
+           duckdb.OutOfRangeException)
+
+
+class _Refused(Exception):
+    """A round the store refused, and where its first record is."""
+
+    def __init__(self, segment: str, start: int, exc: BaseException) -> None:
+        self.segment, self.start = segment, start
+        self.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        super().__init__(self.reason)
+
+
+def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: float | None, *,
+           budget: int = ROUND_BYTES, refuse: _Refused | None = None) -> bool:
+    """One transaction: merge up to ``budget`` bytes (always one whole frame); True if more is
+    left to merge now. With ``refuse``, the record it names is put in rejects instead, with why."""
     claims: list[_Claim] = []
     finished: list[tuple[_Claim, bool]] = []
     more = False
@@ -362,23 +392,30 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: flo
             # Listed with the file held, so every segment a writer merged before is listed.
             paths = segments(store.spool_dir)
             merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
-            budget = ROUND_BYTES
             for path in paths:
                 claim = _claim(path, own)
                 if claim is None:
                     continue
                 claims.append(claim)
                 start = merged.get(path.name, 0)
-                if budget <= 0:
+                if budget <= 0 or (refuse is not None and (path.name, start) != (refuse.segment, refuse.start)):
                     more = more or start < claim.end
                     continue
                 read = _read(claim, start, budget)
                 records, offset = read.records, read.offset
-                more = more or read.cut
+                # More to read now: the budget cut a frame, or ended exactly on one with frames after it.
+                more = more or read.cut or (start < offset < claim.end and not read.finished)
                 rotate = rotate or read.rotate
                 budget -= offset - start
-                if records:
-                    counts = merge.apply(con, records)
+                if records and refuse is not None:
+                    merge.refuse(con, records, f"could not be merged: {refuse.reason}")
+                    result.counts["rejected"] = result.counts.get("rejected", 0) + len(records)
+                    result.records += len(records)
+                elif records:
+                    try:
+                        counts = merge.apply(con, records)
+                    except REFUSED as exc:
+                        raise _Refused(path.name, start, exc) from exc
                     for name, n in counts.items():
                         result.counts[name] = result.counts.get(name, 0) + n
                     result.records += len(records)

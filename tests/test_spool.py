@@ -354,3 +354,21 @@ def test_two_paths_to_one_store_share_one_spool(db: Store, tmp_path: Path) -> No
     link = tmp_path / "link.duckdb"
     link.symlink_to(db.path)
     assert Store(link).spool_dir == db.spool_dir
+
+
+def test_a_record_the_store_cannot_merge_goes_to_rejects_and_never_stops_the_records_after_it(db: Store) -> None:
+    # A 10 MB slow-group delivery (the listener's largest) takes the group merge past DuckDB's
+    # memory limit: that record alone is kept in rejects with the reason, the others merge.
+    item = generation_record(7) | {"stateMessage": "a" * 10_000_000}
+    group = {"event": "slow-group.completed", "timestamp": "2026-12-05T00:00:00Z", "webhookId": "w",
+             "data": {"groupId": "G1", "generations": [item]}}
+    writer = spool.SpoolWriter(db.spool_dir)
+    writer.append([body_frame(1),
+                   spool.encode({"op": "body", "source": "spool-test", "line": 99}, json.dumps(group).encode()),
+                   body_frame(2)])
+    writer.close()
+    result = spool.drain(db)
+    assert stored_ids(db) == ids(range(1, 3))
+    (reject,) = db.query("select line, reason, length(raw) as n from rejects").to_pylist()
+    assert reject["line"] == 99 and "could not be merged" in reject["reason"] and reject["n"] > 10_000_000
+    assert result.records == 3 and spool.segments(db.spool_dir) == []
