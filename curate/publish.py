@@ -100,7 +100,7 @@ def publish(
 
     The repository is created if missing (``private`` applies only then); ``revision`` names a
     branch, created from ``main`` if missing. The commit uploads every file of the folder (hidden
-    files and ``.cache`` excepted), the card merged with the Hub's current one, and deletes every
+    files and ``.cache`` excepted; a folder holding a symbolic link anywhere is refused), the card merged with the Hub's current one, and deletes every
     file under ``data/`` (and a ``lineage.parquet``) the Hub has and the folder does not, so no stale
     shard matches the card's ``data/<split>-*`` globs. ``message`` defaults to one counting the
     card's rows.
@@ -150,6 +150,7 @@ def _check_folder(folder: Path) -> tuple[dict[str, Path], str]:
     """The folder's files by path in the repo, and its card's text; PublishError naming what is wrong."""
     if not folder.is_dir():
         raise PublishError(f"{folder}: no such folder")
+    _refuse_links(folder)
     card_path = folder / CARD
     if not card_path.is_file():
         raise PublishError(f"{card_path}: missing; an export folder has a dataset card")
@@ -170,6 +171,23 @@ def _check_folder(folder: Path) -> tuple[dict[str, Path], str]:
     if not any(name.startswith(f"{DATA}/") for name in files):
         raise PublishError(f"{folder / DATA}: no data files; an export folder has its rows under data/")
     return files, text
+
+
+def _refuse_links(folder: Path) -> None:
+    """PublishError at the first symbolic link in ``folder`` (hidden ones too), or path resolving outside it.
+
+    Only what is inside the folder is published: a link could send any file of the machine (a
+    key, another dataset) to the Hub. ``folder`` itself may be a link: the user named it.
+    """
+    root = folder.resolve()
+    for parent, dirs, names in os.walk(folder):  # does not follow links to folders
+        for name in sorted([*dirs, *names]):
+            path = Path(parent) / name
+            if path.is_symlink():
+                raise PublishError(f"{path}: a symbolic link; publish uploads only files inside the folder, "
+                                   f"so replace it with a copy of what it points to")
+            if not path.resolve().is_relative_to(root):
+                raise PublishError(f"{path}: resolves outside {folder}; publish uploads only files inside it")
 
 
 def _default_message(header: dict[str, Any]) -> str:

@@ -385,6 +385,46 @@ def test_publish_refuses_a_folder_without_data(tmp_path: Path, hub: FakeHub) -> 
     assert hub.calls == []
 
 
+def _link(export: Path, outside: Path, where: str, target: str) -> Path:
+    """A symbolic link at ``where`` in ``export`` to a file or folder inside it or ``outside`` it."""
+    (outside / "secret").mkdir(parents=True)
+    (outside / "secret" / "id_rsa").write_text("PRIVATE KEY\n")
+    to = {"file inside": export / "lineage.parquet", "folder inside": export / "data",
+          "file outside": outside / "secret" / "id_rsa", "folder outside": outside / "secret",
+          "nothing": outside / "gone"}[target]
+    link = export / where
+    link.symlink_to(to)
+    return link
+
+
+@pytest.mark.parametrize("where", ["data/extra.parquet", "notes", ".hidden-link"])
+@pytest.mark.parametrize("target", ["file inside", "folder inside", "file outside", "folder outside", "nothing"])
+def test_publish_refuses_a_folder_holding_a_symbolic_link(
+    export: Path, tmp_path: Path, hub: FakeHub, where: str, target: str
+) -> None:
+    link = _link(export, tmp_path / "elsewhere", where, target)
+    with pytest.raises(PublishError) as raised:
+        publish(export, REPO, api=hub)
+    assert str(raised.value) == (f"{link}: a symbolic link; publish uploads only files inside the folder, so "
+                                 "replace it with a copy of what it points to")
+    assert hub.calls == []
+
+
+def test_publish_refuses_a_linked_card(export: Path, hub: FakeHub) -> None:
+    (export / "card.md").write_bytes((export / "README.md").read_bytes())
+    (export / "README.md").unlink()
+    (export / "README.md").symlink_to(export / "card.md")
+    with pytest.raises(PublishError, match=r"README\.md: a symbolic link"):
+        publish(export, REPO, api=hub)
+    assert hub.calls == []
+
+
+def test_publish_takes_a_folder_named_through_a_link(export: Path, tmp_path: Path, hub: FakeHub) -> None:
+    (tmp_path / "latest").symlink_to(export)
+    assert publish(tmp_path / "latest", REPO, api=hub).uploaded == (
+        "README.md", "data/train-00000-of-00001.parquet", "lineage.parquet")
+
+
 @pytest.mark.parametrize("repo", ["chats", "acme/chats/extra", "acme/", "acme/-chats", "acme/ch--ats", "acme/chäts"])
 def test_publish_refuses_a_repo_that_is_not_org_slash_name(export: Path, hub: FakeHub, repo: str) -> None:
     with pytest.raises(PublishError, match="repo must be ORG/NAME"):
@@ -475,6 +515,15 @@ def test_cli_publish_prints_each_file_then_the_url(cli: typer.Typer, export: Pat
 def test_cli_publish_reports_a_folder_to_fix_in_one_line_with_exit_2(cli: typer.Typer, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["publish", str(tmp_path / "no-such"), "--repo", REPO])
     assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path / 'no-such'}: no such folder\n")
+
+
+def test_cli_publish_refuses_a_link_in_one_line_with_exit_2(cli: typer.Typer, export: Path, hub: FakeHub,
+                                                             tmp_path: Path) -> None:
+    link = _link(export, tmp_path / "elsewhere", "data/train-00001-of-00001.parquet", "file outside")
+    result = CliRunner().invoke(cli, ["publish", str(export), "--repo", REPO])
+    message = f"{link}: a symbolic link; publish uploads only files inside the folder, so replace it with a copy"
+    assert (result.exit_code, result.stderr) == (2, f"error: {message} of what it points to\n")
+    assert hub.calls == []
 
 
 def test_cli_publish_reports_a_hub_failure_in_one_line_with_exit_1(cli: typer.Typer, export: Path,
