@@ -175,6 +175,9 @@ def _parse(path: Path) -> Iterator[tuple[int, _Line | str]]:
             except (UnicodeDecodeError, ValueError) as exc:
                 yield number, f"not valid JSON ({exc})"
                 continue
+            except RecursionError:  # "[[[[..." nested deeper than the parser goes
+                yield number, "not valid JSON (nested too deeply to read)"
+                continue
             why = _problem(body)
             if why is None:
                 try:
