@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEDUP_ORDER", "DEFAULT_BATCH_ROWS", "DEFAULT_TABLE", "LAKE_COLUMNS", "Lake", "LakeConfig", "LakeError",
     "LakePusher", "PushSummary", "batch_rows_default", "current_files", "exited_here", "lake_rows_sql", "local_path",
-    "pending_count", "push", "writer_name",
+    "masked", "pending_count", "push", "writer_name",
 ]
 
 log = logging.getLogger("curate.lake")
@@ -87,7 +88,14 @@ TABLE_PROPERTIES = {
 
 
 class LakeError(RuntimeError):
-    """A lake that cannot be reached or used as asked (a bad URI, a missing catalog, a failed commit)."""
+    """A lake that cannot be reached or used as asked (a bad URI, a missing catalog, a failed commit).
+
+    Its message is masked (``masked``): whatever URI, DSN or driver message went into it, no
+    password comes out.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(masked(a) if isinstance(a, str) else a for a in args))
 
 
 def _schema() -> Any:
@@ -120,7 +128,7 @@ def lake_rows_sql(source: str, extra: str = "") -> str:
     return f"select {', '.join(items)} from {source}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LakeConfig:
     """Where a lake is: its SQL catalog, its warehouse folder and its table.
 
@@ -145,6 +153,11 @@ class LakeConfig:
         if not text:
             raise LakeError("the lake is empty: give a folder or a catalog URI (see curate lake --help)")
         scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+        if not scheme and _LIBPQ_DSN.match(text):
+            raise LakeError(
+                f"{text}: a libpq connection string is not a lake; write it as a URI: "
+                "postgresql://USER@HOST:PORT/DB?warehouse=FOLDER_OR_URI"
+            )
         if not scheme:
             path, _, query = text.partition("?")
             params = dict(parse_qsl(query))
@@ -157,7 +170,7 @@ class LakeConfig:
             )
         if not scheme.startswith(("postgres", "sqlite")):
             raise LakeError(
-                f"{_redacted(text)}: the lake's catalog must be a folder, postgresql://... or sqlite:///... "
+                f"{masked(text)}: the lake's catalog must be a folder, postgresql://... or sqlite:///... "
                 "(pyiceberg's SQL catalog)"
             )
         parts = urlsplit(text)
@@ -165,22 +178,38 @@ class LakeConfig:
         warehouse = params.pop("warehouse", None)
         table = params.pop("table", DEFAULT_TABLE)
         if not warehouse:
-            raise LakeError(f"{_redacted(text)}: add ?warehouse=FOLDER_OR_URI (where the table's files go)")
+            raise LakeError(f"{masked(text)}: add ?warehouse=FOLDER_OR_URI (where the table's files go)")
         if "://" not in warehouse:
             warehouse = _file_uri(Path(warehouse).expanduser().resolve())
         scheme = parts.scheme
         if scheme in ("postgresql", "postgres"):
             scheme = "postgresql+psycopg2"
-        catalog_uri = urlunsplit((scheme, parts.netloc, parts.path, urlencode(params), ""))
+        # Not urlunsplit: it turns sqlite:////abs/catalog.db into sqlite://abs/catalog.db.
+        query = urlencode(params)
+        catalog_uri = f"{scheme}://{parts.netloc}{parts.path}{'?' if query else ''}{query}"
         return cls(catalog_uri=catalog_uri, warehouse=warehouse, table=_table_name(table, text))
 
     @property
     def identity(self) -> str:
         """Names this lake in a local store's records: the catalog (no password) and the table."""
-        return f"{_redacted(self.catalog_uri)}#{self.table}"
+        return f"{masked(self.catalog_uri)}#{self.table}"
+
+    @property
+    def former_identity(self) -> str:
+        """The identity earlier curates recorded: only a ``user:password@`` was masked, so a
+        ``?password=`` (or ``token=``...) was stored as it was."""
+        parts = urlsplit(self.catalog_uri) if "://" in self.catalog_uri else None
+        uri = self.catalog_uri
+        if parts is not None and parts.password is not None:
+            uri = urlunsplit((parts.scheme, parts.netloc.replace(f":{parts.password}@", ":***@"), parts.path,
+                              parts.query, parts.fragment))
+        return f"{uri}#{self.table}"
 
     def __str__(self) -> str:
-        return f"{self.identity} (warehouse {self.warehouse})"
+        return f"{self.identity} (warehouse {masked(self.warehouse)})"
+
+    def __repr__(self) -> str:
+        return f"LakeConfig({masked(self.catalog_uri)!r}, {masked(self.warehouse)!r}, {self.table!r})"
 
 
 def _file_uri(path: Path) -> str:
@@ -190,16 +219,105 @@ def _file_uri(path: Path) -> str:
 
 def _table_name(name: str, given: str) -> str:
     if name.count(".") != 1 or not all(name.split(".")):
-        raise LakeError(f"{_redacted(given)}: table must be NAMESPACE.NAME, not {name!r}")
+        raise LakeError(f"{masked(given)}: table must be NAMESPACE.NAME, not {name!r}")
     return name
 
 
-def _redacted(uri: str) -> str:
-    parts = urlsplit(uri) if "://" in uri else None
-    if parts is None or parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+# -- secrets in URIs, DSNs and messages ---------------------------------------------------------
+
+MASK = "***"
+# Query parameters and libpq keywords whose value is a secret, by a normalised name (lower case,
+# no "_", "-", "."): any name containing one of these, or equal to one of _SECRET_NAMES.
+_SECRET_PARTS = ("password", "passwd", "pwd", "secret", "token", "credential", "accesskey", "apikey", "privatekey",
+                 "sessionkey", "signature", "authorization")
+_SECRET_NAMES = frozenset({"key", "sig", "auth", "pass"})
+# A URI in free text: a scheme, "://", then up to white space or a quote.
+_URI = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*"
+# A libpq keyword=value pair (value bare, or single-quoted with backslash escapes).
+_PAIR = r"(?<![\w.\-])(?P<key>[A-Za-z_][\w.\-]*)(?P<eq>\s*=\s*)(?P<value>'(?:\\.|[^'\\])*'|[^\s'\"]*)"
+# A lake given as libpq's "host=... dbname=..." (not a folder): keyword=value pairs, no "://".
+_LIBPQ_DSN = re.compile(
+    r"\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|sslpassword|connect_timeout|options)"
+    r"\s*=", re.IGNORECASE)
+_URI_OR_PAIR = re.compile(rf"(?P<uri>{_URI})|{_PAIR}")
+_USERINFO = re.compile(r"(?P<user>[^:/@?#]*):(?P<password>[^@]*)@")
+
+
+def _secret_name(name: str) -> bool:
+    key = re.sub(r"[-_.\s]", "", unquote_plus(name)).lower()
+    return key in _SECRET_NAMES or any(part in key for part in _SECRET_PARTS)
+
+
+def masked(text: str) -> str:
+    """``text`` with every secret of a URI, DSN or message in it replaced by ``***``.
+
+    The one place curate masks what it prints, stores or puts in an error: a URI's
+    ``user:password@``, its query parameters named like secrets (``password=``, ``sslpassword=``,
+    ``token=``, ``access_key=``, ``secret=``...), URIs nested in its parameters
+    (``warehouse=s3://key:secret@...``) and libpq ``key=value`` strings (``host=db password=pw``).
+    Anything else is kept as written, so a masked URI still names its host, database and table.
+    """
+    return _URI_OR_PAIR.sub(_mask_match, text)
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    if match["uri"] is not None:
+        return _masked_uri(match["uri"])
+    key, eq, value = match["key"], match["eq"], match["value"]
+    if _secret_name(key):
+        return f"{key}{eq}{MASK}" if value else match[0]
+    return f"{key}{eq}{masked(value)}" if value else match[0]
+
+
+def _masked_uri(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    # The password as SQLAlchemy reads it (``user:`` up to the first "@", "/" and "?" allowed),
+    # and on to a later "@" of the host part, as urllib reads it.
+    userinfo = _USERINFO.match(rest)
+    if userinfo is not None:
+        after = rest[userinfo.end():]
+        host = re.split(r"[/?#]", after, maxsplit=1)[0]
+        end = userinfo.end() + host.rfind("@") + 1
+        rest = f"{userinfo['user']}:{MASK}@{rest[end:]}"
+    path, question, query = rest.partition("?")
+    query, hash_sign, fragment = query.partition("#")
+    if not question:
+        path, hash_sign, fragment = path.partition("#")
+    pairs = []
+    for pair in query.split("&") if question else []:
+        name, eq, value = pair.partition("=")
+        if eq and _secret_name(name):
+            pair = f"{name}={MASK}"
+        elif eq and masked(unquote_plus(value)) != unquote_plus(value):  # a URI or DSN with secrets inside
+            pair = f"{name}={masked(unquote_plus(value))}"
+        pairs.append(pair)
+    return f"{scheme}{sep}{path}{question}{'&'.join(pairs)}{hash_sign}{masked(fragment)}"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not connect" in text or "connection refused" in text
+
+
+def _driver_message(exc: BaseException) -> str:
+    """The database driver's own words (SQLAlchemy's wrapper adds the SQL and a link)."""
+    return str(getattr(exc, "orig", None) or exc).strip()
+
+
+def _locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked": another process held the catalog's file past the wait."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc)
+
+
+def _is_creation_race(exc: BaseException) -> bool:
+    """An error a writer creating the table may meet when others create it at the same moment."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceError, TableAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
+    races = (IntegrityError, NamespaceAlreadyExistsError, NoSuchNamespaceError, TableAlreadyExistsError)
+    return isinstance(exc, races) or _locked(exc)
 
 
 def _is_commit_conflict(exc: BaseException) -> bool:
@@ -207,7 +325,8 @@ def _is_commit_conflict(exc: BaseException) -> bool:
 
     # An append whose starting snapshot was expired meanwhile is refused before it lands.
     stale = isinstance(exc, ValidationException) and "Cannot find starting snapshot" in str(exc)
-    return isinstance(exc, CommitFailedException) or stale
+    # A commit refused by a locked SQLite catalog did not land (its transaction rolled back).
+    return isinstance(exc, CommitFailedException) or stale or _locked(exc)
 
 
 class Lake:
@@ -229,24 +348,23 @@ class Lake:
     def _connect(self) -> SqlCatalog:
         try:
             from pyiceberg.catalog.sql import SqlCatalog
-            from sqlalchemy.exc import SQLAlchemyError
+            from sqlalchemy.exc import DBAPIError, SQLAlchemyError
         except ModuleNotFoundError as exc:
             raise LakeError(f"a lake needs {exc.name}: pip install 'curate[lake]'") from exc
 
         # Several writers starting at once may race to create the catalog's own tables.
-        for attempt in Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, SQLAlchemyError)),
-            wait=wait_random_exponential(multiplier=0.05, max=1), stop=stop_after_attempt(5), reraise=True,
-        ):
-            with attempt:
-                try:
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(lambda e: isinstance(e, DBAPIError) and not _unreachable(e)),
+                wait=wait_random_exponential(multiplier=0.05, max=1), stop=stop_after_attempt(5), reraise=True,
+            ):
+                with attempt:
                     return SqlCatalog("curate", uri=self.config.catalog_uri, warehouse=self.config.warehouse)
-                except ModuleNotFoundError as exc:
-                    raise LakeError(f"{self.config.identity}: the catalog needs {exc.name} (pip install it)") from exc
-                except SQLAlchemyError as exc:
-                    if "could not connect" in str(exc).lower() or "connection refused" in str(exc).lower():
-                        raise LakeError(f"{self.config.identity}: cannot reach the catalog: {getattr(exc, 'orig', exc)}") from exc
-                    raise
+        except ModuleNotFoundError as exc:
+            raise LakeError(f"{self.config.identity}: the catalog needs {exc.name} (pip install it)") from exc
+        except SQLAlchemyError as exc:
+            what = "cannot reach the catalog" if _unreachable(exc) else "cannot use the catalog"
+            raise LakeError(f"{self.config.identity}: {what}: {_driver_message(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -272,22 +390,50 @@ class Lake:
 
     def table(self, *, create: bool = True) -> Table:
         """The table, reloaded from the catalog (created with its namespace if absent and ``create``)."""
-        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
-
         table = self.load()
         if table is not None:
             return table
         if not create:
             raise LakeError(f"{self.config.identity}: no such table yet (nothing was pushed to this lake)")
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(_is_creation_race),
+                wait=wait_random_exponential(multiplier=0.05, max=1), stop=stop_after_attempt(8), reraise=True,
+            ):
+                with attempt:
+                    return self._create()
+        except Exception as exc:
+            if not _is_creation_race(exc):
+                raise
+            raise LakeError(f"{self.config.identity}: could not create the table: {_driver_message(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create(self) -> Table:
+        """Make the namespace and the table, or load what a writer that got there first made.
+
+        Writers starting together on a new lake all find no table and all try to make one: the
+        catalog takes the first namespace and table and refuses the others, with pyiceberg's
+        already-exists errors or, when the rows of two creations meet in the database, with the
+        database's unique-key error (pyiceberg converts it for tables but not for namespaces).
+        """
+        from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+        from sqlalchemy.exc import IntegrityError
+
         namespace = self.config.table.split(".")[0]
         try:
             self.catalog.create_namespace(namespace)
         except NamespaceAlreadyExistsError:
             pass
+        except IntegrityError:
+            if not self.catalog.namespace_exists(namespace):
+                raise
         try:
             return self.catalog.create_table(self.config.table, schema=_schema(), properties=TABLE_PROPERTIES)
-        except TableAlreadyExistsError:  # another writer made it first
-            return self.catalog.load_table(self.config.table)
+        except (TableAlreadyExistsError, IntegrityError):
+            table = self.load()
+            if table is None:
+                raise
+            return table
 
     def exists(self) -> bool:
         return self.load() is not None
@@ -443,6 +589,19 @@ def _abandoned(con: duckdb.DuckDBPyConnection, lake: LakeConfig) -> list[str]:
     return dead
 
 
+def _forget_former_identity(store: Store, config: LakeConfig) -> None:
+    """Rename what an older curate recorded under this lake's unmasked name (a password in its
+    query), so that the password leaves the store and nothing is sent twice."""
+    former = config.former_identity
+    if former == config.identity:
+        return
+    with store.read() as con:
+        ((held,),) = con.execute("select count(*) from lake_sent where lake = ?", [former]).fetchall()
+    if held:
+        with store.write() as con:
+            con.execute("update lake_sent set lake = ? where lake = ?", [config.identity, former]).fetchall()
+
+
 def _recover(store: Store, lake: Lake) -> tuple[int, int]:
     """Settle batches claimed by writers that died before recording their commit."""
     with store.read() as con:
@@ -533,6 +692,7 @@ def push(
     handle = lake if isinstance(lake, Lake) else Lake(lake)
     batch_rows = batch_rows or batch_rows_default()
     try:
+        _forget_former_identity(store, handle.config)
         recovered, released = _recover(store, handle)
         rows = batches = 0
         landed: tuple[str, int] | None = None  # committed to the lake, not yet recorded
@@ -617,7 +777,7 @@ class LakePusher:
                 self.errors += 1
                 self.last_error = exc
                 log.warning("lake: push failed (rows wait in the local store, retried in %gs): %s",
-                            self.interval, exc)
+                            self.interval, masked(str(exc)))
 
     def __enter__(self) -> Self:
         self.lake.table()  # an unreachable catalog fails now, not after an hour of harvesting
@@ -631,7 +791,7 @@ class LakePusher:
             self._push_once()
         except Exception as error:
             if exc_type is not None:  # the writer's own failure is the one to report
-                log.warning("lake: final push failed: %s", error)
+                log.warning("lake: final push failed: %s", masked(str(error)))
                 return
             with self.store.read() as con:
                 waiting = pending_count(con, self.lake.config)

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_store, out, user_errors
-from curate.lake import Lake, LakeError, push
+from curate.lake import Lake, LakeError, masked, push
 
 __all__ = ["lake_app"]
 
@@ -156,7 +156,7 @@ def _info(handle: Lake) -> dict[str, object]:
 
     return {
         "table": handle.config.table,
-        "location": table.location(),
+        "location": masked(table.location()),
         "snapshots": len(table.metadata.snapshots),
         "current_snapshot": current.snapshot_id if current is not None else None,
         "data_files": total("total-data-files"),
