@@ -35,10 +35,19 @@ to copy each chat row's lowercased text to a temporary Parquet file (``Store.unl
 matching runs afterwards in a DuckDB of its own, with nothing held. The pairs are written in one
 short transaction that first deletes the rows of the same eval sets: re-running a set replaces its
 rows, other sets' rows stay.
+
+**What a run has seen.** Each run records, per eval set, the chat rows it checked
+(``pass_coverage``, pass ``decontaminate:<eval set>``, with each row's body hash and a digest of
+``ngram``, ``min_shared`` and the set's items) and how to run it again (``pass_settings``: the
+file's absolute path, ``ngram``, ``min_shared``). A later run checks only the rows that set has not
+checked as they are now; when the set's items or the settings change, every row is checked again
+and the set's rows are replaced. ``curate export --exclude-contaminated`` uses this to check the
+rows added since, with the same files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,7 +65,7 @@ from curate.formats import json_message_text
 from curate.store import Store, no_progress_bar
 
 __all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminationResult", "EvalItem", "decontaminate",
-           "item_text", "read_eval_set"]
+           "item_text", "pending", "read_eval_set", "recorded", "unchecked"]
 
 DEFAULT_NGRAM = 13
 
@@ -204,12 +213,85 @@ def _shingles(words: str, n: str) -> str:
     return f"list_transform(range(1, len({words}) - ({n}) + 2), lambda i: array_to_string({words}[i:i + ({n}) - 1], ' '))"
 
 
-# What is read from the store: each chat row's text, every message's, lowercased.
-_CHAT_TEXT_SQL = f"""
-select id, lower(array_to_string(list_transform(json_extract(messages, '$[*]'),
-                                                lambda m: {json_message_text('m')}), ' ')) as text
-from chat
+# Bumped when the matching changes in a way the settings do not show.
+VERSION = 1
+PASS_PREFIX = "decontaminate:"
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _set_digest(items: list[EvalItem], *, ngram: int, min_shared: int) -> str:
+    """What a set's findings depend on: its items, ``ngram``, ``min_shared`` and the matching's version."""
+    digest = hashlib.sha256(json.dumps([VERSION, ngram, min_shared], separators=(",", ":")).encode())
+    for item in items:
+        digest.update(b"\0" + item.item.encode() + b"\1" + item.text.encode())
+    return digest.hexdigest()[:16]
+
+
+def _todo_sql(wanted: list[tuple[str, str, bool]], *, text: bool = True) -> str:
+    """The chat rows some of the ``wanted`` sets (name, settings digest, whole) has not checked as they
+    are now, with those sets' names; with ``text``, each row's text, every message's, lowercased.
+    A ``whole`` set wants every row."""
+    values = ", ".join(f"({_lit(name)}, {_lit(PASS_PREFIX + name)}, {_lit(digest)}, {str(whole).lower()})"
+                       for name, digest, whole in wanted)
+    text_column = (f""", lower(array_to_string(list_transform(json_extract(r.messages, '$[*]'),
+                                              lambda m: {json_message_text('m')}), ' ')) as text""" if text else "")
+    return f"""
+with wanted(eval_set, pass, settings, whole) as (values {values}),
+rows as (select c.id, coalesce(g.raw_hash, hash(c.messages::varchar)) as raw_hash, c.messages
+         from chat c left join generation_rows g on g.id = c.id),
+todo as (
+    select r.id, list(w.eval_set order by w.eval_set) as sets
+    from rows r cross join wanted w
+    where w.whole or not exists (select 1 from pass_coverage p where p.pass = w.pass and p.id = r.id
+                                 and p.raw_hash = r.raw_hash and p.settings = w.settings)
+    group by r.id
+)
+select r.id, r.raw_hash, t.sets{text_column}
+from rows r join todo t using (id)
 """
+
+
+def _whole_sets(store: Store, digests: dict[str, str]) -> set[str]:
+    """The sets no run has checked with these items and settings: every row is theirs to check."""
+    checked = {(r["pass"], r["settings"]) for r in store.query(
+        "select distinct pass, settings from pass_coverage where starts_with(pass, ?)", [PASS_PREFIX]).to_pylist()}
+    return {name for name, digest in digests.items() if (PASS_PREFIX + name, digest) not in checked}
+
+
+def recorded(store: Store) -> list[dict[str, Any]]:
+    """The eval sets earlier runs checked: ``eval_set``, ``path``, ``ngram``, ``min_shared``, by name."""
+    rows = store.query("select pass, params::varchar as params from pass_settings where starts_with(pass, ?) "
+                       "order by pass", [PASS_PREFIX]).to_pylist()
+    return [{"eval_set": r["pass"][len(PASS_PREFIX):], **json.loads(r["params"])} for r in rows]
+
+
+def unchecked(store: Store, eval_set: str) -> int:
+    """How many chat rows the recorded run of ``eval_set`` has not checked as they are now (its file unread)."""
+    rows = store.query("select settings from pass_settings where pass = ?", [PASS_PREFIX + eval_set]).to_pylist()
+    if not rows:
+        raise KeyError(f"{eval_set}: no recorded run of curate decontaminate")
+    sql = f"select count(*) as n from ({_todo_sql([(eval_set, rows[0]['settings'], False)], text=False)})"
+    return int(store.query(sql).to_pylist()[0]["n"])
+
+
+def pending(
+    store: Store, eval_paths: Sequence[str | os.PathLike[str]], *, ngram: int = DEFAULT_NGRAM, min_shared: int = 1,
+) -> dict[str, int]:
+    """Per eval set, how many chat rows a run with these files and settings would check (0: up to date)."""
+    paths = [Path(p) for p in eval_paths]
+    digests = {p.name: _set_digest(read_eval_set(p), ngram=ngram, min_shared=min_shared) for p in paths}
+    whole = _whole_sets(store, digests)
+    wanted = [(name, digest, name in whole) for name, digest in digests.items()]
+    counts = dict.fromkeys(digests, 0)
+    if wanted:
+        for r in store.query(f"select eval_set, count(*) as n from (select unnest(sets) as eval_set "
+                             f"from ({_todo_sql(wanted, text=False)})) group by eval_set").to_pylist():
+            counts[r["eval_set"]] = int(r["n"])
+    # A set never checked counts as pending even on an empty store: its settings are to be recorded.
+    return {name: max(n, 1) if name in whole else n for name, n in counts.items()}
 
 _MATCH_SQL = f"""
 with eval_words as (
@@ -272,13 +354,15 @@ def decontaminate(
     *,
     ngram: int = DEFAULT_NGRAM,
     min_shared: int = 1,
+    full: bool = False,
 ) -> DecontaminationResult:
     """Flag the chat rows that share ``ngram``-word shingles with the items of ``eval_paths``.
 
     Writes one ``contamination`` row per (chat row, eval item) pair sharing at least
-    ``min_shared`` distinct shingles (all of a short item's), replacing the rows the same eval
-    sets had. Returns the items read, the pairs and contaminated rows found per set, the chat rows
-    scanned and the seconds taken.
+    ``min_shared`` distinct shingles (all of a short item's). Only the rows a set has not checked
+    as they are now, with these items and settings, are read (``full``: every row); a set checked
+    with other items or settings has its rows replaced. Returns the items read, the pairs and
+    contaminated rows each set has in the store after the run, the chat rows read and the seconds.
     """
     if ngram < 1:
         raise ValueError(f"ngram must be 1 or more, not {ngram}")
@@ -292,14 +376,41 @@ def decontaminate(
         raise ValueError(f"two eval sets would have the same name: {', '.join(twice)} (rename one)")
     sets = [(p.name, read_eval_set(p)) for p in paths]
     items = _eval_table(sets)
+    digests = {name: _set_digest(found, ngram=ngram, min_shared=min_shared) for name, found in sets}
+    whole = set(names) if full else _whole_sets(store, digests)
     with store.scratch() as folder:
         texts = Path(folder) / "chat_text.parquet"
-        scanned = store.unload(_CHAT_TEXT_SQL, texts)
+        scanned = store.unload(_todo_sql([(name, digests[name], name in whole) for name in names]), texts)
+        todo = pq.read_table(texts, columns=["id", "raw_hash", "sets"])
         pairs = _match(store, texts, Path(folder) / "spill", items, ngram=ngram, min_shared=min_shared)
+    # A row read for one set is not news for another set that had checked it.
+    wants = {(i, name) for i, row_sets in zip(todo.column("id").to_pylist(), todo.column("sets").to_pylist(),
+                                             strict=True) for name in row_sets}
+    pairs = pairs.filter(pa.array([(i, e) in wants for i, e in zip(pairs.column("id").to_pylist(),
+                                                                    pairs.column("eval_set").to_pylist(), strict=True)],
+                                  pa.bool_()))
+    checked = pa.table({
+        "pass": pa.array([PASS_PREFIX + name for _, name in sorted(wants)], pa.string()),
+        "eval_set": pa.array([name for _, name in sorted(wants)], pa.string()),
+        "id": pa.array([i for i, _ in sorted(wants)], pa.string()),
+    })
+    hash_of = dict(zip(todo.column("id").to_pylist(), todo.column("raw_hash").to_pylist(), strict=True))
+    checked = checked.append_column("raw_hash", pa.array([hash_of[i] for i in checked.column("id").to_pylist()],
+                                                         pa.uint64()))
+    checked = checked.append_column("settings", pa.array([digests[e] for e in checked.column("eval_set").to_pylist()],
+                                                         pa.string()))
     with store.write() as con:
         con.register("_curate_contamination", pairs)
+        con.register("_curate_checked", checked)
         try:
-            con.execute("delete from contamination where eval_set in (select unnest($names::varchar[]))", {"names": names})
+            whole_names = sorted(whole)
+            con.execute("delete from contamination where eval_set in (select unnest($names::varchar[]))",
+                        {"names": whole_names})
+            con.execute("delete from pass_coverage where pass in (select $prefix || unnest($names::varchar[]))",
+                        {"names": whole_names, "prefix": PASS_PREFIX})
+            # The rows read again (changed since a set checked them): that set's rows for them go.
+            con.execute("delete from contamination where (id, eval_set) in (select (id, eval_set) from _curate_checked)")
+            con.execute("delete from pass_coverage where (pass, id) in (select (pass, id) from _curate_checked)")
             con.execute(
                 """
                 insert into contamination (id, eval_set, eval_item, shared_ngrams, ngram, found_at)
@@ -307,13 +418,23 @@ def decontaminate(
                 """,
                 {"n": ngram},
             )
+            con.execute("insert into pass_coverage (pass, id, raw_hash, settings, scanned_at) "
+                        "select pass, id, raw_hash, settings, now() from _curate_checked")
+            for path in paths:
+                con.execute("delete from pass_settings where pass = ?", [PASS_PREFIX + path.name])
+                con.execute("insert into pass_settings values (?, ?, ?, now())", [
+                    PASS_PREFIX + path.name, digests[path.name],
+                    json.dumps({"path": str(path.resolve()), "ngram": ngram, "min_shared": min_shared})])
+            totals = {r[0]: (r[1], r[2]) for r in con.execute(
+                "select eval_set, count(distinct id), count(*) from contamination "
+                "where eval_set in (select unnest($names::varchar[])) group by eval_set", {"names": names}).fetchall()}
         finally:
             con.unregister("_curate_contamination")
-    by_set = pairs.to_pylist()
+            con.unregister("_curate_checked")
     return DecontaminationResult(
         items={name: len(found) for name, found in sets},
-        contaminated={name: len({r["id"] for r in by_set if r["eval_set"] == name}) for name in names},
-        pairs={name: sum(1 for r in by_set if r["eval_set"] == name) for name in names},
+        contaminated={name: int(totals.get(name, (0, 0))[0]) for name in names},
+        pairs={name: int(totals.get(name, (0, 0))[1]) for name in names},
         rows_scanned=int(scanned),
         seconds=time.perf_counter() - started,
         ngram=ngram,

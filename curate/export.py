@@ -29,6 +29,16 @@ every row sharing a key is on one side. The default key is the conversation's op
 messages up to and including the first user message), which every call of a conversation, and
 every exact duplicate, shares.
 
+**Curation passes cover what is exported.** An export acting on a pass (``--pii drop|redact``,
+``--dedup near``, ``--exclude-contaminated``) first brings that pass up to date: each pass records
+the rows it has seen (``pass_coverage``), so the export runs it, as a writer and before it reads,
+over the chat rows it has not seen as they are now (or, with ``rescan=False``/``--no-rescan``,
+refuses in one sentence naming the command to run). Rows the pass still has not seen when the
+store is read (not chat rows, or imported in between) are not exported, and counted. The
+near-duplicate clusters and the eval sets are run again with the settings and files they were last
+run with; results recorded without coverage (an older curate) are used as they are, and the card
+says so.
+
 Nothing in the folder changes until everything is written: the new data, lineage and card are
 renamed into place at the end, and an existing card's hand-written prose is kept (``card.merge``).
 """
@@ -237,8 +247,18 @@ order by split nulls last, shuffle, id
         raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
 
 
-def _copy_curation(con: duckdb.DuckDBPyConnection, near_on: str) -> None:
-    """What the curation passes found (their tables are small), copied while the store is attached."""
+def _copy_curation(con: duckdb.DuckDBPyConnection, near_on: str, passes: _Passes) -> None:
+    """What the curation passes found (their tables are small), copied while the store is attached,
+    with the rows each pass acted on covers as they are now (in the same read as the rows)."""
+    covered = [(name, passes.pii) for name in ("pii",) if passes.pii]
+    if passes.near:
+        covered.append((f"near:{near_on}", passes.near))
+    covered += [(f"decontaminate:{name}", digest) for name, digest in passes.eval_sets.items()]
+    values = ", ".join(f"({_sql_text(name)}, {_sql_text(digest)})" for name, digest in covered)
+    con.execute(f"""create table work.covered as
+                    select p.pass, p.id from store.pass_coverage p
+                    join store.generation_rows g on g.id = p.id and g.raw_hash = p.raw_hash
+                    join (values {values or "(null, null)"}) w(pass, settings) on w.pass = p.pass and w.settings = p.settings""")
     con.execute(f"""create table work.near as select id, cluster_id from store.near_duplicate_rows
                     where on_what = {_sql_text(near_on)}""")
     con.execute("""create table work.contaminated as select id, list(distinct eval_set order by eval_set) as eval_sets
@@ -321,8 +341,20 @@ def _redact(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     return _one(con, "select count(*) from work.export_rows where keep"), dict(sorted(kinds.items()))
 
 
+def _drop_unseen(con: duckdb.DuckDBPyConnection, counts: dict[str, int], step: str, passes: list[str]) -> None:
+    """Drop the kept rows one of ``passes`` has not seen as they are: a step only when there are some."""
+    if not passes:
+        return
+    listed = ", ".join(_sql_text(p) for p in passes)
+    unseen = f"""select id from work.export_rows r where keep and (select count(distinct pass) from work.covered c
+                 where c.id = r.id and c.pass in ({listed})) < {len(passes)}"""
+    if _one(con, f"select count(*) from ({unseen})"):
+        counts[step] = _drop(con, unseen)
+
+
 def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pii: str = "keep",
-            exclude_contaminated: bool = False) -> _Decisions:
+            exclude_contaminated: bool = False, passes: _Passes | None = None) -> _Decisions:
+    passes = passes or _Passes()
     source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
         # A seeded sample: the first N matching rows in the stored (shuffled) order.
@@ -349,14 +381,18 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pi
     counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
     removed: dict[str, dict[str, int]] = {}
     if dedup == "near":  # one row per cluster: its representative
+        _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
         counts["near-deduplicated"] = _drop(con, "select id from work.near where id <> cluster_id")
     if exclude_contaminated:
+        _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
         removed["eval sets"] = dict(con.execute("""
             select eval_set, count(*) from (
                 select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
                 where r.keep)
             group by eval_set order by eval_set""").fetchall())
         counts["decontaminated"] = _drop(con, "select id from work.contaminated")
+    if pii in ("drop", "redact"):
+        _drop_unseen(con, counts, "scanned for PII", ["pii"] if passes.pii else [])
     if pii == "drop":
         counts["without PII"] = _drop(con, "select id from work.pii")
     elif pii == "redact":
@@ -500,7 +536,7 @@ def _render_card(
     *, name: str, fmt: str, query: str, view_sql: str | None, when: str, fingerprint: str, generations: int,
     store: str, decisions: _Decisions, files: dict[str, list[Path]], sizes: dict[str, int], folder: Path,
     stats: dict[str, Any],
-    seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str,
+    seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str, passes: _Passes | None = None,
 ) -> str:
     from curate import __version__
 
@@ -547,6 +583,8 @@ def _render_card(
     if view_sql:
         lines += ["", "<details><summary>The view it reads</summary>", "", "```sql", view_sql.strip(), "```", "",
                   "</details>"]
+    if passes is not None and passes.notes:
+        lines += ["", "## Curation passes", ""] + [f"- {note}" for note in passes.notes]
     lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
     lines += [f"| {step} | {n:,} |" for step, n in c.items() if step not in decisions.splits]
     lines += [f"| {split} | {n:,} |" for split, n in decisions.splits.items()]
@@ -601,6 +639,122 @@ def _render_card(
     return card.compose(header, "\n".join(lines))
 
 
+# ---------------------------------------------------------------- the passes an export acts on
+
+
+@dataclass
+class _Passes:
+    """The passes an export acts on, each with the settings digest whose coverage counts, and what the
+    card says of them. An empty digest: the pass is not acted on, or its results had no coverage."""
+
+    pii: str = ""
+    near: str = ""
+    near_on: str = "prompt"
+    eval_sets: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _refuse_or_run(rescan: bool, flag: str, what: str, command: str) -> None:
+    if not rescan:
+        raise ExportError(f"{flag} --no-rescan: {what}; run `{command}` first (or export without --no-rescan).")
+
+
+def _bring_passes_up_to_date(
+    store: Store, *, pii: str, dedup: str, near_on: str, exclude_contaminated: bool, rescan: bool,
+    say: Callable[[str], None],
+) -> _Passes:
+    """Run each pass the export acts on over the chat rows it has not seen (a writer, before the
+    export reads), or refuse when ``rescan`` is False; what the export then relies on."""
+    passes = _Passes(near_on=near_on)
+    acting = [flag for flag, on in ((f"--pii {pii}", pii != "keep"), ("--dedup near", dedup == "near"),
+                                    ("--exclude-contaminated", exclude_contaminated)) if on]
+    if not acting:
+        return passes
+    from curate.lakestore import LakeStore
+
+    if isinstance(store, LakeStore):
+        raise ExportError(f"{acting[0]}: the lake is read-only, so no curation pass has run on it; pull it into a "
+                          "store (`curate lake pull --db work.duckdb`), and export from that store.")
+    if pii != "keep":
+        from curate import pii as pii_pass
+
+        todo = pii_pass.pending(store)
+        if todo:
+            _refuse_or_run(rescan, f"--pii {pii}", f"{todo:,} chat rows have not been scanned for PII as they are now",
+                           "curate scan pii")
+            say(f"scanning {todo:,} chat rows for PII (curate scan pii)")
+            pii_pass.scan(store)
+        passes.pii = pii_pass.scan_settings()
+        passes.notes.append("PII (`curate scan pii`): every exported row was scanned, as exported, with the "
+                            f"current detectors (digest `{passes.pii}`).")
+    if dedup == "near":
+        _near_up_to_date(store, passes, near_on, rescan, say)
+    if exclude_contaminated:
+        _eval_sets_up_to_date(store, passes, rescan, say)
+    return passes
+
+
+def _near_up_to_date(store: Store, passes: _Passes, on: str, rescan: bool, say: Callable[[str], None]) -> None:
+    from curate import neardup
+
+    settings = neardup.recorded_settings(store, on)
+    if settings is None and store.query("select 1 from near_duplicate_rows where on_what = ? limit 1", [on]).num_rows:
+        passes.notes.append(f"Near-duplicates on {on}: clusters recorded by an older curate, without the rows they "
+                            "compared: rows added since may be missing from them (`curate dedup near` brings them "
+                            "up to date).")
+        return
+    settings = settings or {"threshold": neardup.DEFAULT_THRESHOLD, "num_perm": neardup.DEFAULT_NUM_PERM,
+                            "shingle": neardup.DEFAULT_SHINGLE}
+    threshold, num_perm, shingle = float(settings["threshold"]), int(settings["num_perm"]), int(settings["shingle"])
+    command = f"curate dedup near --on {on} --threshold {threshold:g}"
+    todo = neardup.pending(store, on=on, threshold=threshold, num_perm=num_perm, shingle=shingle)  # type: ignore[arg-type]
+    if todo:
+        _refuse_or_run(rescan, "--dedup near",
+                       f"the near-duplicate clusters on {on} are not up to date ({todo:,} chat rows new, changed or "
+                       "gone since they were computed)", command)
+        say(f"computing near-duplicate clusters on {on} ({command})")
+        neardup.near_duplicates(store, on=on, threshold=threshold, num_perm=num_perm, shingle=shingle)  # type: ignore[arg-type]
+    passes.near = neardup.settings_digest(on, threshold, num_perm, shingle)
+    passes.notes.append(f"Near-duplicates (`{command}`): every exported row was compared, as exported.")
+
+
+def _eval_sets_up_to_date(store: Store, passes: _Passes, rescan: bool, say: Callable[[str], None]) -> None:
+    from curate import decontaminate as dc
+
+    sets = dc.recorded(store)
+    known = {s["eval_set"] for s in sets}
+    legacy = [r["eval_set"] for r in store.query(
+        "select distinct eval_set from contamination order by eval_set").to_pylist() if r["eval_set"] not in known]
+    if not sets and not legacy:
+        raise ExportError("--exclude-contaminated: no eval set has been checked against this store; "
+                          "run `curate decontaminate EVAL_FILE...` first.")
+    for recorded in sets:
+        name, path = recorded["eval_set"], Path(recorded["path"])
+        ngram, min_shared = int(recorded["ngram"]), int(recorded["min_shared"])
+        command = f"curate decontaminate {path} --ngram {ngram} --min-shared {min_shared}"
+        if path.exists():
+            todo = dc.pending(store, [path], ngram=ngram, min_shared=min_shared)[name]
+        else:
+            todo = dc.unchecked(store, name)
+            if todo:
+                raise ExportError(f"--exclude-contaminated: {todo:,} chat rows have not been checked against {name}, "
+                                  f"whose file {path} is gone; run `curate decontaminate EVAL_FILE` with it first.")
+        if todo:
+            _refuse_or_run(rescan, "--exclude-contaminated",
+                           f"{todo:,} chat rows have not been checked against {name} as they and its file are now",
+                           command)
+            say(f"checking {todo:,} chat rows against {name} ({command})")
+            dc.decontaminate(store, [path], ngram=ngram, min_shared=min_shared)
+        digest = store.query("select settings from pass_settings where pass = ?",
+                             [dc.PASS_PREFIX + name]).to_pylist()[0]["settings"]
+        passes.eval_sets[name] = digest
+        passes.notes.append(f"Eval set `{name}` (`{command}`): every exported row was checked, as exported.")
+    for name in legacy:
+        passes.notes.append(f"Eval set `{name}`: rows recorded by an older curate, without the rows it checked: "
+                            "rows added since were not checked against it (`curate decontaminate` with its file "
+                            "brings it up to date).")
+
+
 # ---------------------------------------------------------------- the whole export
 
 
@@ -623,6 +777,7 @@ def export(
     license_id: str = card.PLACEHOLDER_LICENSE,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[str], None] | None = None,
+    rescan: bool = True,
 ) -> ExportResult:
     """Export ``source`` (a view name or a SELECT with ``id`` and ``messages``) to ``folder`` in ``fmt``.
 
@@ -633,7 +788,8 @@ def export(
     near-duplicate cluster (``curate dedup near``, on ``near_on``), ``none`` keeps all;
     ``exclude_contaminated``: drop rows ``curate decontaminate`` found in an eval set;
     ``pii``: ``drop`` rows in which ``curate scan pii`` found personal data or secrets;
-    ``strict``: refuse to write anything if a row is invalid for ``fmt``.
+    ``strict``: refuse to write anything if a row is invalid for ``fmt``; ``rescan``: bring the
+    passes acted on up to date first (False: refuse, naming the command, when one is not).
     """
     started = time.perf_counter()
     say = progress or (lambda _message: None)
@@ -641,6 +797,8 @@ def export(
     query = _source_query(source)
     out = Path(folder)
     existing_card = _check_folder(out)
+    passes = _bring_passes_up_to_date(store, pii=pii, dedup=dedup, near_on=near_on,
+                                      exclude_contaminated=exclude_contaminated, rescan=rescan, say=say)
     scratch = out / SCRATCH
     created = not out.exists()
     shutil.rmtree(scratch, ignore_errors=True)  # left by an export that crashed
@@ -650,6 +808,7 @@ def export(
             store, source, query, out, scratch, fmt=fmt, where=where, limit=limit, test_size=test_size,
             split_by=split_by, seed=seed, dedup=dedup, strict=strict, license_id=license_id,
             shard_bytes=shard_bytes, say=say, near_on=near_on, exclude_contaminated=exclude_contaminated, pii=pii,
+            passes=passes,
         )
         if existing_card is not None:
             text = card.merge(existing_card, text)
@@ -672,7 +831,7 @@ def _export_into(
     store: Store, source: str, query: str, out: Path, scratch: Path, *, fmt: str, where: str | None,
     limit: int | None, test_size: float, split_by: str | None, seed: int, dedup: str, strict: bool,
     license_id: str, shard_bytes: int, say: Callable[[str], None], near_on: str = "prompt",
-    exclude_contaminated: bool = False, pii: str = "keep",
+    exclude_contaminated: bool = False, pii: str = "keep", passes: _Passes | None = None,
 ) -> tuple[_Decisions, dict[str, list[Path]], str, str]:
     """Everything but the final move: data, lineage and card written into ``scratch``."""
     # A scratch database file: DuckDB compresses what it keeps there, and spills past the limit.
@@ -686,14 +845,15 @@ def _export_into(
             try:
                 columns = _describe(con, query)
                 fingerprint, generations = _fingerprint(con)
-                _copy_curation(con, near_on)
+                _copy_curation(con, near_on, passes or _Passes())
                 _read_source(con, query, columns, fmt=fmt, where=where, split_by=split_by, seed=seed,
                              test_size=test_size)
             finally:
                 con.execute("use work")
         view_sql = _view_sql(store, source)
         say("validating, deduplicating and splitting")
-        decisions = _decide(con, limit=limit, dedup=dedup, pii=pii, exclude_contaminated=exclude_contaminated)
+        decisions = _decide(con, limit=limit, dedup=dedup, pii=pii, exclude_contaminated=exclude_contaminated,
+                            passes=passes or _Passes())
         if strict and decisions.invalid:
             detail = "; ".join(f"{reason}: {n} (e.g. {', '.join(decisions.invalid_examples[reason])})"
                                for reason, n in decisions.invalid.items())
@@ -721,7 +881,7 @@ def _export_into(
             generations=generations, store=store.label, decisions=decisions, files=final_files, folder=out,
             sizes={split: sum(p.stat().st_size for p in paths) for split, paths in files.items()},
             stats=_stats(con), seed=seed, test_size=test_size, split_by=split_by, dedup=dedup,
-            license_id=license_id,
+            license_id=license_id, passes=passes or _Passes(),
         )
     finally:
         con.close()

@@ -323,9 +323,42 @@ def m009_mask_webhook_ids(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m010_pass_coverage(con: duckdb.DuckDBPyConnection) -> None:
+    # What each curation pass has seen, so that a later run scans only what is new and an export
+    # acting on a pass can tell which of its rows the pass never saw. `pass_coverage`: one row
+    # per (pass, chat row) the pass has read, with the body it read (`raw_hash`, the generation's)
+    # and a digest of its settings (detectors, threshold, eval file...); a row is covered when
+    # both still match. `pass` names the pass and its scope: `pii`, `near:prompt`,
+    # `near:conversation`, `decontaminate:<eval set>`. `pass_settings`: per pass, the digest in
+    # force and the settings themselves (JSON), so that an export can run the pass again as it
+    # was run (the eval file's path, the threshold).
+    con.execute(
+        """
+        create table pass_coverage (
+            pass       varchar not null,
+            id         varchar not null,
+            raw_hash   ubigint not null,
+            settings   varchar not null,
+            scanned_at timestamptz not null
+        )
+        """
+    )
+    con.execute(
+        """
+        create table pass_settings (
+            pass       varchar not null,
+            settings   varchar not null,
+            params     json not null,
+            updated_at timestamptz not null
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
     m007_views_per_connection_and_spool, m008_submission_claims, m009_mask_webhook_ids,
+    m010_pass_coverage,
 ]
 
 

@@ -15,10 +15,19 @@ The store is not held while Python shingles and hashes: the texts are copied to 
 Parquet file under one read-only connection (``Store.unload``), and read from it a batch at a
 time once the store is let go. The clusters replace the previous ones for the same ``on`` in one
 short transaction.
+
+**What a run has seen.** Each run records the rows it compared (``pass_coverage``, pass
+``near:<on>``, with each row's body hash and a digest of the settings) and its settings
+(``pass_settings``). A run whose settings and rows are those already recorded does nothing; when
+any row is new or changed (or gone), or the settings differ, the clusters are computed again over
+every row: a new row can join, merge or re-represent any cluster, and a full recompute is the
+simple way to be right (incremental LSH would need the signatures kept in the store).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from array import array
 from dataclasses import dataclass
@@ -32,7 +41,7 @@ import rensa
 from curate.formats import json_message_text
 from curate.store import Store
 
-__all__ = ["NearDupResult", "near_duplicates"]
+__all__ = ["NearDupResult", "near_duplicates", "pending", "recorded_settings"]
 
 On = Literal["prompt", "conversation"]
 SEED = 1729
@@ -42,13 +51,15 @@ BATCH_ROWS = 10_000
 def _texts_sql(on: On) -> str:
     messages = "msgs" if on == "conversation" else "list_slice(msgs, 1, len(msgs) - 1)"
     return f"""
-        with rows as (select id, finished_at, json_extract(messages, '$[*]') as msgs from chat),
+        with rows as (select c.id, c.finished_at, json_extract(c.messages, '$[*]') as msgs,
+                             coalesce(g.raw_hash, hash(c.messages::varchar)) as raw_hash
+                      from chat c left join generation_rows g on g.id = c.id),
         joined as (
-            select id, finished_at,
+            select id, finished_at, raw_hash,
                    lower(array_to_string(list_transform({messages}, lambda m: {json_message_text('m')}), ' ')) as t
             from rows
         )
-        select id, finished_at,
+        select id, finished_at, raw_hash,
                trim(regexp_replace(regexp_replace(t, '[[:punct:]]', '', 'g'), '\\s+', ' ', 'g')) as text
         from joined
     """
@@ -56,7 +67,10 @@ def _texts_sql(on: On) -> str:
 
 @dataclass(frozen=True)
 class NearDupResult:
-    """What one run found: rows scanned, clusters (of two rows or more), rows in them, and time."""
+    """What one run found: rows scanned, clusters (of two rows or more), rows in them, and time.
+
+    ``up_to_date``: nothing had changed since the last run with these settings, so nothing was
+    computed (``rows`` and the clusters are then what that run recorded)."""
 
     on: str
     threshold: float
@@ -64,6 +78,62 @@ class NearDupResult:
     clusters: int
     rows_in_clusters: int
     seconds: float
+    up_to_date: bool = False
+
+
+DEFAULT_THRESHOLD = 0.85
+DEFAULT_NUM_PERM = 128
+DEFAULT_SHINGLE = 5
+# Bumped when the texts compared or the clustering change in a way the settings do not show.
+VERSION = 1
+
+
+def pass_name(on: str) -> str:
+    return f"near:{on}"
+
+
+def settings_digest(on: str, threshold: float, num_perm: int, shingle: int) -> str:
+    text = json.dumps({"on": on, "threshold": threshold, "num_perm": num_perm, "shingle": shingle, "seed": SEED,
+                       "version": VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded_settings(store: Store, on: str) -> dict[str, float | int] | None:
+    """The settings of the last recorded run on ``on`` (threshold, num_perm, shingle), or None."""
+    rows = store.query("select params::varchar as params from pass_settings where pass = ?",
+                       [pass_name(on)]).to_pylist()
+    if not rows:
+        return None
+    params = json.loads(rows[0]["params"])
+    return {k: params[k] for k in ("threshold", "num_perm", "shingle")}
+
+
+def _pending_sql(on: str, settings: str) -> str:
+    """Rows of chat not compared as they are under ``settings``, plus compared rows no longer in chat."""
+    name = pass_name(on)
+    return f"""
+        with rows as (select c.id, coalesce(g.raw_hash, hash(c.messages::varchar)) as raw_hash
+                      from chat c left join generation_rows g on g.id = c.id),
+        covered as (select id, raw_hash from pass_coverage where pass = '{name}' and settings = '{settings}')
+        select (select count(*) from rows r where not exists
+                    (select 1 from covered p where p.id = r.id and p.raw_hash = r.raw_hash))
+             + (select count(*) from covered p where not exists
+                    (select 1 from rows r where r.id = p.id and r.raw_hash = p.raw_hash))
+             + (select count(*) from pass_coverage where pass = '{name}' and settings <> '{settings}') as n
+    """
+
+
+def pending(store: Store, *, on: On = "prompt", threshold: float = DEFAULT_THRESHOLD,
+            num_perm: int = DEFAULT_NUM_PERM, shingle: int = DEFAULT_SHINGLE) -> int:
+    """How many chat rows are new, changed or gone since the last run with these settings (0: up to date).
+
+    Never run with these settings: every chat row (and at least 1, so an empty store counts as not run)."""
+    settings = settings_digest(on, threshold, num_perm, shingle)
+    n = store.query(_pending_sql(on, settings)).to_pylist()[0]["n"]
+    if n == 0 and not store.query("select 1 from pass_settings where pass = ? and settings = ?",
+                                  [pass_name(on), settings]).num_rows:
+        return 1
+    return int(n)
 
 
 def shingles(text: str, size: int) -> list[str]:
@@ -112,18 +182,32 @@ class _Components:
 def near_duplicates(
     store: Store,
     *,
-    threshold: float = 0.85,
+    threshold: float = DEFAULT_THRESHOLD,
     on: On = "prompt",
-    num_perm: int = 128,
-    shingle: int = 5,
+    num_perm: int = DEFAULT_NUM_PERM,
+    shingle: int = DEFAULT_SHINGLE,
+    full: bool = False,
 ) -> NearDupResult:
-    """Cluster the ``chat`` rows whose texts are near-identical; replace the clusters for ``on``."""
+    """Cluster the ``chat`` rows whose texts are near-identical; replace the clusters for ``on``.
+
+    Does nothing when no row is new, changed or gone since the last run with the same settings
+    (``full``: compute anyway)."""
     if on not in ("prompt", "conversation"):
         raise ValueError(f"on must be 'prompt' or 'conversation', not {on!r}")
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], not {threshold}")
     started = time.perf_counter()
+    settings = settings_digest(on, threshold, num_perm, shingle)
+    if not full and pending(store, on=on, threshold=threshold, num_perm=num_perm, shingle=shingle) == 0:
+        (seen,) = store.query(
+            "select (select count(*) from pass_coverage where pass = ?) as a, count(distinct cluster_id) as b, "
+            "count(*) as c from near_duplicate_rows where on_what = ?", [pass_name(on), on]).to_pylist()
+        rows_seen, clusters_seen, members_seen = seen["a"], seen["b"], seen["c"]
+        return NearDupResult(on=on, threshold=threshold, rows=int(rows_seen), clusters=int(clusters_seen),
+                             rows_in_clusters=int(members_seen), seconds=time.perf_counter() - started,
+                             up_to_date=True)
     ids: list[str] = []
+    hashes: list[int] = []
     finished: list[object] = []
     lengths = array("q")
     signatures = array("I")  # num_perm per row with text; rows without text have none
@@ -132,9 +216,10 @@ def near_duplicates(
         unloaded = Path(folder) / "texts.parquet"
         store.unload(_texts_sql(on), unloaded, row_group_rows=BATCH_ROWS)
         with pq.ParquetFile(unloaded) as reading:
-            for batch in reading.iter_batches(batch_size=BATCH_ROWS, columns=["id", "finished_at", "text"]):
+            for batch in reading.iter_batches(batch_size=BATCH_ROWS, columns=["id", "finished_at", "raw_hash", "text"]):
                 texts = batch.column("text").to_pylist()
                 ids.extend(batch.column("id").to_pylist())
+                hashes.extend(batch.column("raw_hash").to_pylist())
                 finished.extend(batch.column("finished_at").to_pylist())
                 token_sets = []
                 for text in texts:
@@ -208,6 +293,17 @@ def near_duplicates(
             [on, threshold],
         )
         con.unregister("found_near_duplicates")
+        # What this run compared: every chat row, with its body, under these settings.
+        con.register("compared_rows", pa.table({"id": pa.array(ids, pa.string()),
+                                                "raw_hash": pa.array(hashes, pa.uint64())}))
+        con.execute("delete from pass_coverage where pass = ?", [pass_name(on)])
+        con.execute("insert into pass_coverage (pass, id, raw_hash, settings, scanned_at) "
+                    "select ?, id, raw_hash, ?, now() from compared_rows", [pass_name(on), settings])
+        con.unregister("compared_rows")
+        con.execute("delete from pass_settings where pass = ?", [pass_name(on)])
+        con.execute("insert into pass_settings values (?, ?, ?, now())", [
+            pass_name(on), settings,
+            json.dumps({"on": on, "threshold": threshold, "num_perm": num_perm, "shingle": shingle})])
     return NearDupResult(
         on=on, threshold=threshold, rows=n, clusters=clusters, rows_in_clusters=len(out_ids),
         seconds=time.perf_counter() - started,

@@ -87,6 +87,12 @@ EXPECTED = {
     "spool_merged": [
         ("segment", "VARCHAR"), ("merged_to", "BIGINT"), ("records", "BIGINT"),
         ("merged_at", "TIMESTAMP WITH TIME ZONE"),
+    ],    "pass_coverage": [
+        ("pass", "VARCHAR"), ("id", "VARCHAR"), ("raw_hash", "UBIGINT"), ("settings", "VARCHAR"),
+        ("scanned_at", "TIMESTAMP WITH TIME ZONE"),
+    ],
+    "pass_settings": [
+        ("pass", "VARCHAR"), ("settings", "VARCHAR"), ("params", "JSON"), ("updated_at", "TIMESTAMP WITH TIME ZONE"),
     ],
 }
 
@@ -274,3 +280,29 @@ def test_webhook_ids_stored_before_are_masked_and_a_redelivery_is_still_a_duplic
     assert held.to_pylist() == [{"n": 0}] and rejected == [{"raw": '{"webhook_id": "[webhook-id]"}'}]
     again = store.ingest_texts([text], source="webhook")
     assert (again.duplicate, again.updated, again.stored) == (1, 0, 0)
+
+
+def test_pass_coverage_starts_empty_and_an_older_scans_findings_stay(tmp_path: Path) -> None:
+    from curate import pii
+
+    path = tmp_path / "old.duckdb"
+    con = old_store(path, before="m010_pass_coverage")
+    record = generation_record(1)
+    record["request"]["messages"] = [{"role": "user", "content": "Mail jane.doe@example.com"}]
+    con.execute(
+        "insert into generation_rows (id, raw, raw_hash, shape, state, source, first_seen_at, updated_at, "
+        "request_path, response_path) values (?, ?, hash(?), 'generation', 'Success', 'poll', now(), now(), "
+        "'$.request', '$.response')",
+        [record["id"], json.dumps(record), json.dumps(record)],
+    )
+    # What `curate scan pii` of an older curate left: its findings, and no record of what it read.
+    con.execute("insert into pii_findings values (?, 0, 'email', 5, 25, 'regex', now())", [record["id"]])
+    con.close()
+
+    store = Store(path)
+    assert store.migrate() == ["m010_pass_coverage"]
+    assert store.query("select count(*) as n from pass_coverage").to_pylist() == [{"n": 0}]
+    # The first scan reads every row (none is covered) and records the finding once.
+    assert pii.scan(store).rows == 1
+    assert store.query("select count(*) as n from pii_findings").to_pylist() == [{"n": 1}]
+    assert store.query("select pass, id from pass_coverage").to_pylist() == [{"pass": "pii", "id": record["id"]}]

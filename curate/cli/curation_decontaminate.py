@@ -24,17 +24,20 @@ def decontaminate_command(
     min_shared: Annotated[
         int, typer.Option("--min-shared", min=1, help="Distinct n-grams a chat row must share with an item.")
     ] = 1,
+    full: Annotated[bool, typer.Option("--full", help="Check every chat row again, not only the rows not yet checked.")] = False,
     db: DbOption = None,
     queries: QueriesOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Flag chat rows that share word n-grams with eval items (the contaminated view lists them).
 
-    Each run replaces the rows of the eval sets it is given; the generations are never modified.
+    A set is checked only against the chat rows it has not checked as they are now (new or
+    changed rows); when its items, --ngram or --min-shared change, every row is checked again and
+    the set's rows replaced. The generations are never modified.
     """
     with user_errors():
         try:
-            result = decontaminate(open_store(db, queries), eval_files, ngram=ngram, min_shared=min_shared)
+            result = decontaminate(open_store(db, queries), eval_files, ngram=ngram, min_shared=min_shared, full=full)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -54,7 +57,8 @@ def decontaminate_command(
         table.add_row(name, f"{items:,}", f"{result.contaminated[name]:,}", f"{result.pairs[name]:,}")
     out.print(table)
     out.print(
-        f"{result.rows_scanned:,} chat rows scanned for {result.ngram}-grams in {result.seconds:.1f}s; "
+        f"{result.rows_scanned:,} chat rows scanned for {result.ngram}-grams in {result.seconds:.1f}s "
+        "(rows checked before and unchanged are not read again); "
         'curate sql "select * from contaminated" lists them',
         style="dim", highlight=False,
     )

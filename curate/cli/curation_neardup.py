@@ -32,6 +32,7 @@ def near_command(
     on: Annotated[
         CompareOn, typer.Option(help="Compare the request messages (prompt) or every message (conversation).")
     ] = CompareOn.prompt,
+    full: Annotated[bool, typer.Option("--full", help="Compute again even if no chat row changed since the last run.")] = False,
     db: DbOption = None,
     queries: QueriesOption = None,
 ) -> None:
@@ -39,13 +40,21 @@ def near_command(
 
     Texts are compared lowercased, without punctuation, whitespace collapsed. Each cluster is
     named by its longest text (then the first finished, then the smallest id); see them with
-    curate sql "select * from near_duplicates".
+    curate sql "select * from near_duplicates". A run with the settings of the last one does
+    nothing when no chat row is new, changed or gone since; otherwise every row is compared again.
     """
     if not 0 < threshold <= 1:
         typer.echo(f"error: --threshold must be in (0, 1], not {threshold:g}", err=True)
         raise typer.Exit(2)
     with user_errors():
-        result = near_duplicates(open_store(db, queries), threshold=threshold, on=on.value)
+        result = near_duplicates(open_store(db, queries), threshold=threshold, on=on.value, full=full)
+    if result.up_to_date:
+        out.print(
+            f"{result.rows:,} chat rows compared on {result.on} at threshold {result.threshold:g}, none changed "
+            f"since: {result.clusters:,} clusters holding {result.rows_in_clusters:,} rows (use --full to compute again)",
+            highlight=False,
+        )
+        return
     out.print(
         f"{result.rows:,} chat rows compared on {result.on} at threshold {result.threshold:g}: "
         f"{result.clusters:,} clusters holding {result.rows_in_clusters:,} rows ({result.seconds:.1f}s)",

@@ -30,23 +30,30 @@ def scan_callback() -> None:
 def pii_command(
     db: DbOption = None,
     queries: QueriesOption = None,
+    full: Annotated[bool, typer.Option("--full", help="Scan every row again, not only the rows no scan has read.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as one JSON object.")] = False,
 ) -> None:
-    """Find emails, phone numbers, card numbers, IP addresses and secrets in every chat message.
+    """Find emails, phone numbers, card numbers, IP addresses and secrets in the chat messages.
 
-    Replaces the table pii_findings (one row per span found); the view pii lists the chat rows
-    with findings. The stored bodies are never modified.
+    Reads only the rows no earlier scan read as they are now (new rows, changed rows; every row
+    once the detectors change), and records which rows it read (table pass_coverage). The table
+    pii_findings holds one row per span found; the view pii lists the chat rows with findings.
+    The stored bodies are never modified.
     """
     with user_errors():
-        result = pii.scan(open_store(db, queries))
+        store = open_store(db, queries)
+        result = pii.scan(store, full=full)
+        found = store.query("select kind, count(*) as n from pii_findings group by kind").to_pydict()
+        stored = dict(zip(found["kind"], found["n"], strict=True))
     counts = {kind: result.findings.get(kind, 0) for kind in pii.KINDS}
     if as_json:
-        typer.echo(json.dumps({"rows": result.rows, "messages": result.messages, "findings": counts,
-                               "total": result.total, "seconds": round(result.seconds, 3)}))
+        typer.echo(json.dumps({"rows": result.rows, "skipped": result.skipped, "messages": result.messages,
+                               "findings": counts, "total": result.total, "seconds": round(result.seconds, 3)}))
         return
-    table = Table("kind", "findings")
+    table = Table("kind", "found now", "in the store")
     for kind, n in counts.items():
-        table.add_row(kind, f"{n:,}")
+        table.add_row(kind, f"{n:,}", f"{stored.get(kind, 0):,}")
     out.print(table)
-    out.print(f"scanned {result.rows:,} chat rows ({result.messages:,} messages) in {result.seconds:.1f}s: "
-              f"{result.total:,} findings; see the view pii and the table pii_findings", highlight=False)
+    out.print(f"scanned {result.rows + result.skipped:,} chat rows: {result.rows:,} read now ({result.messages:,} "
+              f"messages, {result.total:,} findings), {result.skipped:,} unchanged since an earlier scan "
+              f"({result.seconds:.1f}s); see the view pii and the table pii_findings", highlight=False)

@@ -51,11 +51,14 @@ def export_command(
     seed: Annotated[int, typer.Option(help="The seed of the split and of the row order.")] = 0,
     dedup: Annotated[Dedup, typer.Option(
         help="exact: one row per identical messages and tools; near: also one per near-duplicate "
-             "cluster (run curate dedup near first).")] = Dedup.exact,
+             "cluster (curate dedup near, brought up to date first).")] = Dedup.exact,
     exclude_contaminated: Annotated[bool, typer.Option(
         "--exclude-contaminated", help="Drop rows curate decontaminate found in an eval set.")] = False,
     pii: Annotated[Pii, typer.Option(help="What to do with what curate scan pii found: drop the rows, or redact the spans "
                                     "([EMAIL], [PHONE], [SECRET], ...).")] = Pii.keep,
+    no_rescan: Annotated[bool, typer.Option(
+        "--no-rescan", help="Refuse, rather than first run them, when a pass acted on (--pii, --dedup near, "
+                            "--exclude-contaminated) has not seen every chat row as it is now.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row is invalid for the format.")] = False,
     license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -74,7 +77,7 @@ def export_command(
         result = export(
             store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
             split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
-            exclude_contaminated=exclude_contaminated, pii=pii.value,
+            exclude_contaminated=exclude_contaminated, pii=pii.value, rescan=not no_rescan,
             progress=None if as_json else lambda message: err.print(
                 f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
         )
