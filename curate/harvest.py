@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from curate import spool
+from curate import records, spool
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.models import TERMINAL_STATES
@@ -193,7 +193,8 @@ class _Run:
 
     def flush(self, buffer: _Buffer, *, wait: float | None = 0.0) -> None:
         """Spool what ``buffer`` holds (durably), then merge whatever the file lets us merge."""
-        frames = [spool.encode({"op": "body", "source": source, "line": line, "at": time.time()}, text.encode())
+        frames = [spool.encode({"op": "body", "source": source, "line": line, "at": time.time()},
+                               records.mask_webhook_ids(text.encode()))
                   for line, (source, text) in zip(self.writer.lines(len(buffer.bodies)), buffer.bodies, strict=True)]
         for group_id, member_ids in buffer.members:
             frames.append(spool.encode({"op": "ledger", "ids": member_ids, "kind": "generation", "source": "group",

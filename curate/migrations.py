@@ -301,8 +301,9 @@ def m009_mask_webhook_ids(con: duckdb.DuckDBPyConnection) -> None:
     # A webhook id is a credential (deliveries are not signed): stored records keep a marker in
     # its place from now on (curate.records.masked), and the rows stored before are masked here,
     # their hash with them, so a re-delivery is still recognised as a duplicate. The rule is
-    # frozen here as it was on the day.
-    pattern = r'("webhook_?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*"'
+    # frozen here as it was on the day (widened, before any release applied it, to a cut-off value
+    # and an escaped underscore).
+    pattern = r'("webhook(?:_|\\u005[fF])?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?$)'
     marker = '\\1"[webhook-id]"'
     con.execute(
         f"""
@@ -312,15 +313,30 @@ def m009_mask_webhook_ids(con: duckdb.DuckDBPyConnection) -> None:
         where generation_rows.id = m.id and m.raw <> generation_rows.raw::varchar
         """
     )
+    # A reject's key holds the md5 of its text: two rejects of one line that differed only by
+    # their webhook id become one (the same file imported before and after the id was changed).
     con.execute(
         f"""
-        update rejects set raw = m.raw, raw_md5 = md5(m.raw)
-        from (select source, line, raw_md5, regexp_replace(raw, '{pattern}', '{marker}', 'g') as raw
-              from rejects where contains(raw, 'ebhook')) m
-        where rejects.source = m.source and rejects.line = m.line and rejects.raw_md5 = m.raw_md5
-          and m.raw <> rejects.raw
+        create temp table _m009_rejects as
+        select source, line, raw_md5 as old_md5, reason, masked, md5(masked) as raw_md5, rejected_at
+        from (select *, regexp_replace(raw, '{pattern}', '{marker}', 'g') as masked
+              from rejects where contains(raw, 'ebhook'))
+        where masked <> raw
         """
     )
+    con.execute(
+        "delete from rejects where (source, line, raw_md5) in "
+        "(select (source, line, old_md5) from _m009_rejects)"
+    )
+    con.execute(
+        """
+        insert into rejects by name
+        select source, line, reason, masked as raw, raw_md5, rejected_at from _m009_rejects
+        qualify row_number() over (partition by source, line, raw_md5 order by rejected_at) = 1
+        on conflict do nothing
+        """
+    )
+    con.execute("drop table _m009_rejects")
 
 
 def m010_pass_coverage(con: duckdb.DuckDBPyConnection) -> None:

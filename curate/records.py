@@ -68,8 +68,11 @@ __all__ = [
 
 WEBHOOK_ID_MARKER = "[webhook-id]"
 # The value of a "webhookId"/"webhook_id" key at any depth (RE2: linear in the text). A quote
-# inside a string value is escaped, so a key's name only ever follows an unescaped quote.
-_WEBHOOK_ID_VALUE = r'("webhook_?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*"'
+# inside a string value is escaped, so a key's name only ever follows an unescaped quote. The
+# underscore may be written as its escape (every JSON reader reads "webhook\u005fid" as
+# webhook_id), and a value cut off by the end of the text (a truncated line, a long line's kept
+# head) is masked to the end.
+_WEBHOOK_ID_VALUE = r'("webhook(?:_|\\u005[fF])?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?$)'
 
 
 _WEBHOOK_ID_BYTES = re.compile(_WEBHOOK_ID_VALUE.encode())
