@@ -193,7 +193,40 @@ def problem(header: Any) -> str | None:
     for name in ("ids", "keys"):
         if name in header and not all(isinstance(v, str) for v in header[name]):
             return f"of a {op} record has {name} that are not all strings"
+    for name in ("generation_id", "group_id", "error", "settle", "kind"):
+        if header.get(name) is not None and not isinstance(header[name], str):
+            return f"of a {op} record has a {name} that is not a string"
+    shapes = {  # what the merge unpacks: each element's form, checked here so that it never raises
+        "gens": _pairs, "done": _pairs, "later": lambda v: _rows(v, (str, _opt_str, int, str)),
+        "backoff": lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v),
+        "group": lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and _pairs(v[1]),
+    }
+    for name, ok in shapes.items():
+        if header.get(name) is not None and not ok(header[name]):
+            return f"of a {op} record has a {name} of the wrong form"
     return None
+
+
+def _opt_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rows(value: Any, kinds: tuple[Any, ...]) -> bool:
+    def fits(item: Any, kind: Any) -> bool:
+        return kind(item) if callable(kind) and not isinstance(kind, type) else isinstance(item, kind)
+
+    return isinstance(value, list) and all(
+        isinstance(row, list) and len(row) == len(kinds) and all(fits(x, k) for x, k in zip(row, kinds, strict=True))
+        for row in value)
+
+
+def _pairs(value: Any) -> bool:
+    """[[id, state or null], ...]"""
+    return _rows(value, (str, _opt_str))
 
 
 def _reject(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[str, int, str, str]]) -> None:

@@ -226,12 +226,16 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | 
         newline = payload.find(b"\n")
         try:
             header = orjson.loads(payload[:newline])
+            why = merge.problem(header)
         except orjson.JSONDecodeError:
-            return records, at, "a frame whose header is not JSON"
-        why = merge.problem(header)
+            why = "is not JSON"
         if why is not None:
-            return records, at, f"a frame whose header {why}"
-        records.append(Record(header, payload[newline + 1:]))
+            # The frame is whole (its checksum holds), so the frames after it are sound: only
+            # this record cannot be applied. It is kept, as it was spooled, in rejects.
+            header = {"op": "reject", "source": "spool", "reason": f"a spooled record whose header {why}"}
+            records.append(Record(header, payload))
+        else:
+            records.append(Record(header, payload[newline + 1:]))
         at = begin + length
     return records, at, None
 
