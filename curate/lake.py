@@ -233,6 +233,9 @@ _SECRET_PARTS = ("password", "passwd", "pwd", "secret", "token", "credential", "
 _SECRET_NAMES = frozenset({"key", "sig", "auth", "pass"})
 # A URI in free text: a scheme, "://", then up to white space or a quote.
 _URI = r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*"
+# A URI's password, which may hold a single quote unencoded (RFC 3986 allows it, SQLAlchemy reads
+# it): masked first, so that the quote does not end the URI before its password.
+_QUOTED_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:\"<>]*:)[^\s/@\"<>]*@")
 # A libpq keyword=value pair (value bare, or single-quoted with backslash escapes).
 _PAIR = r"(?<![\w.\-])(?P<key>[A-Za-z_][\w.\-]*)(?P<eq>\s*=\s*)(?P<value>'(?:\\.|[^'\\])*'|[^\s'\"]*)"
 # A lake given as libpq's "host=... dbname=..." (not a folder): keyword=value pairs, no "://".
@@ -257,7 +260,7 @@ def masked(text: str) -> str:
     (``warehouse=s3://key:secret@...``) and libpq ``key=value`` strings (``host=db password=pw``).
     Anything else is kept as written, so a masked URI still names its host, database and table.
     """
-    return _URI_OR_PAIR.sub(_mask_match, text)
+    return _URI_OR_PAIR.sub(_mask_match, _QUOTED_PASSWORD.sub(rf"\g<head>{MASK}@", text))
 
 
 def _mask_match(match: re.Match[str]) -> str:
