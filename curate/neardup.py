@@ -36,7 +36,6 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import rensa
 
 from curate.formats import json_message_text
 from curate.store import Store
@@ -213,6 +212,8 @@ def near_duplicates(
     signatures = array("I")  # num_perm per row with text; rows without text have none
     has_text = bytearray()
     with store.scratch() as folder:
+        import rensa  # imported when used: `curate --help` need not load it
+
         unloaded = Path(folder) / "texts.parquet"
         store.unload(_texts_sql(on), unloaded, row_group_rows=BATCH_ROWS)
         with pq.ParquetFile(unloaded) as reading:

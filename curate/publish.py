@@ -21,15 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 
 from curate import card
 
@@ -115,9 +106,13 @@ def publish(
         raise PublishError(f"repo must be ORG/NAME, like my-org/my-dataset, not {repo!r}")
     message = message or _default_message(card.split(local_card)[0])
     if api is None:
+        from huggingface_hub import get_token  # imported when used: `curate --help` need not load it
+
         token = token or os.environ.get("HF_TOKEN") or get_token()
         if not token:
             raise PublishError(f"no Hugging Face token to publish {repo} with: {LOGIN_HINT}, then run again")
+        from huggingface_hub import HfApi
+
         api = HfApi(token=token)
 
     with _hub_errors(repo):
@@ -130,6 +125,8 @@ def publish(
         merged = card.merge(remote_card, local_card)
     except ValueError as exc:
         raise PublishError(f"{repo}: the {CARD} on the Hub cannot be merged: {exc}") from None
+
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     stale = sorted(p for p in remote if (p.startswith(f"{DATA}/") or p == LINEAGE) and p not in files)
     adds = [CommitOperationAdd(CARD, merged.encode()) if path == CARD else CommitOperationAdd(path, str(files[path]))
@@ -205,6 +202,8 @@ def _default_message(header: dict[str, Any]) -> str:
 
 
 def _remote_files(api: HubApi, repo: str, revision: str | None) -> list[str]:
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
     try:
         return list(api.list_repo_files(repo, repo_type="dataset", revision=revision))
     except (RepositoryNotFoundError, RevisionNotFoundError):
@@ -212,6 +211,8 @@ def _remote_files(api: HubApi, repo: str, revision: str | None) -> list[str]:
 
 
 def _remote_card(api: HubApi, repo: str, revision: str | None) -> str:
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
         path = api.hf_hub_download(repo, CARD, repo_type="dataset", revision=revision)
     except EntryNotFoundError:
@@ -222,6 +223,13 @@ def _remote_card(api: HubApi, repo: str, revision: str | None) -> str:
 @contextmanager
 def _hub_errors(repo: str) -> Iterator[None]:
     """Turn what huggingface_hub raises into one line that names the repository."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
     try:
         yield
     except RepositoryNotFoundError:

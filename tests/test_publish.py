@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,9 +18,6 @@ from typer.testing import CliRunner
 from curate import card
 from curate.cli.publish_commands import publish_command
 from curate.publish import HubError, PublishError, publish
-
-# The package exports the function curate.publish; the module is in sys.modules.
-PUBLISH = sys.modules["curate.publish"]
 
 REPO = "acme/chats"
 
@@ -434,7 +431,7 @@ def test_publish_refuses_a_repo_that_is_not_org_slash_name(export: Path, hub: Fa
 
 def test_publish_without_token_says_how_to_log_in(export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(PUBLISH, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(PublishError, match="no Hugging Face token to publish acme/chats with: log in with "
                                            "`hf auth login` .* or set HF_TOKEN"):
         publish(export, REPO)
@@ -443,8 +440,8 @@ def test_publish_without_token_says_how_to_log_in(export: Path, monkeypatch: pyt
 def test_publish_takes_the_token_from_hf_token(export: Path, hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     tokens: list[str] = []
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    monkeypatch.setattr(PUBLISH, "get_token", lambda: "hf_stored_login")
-    monkeypatch.setattr(PUBLISH, "HfApi", lambda token: tokens.append(token) or hub)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_stored_login")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token: tokens.append(token) or hub)
     publish(export, REPO)
     publish(export, REPO, token="hf_argument")
     assert tokens == ["hf_from_env", "hf_argument"]
@@ -491,7 +488,7 @@ def test_publish_names_a_broken_card_on_the_hub(export: Path, tmp_path: Path) ->
 def cli(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     """The command as the lead registers it, over the fake Hub, logged in through HF_TOKEN."""
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setattr(PUBLISH, "HfApi", lambda token: hub)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token: hub)
     app = typer.Typer()
     app.callback()(lambda: None)
     app.command("publish")(publish_command)
