@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
 

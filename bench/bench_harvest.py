@@ -121,7 +121,7 @@ def published_loop(n: int) -> dict[str, Any]:
 def _epoch(iso: str) -> float:
     from datetime import datetime
 
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def rate_limited(n: int) -> dict[str, Any]:

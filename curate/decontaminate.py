@@ -164,7 +164,7 @@ def _read_folder(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
     try:
         import datasets
     except ImportError:
-        datasets = None  # type: ignore[assignment]
+        datasets = None
     if datasets is not None:
         loaded = datasets.load_dataset(str(path))
         return [(name, list(split)) for name, split in loaded.items()]

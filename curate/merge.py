@@ -144,8 +144,11 @@ def fast_insert(con: duckdb.DuckDBPyConnection, *, source: str) -> WriteCounts:
 class Spooled(Protocol):
     """A record from the spool (``curate.spool.Record``): a header saying what it is, and raw bytes."""
 
-    header: dict[str, Any]
-    body: bytes
+    @property
+    def header(self) -> dict[str, Any]: ...
+
+    @property
+    def body(self) -> bytes: ...
 
 
 # What a spooled record's header says (``op``), and who writes it:
@@ -265,7 +268,8 @@ def apply(con: duckdb.DuckDBPyConnection, spooled: Sequence[Spooled]) -> dict[st
     for number, record in enumerate(spooled, start=1):
         header = record.header
         op = header.get("op")
-        line = header.get("line") if isinstance(header.get("line"), int) else number
+        given = header.get("line")
+        line = given if isinstance(given, int) else number
         if op == "body":
             text = record.body.decode("utf-8", "backslashreplace")
             by_source.setdefault(str(header.get("source") or "spool"), []).append((line, text, header))

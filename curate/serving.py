@@ -154,7 +154,7 @@ class BackgroundServer:
     def _run(self, sock: socket.socket) -> None:
         try:
             asyncio.run(self._serve(sock))
-        except BaseException as exc:  # surfaced by start(); a thread must not die noisily
+        except BaseException as exc:  # noqa: BLE001 - surfaced by start(); a thread must not die noisily
             self._error = exc
         finally:
             sock.close()
@@ -195,7 +195,7 @@ class BackgroundServer:
         def run() -> None:
             try:
                 future.set_result(fn())
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
                 future.set_exception(exc)
 
         try:

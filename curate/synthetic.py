@@ -44,11 +44,13 @@ _TOPICS = (
     "Привет — how do you say hello in Russian",
 )
 
-_WORDS = (
-    "the model answers with care and precision while keeping every detail of the request in view "
-    "so that the reader can follow each step of the reasoning from the first premise to the final "
-    "conclusion without losing track of the argument café naïve déjà vu über straße 漢字 emoji 🙂"
-).split()
+_WORDS = [
+    "the", "model", "answers", "with", "care", "and", "precision", "while", "keeping", "every", "detail",
+    "of", "the", "request", "in", "view", "so", "that", "the", "reader", "can", "follow", "each", "step",
+    "of", "the", "reasoning", "from", "the", "first", "premise", "to", "the", "final", "conclusion",
+    "without", "losing", "track", "of", "the", "argument", "café", "naïve", "déjà", "vu", "über", "straße",
+    "漢字", "emoji", "🙂",
+]
 
 _WEATHER_TOOL = {
     "type": "function",

@@ -26,7 +26,7 @@ CURATE = str(Path(sys.executable).parent / "curate")
 def curate(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("INFERENCE_API_KEY", "CURATE_DB")}
     return subprocess.run(
-        [CURATE, *args], capture_output=True, text=True, env=base | (env or {}), cwd=cwd, timeout=120
+        [CURATE, *args], capture_output=True, text=True, env=base | (env or {}), cwd=cwd, timeout=120, check=False
     )
 
 
@@ -104,7 +104,7 @@ def test_import_into_a_held_store_waits_saying_who_holds_it_then_imports_whole(t
     with held(db, 6.5) as holder:
         result = subprocess.run(
             [CURATE, "import", str(sample), "--db", str(db)], capture_output=True, text=True,
-            env={**os.environ, "CURATE_LOCK_TIMEOUT": "1"}, timeout=120,
+            env={**os.environ, "CURATE_LOCK_TIMEOUT": "1"}, timeout=120, check=False,
         )
     assert result.returncode == 0, result.stderr
     assert "waiting for" in result.stderr and f"(PID {holder.pid}) to let go of {db}" in result.stderr

@@ -14,7 +14,7 @@ import pytest
 from curate.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from make_generations import write  # noqa: E402
+from make_generations import write
 
 MEASURE = """
 import resource, sys

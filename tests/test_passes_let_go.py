@@ -26,7 +26,8 @@ WRITER = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
 
 def open_read_write_elsewhere(path: Path) -> subprocess.CompletedProcess[str]:
     """Open ``path`` read-write from another process and let go; its return code says if it could."""
-    return subprocess.run([sys.executable, "-c", WRITER, str(path)], capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-c", WRITER, str(path)], capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 class Probe:

@@ -70,7 +70,7 @@ def path(tmp_path: Path) -> Path:
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CURATE_DB", "CURATE_QUERIES", "CURATE_LAKE")}
     return subprocess.run([CURATE, *map(str, args)], capture_output=True, text=True, timeout=120,
-                          env=env | {"CURATE_LOCK_TIMEOUT": "30"})
+                          env=env | {"CURATE_LOCK_TIMEOUT": "30"}, check=False)
 
 
 def cli_ok(*args: str | Path) -> str:
@@ -217,7 +217,7 @@ def test_a_reading_command_gives_up_on_a_writer_after_the_lock_timeout_in_one_li
         env = {k: v for k, v in os.environ.items() if k not in ("CURATE_DB", "CURATE_QUERIES", "CURATE_LAKE")}
         started = time.monotonic()
         done = subprocess.run([CURATE, "sql", "select 1", "--db", str(path)], capture_output=True, text=True,
-                              timeout=120, env=env | {"CURATE_LOCK_TIMEOUT": "1"})
+                              timeout=120, env=env | {"CURATE_LOCK_TIMEOUT": "1"}, check=False)
         seconds = time.monotonic() - started
     finally:
         writer.kill()

@@ -39,7 +39,7 @@ def export_command(
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="The folder to write (a Hub dataset layout).",
                                           show_default=False)],
-    fmt: Annotated[Format, typer.Option("--format", help="The dataset format.")] = Format["messages"],  # type: ignore[valid-type]
+    fmt: Annotated[Format, typer.Option("--format", help="The dataset format.")] = Format["messages"],
     where: Annotated[str | None, typer.Option(help="A SQL condition over SOURCE's columns.", show_default=False)] = None,
     limit: Annotated[int | None, typer.Option(help="Keep a seeded sample of N matching rows.", show_default=False)] = None,
     test_size: Annotated[float, typer.Option(help="The test split's fraction; 0 for train only.")] = 0.1,
