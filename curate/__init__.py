@@ -30,6 +30,7 @@ import os
 
 from curate.client import InferenceClient
 from curate.config import MissingApiKey, Settings
+from curate.errors import CurateError, UsageError
 from curate.export import ExportError, ExportResult, export
 from curate.harvest import HarvestSummary, harvest
 from curate.importer import ImportSummary, import_file, import_files
@@ -43,6 +44,7 @@ from curate.views import ViewError
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurateError",
     "ExportError",
     "ExportResult",
     "GenerationForClient",
@@ -60,6 +62,7 @@ __all__ = [
     "StoreLocked",
     "SubmitOptions",
     "SubmitSummary",
+    "UsageError",
     "ViewError",
     "ViewInfo",
     "WebhookEnvelope",

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from curate.config import Settings
+from curate.errors import CurateError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -49,7 +50,7 @@ __all__ = [
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
-class ApiError(RuntimeError):
+class ApiError(CurateError, RuntimeError):
     """inference.net answered with an error curate will not retry (4xx other than 404/429)."""
 
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
@@ -61,7 +62,7 @@ class SubmitUncertain(RuntimeError):
     """A submission failed in a way that may have created (and billed) the generation anyway."""
 
 
-class ApiUnavailable(RuntimeError):
+class ApiUnavailable(CurateError, RuntimeError):
     """A read kept failing (5xx, 429, timeouts, bad bodies) through every attempt."""
 
 

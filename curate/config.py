@@ -11,13 +11,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
+from curate.errors import UsageError
+
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_DB", "MissingApiKey", "Settings"]
 
 DEFAULT_BASE_URL = "https://api.inference.net"
 DEFAULT_DB = Path("curate.duckdb")
 
 
-class MissingApiKey(RuntimeError):
+class MissingApiKey(UsageError, RuntimeError):
     """An API command ran without ``INFERENCE_API_KEY``."""
 
     def __init__(self) -> None:

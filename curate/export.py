@@ -61,6 +61,7 @@ import duckdb
 import pyarrow as pa
 
 from curate import card, formats
+from curate.errors import UsageError
 from curate.store import Store, no_progress_bar
 
 __all__ = [
@@ -92,7 +93,7 @@ _OPTIONAL = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(UsageError, ValueError):
     """The export cannot be made as asked; the message names the argument or row at fault."""
 
 

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from curate.errors import UsageError
 from curate.records import COLUMNS
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ TABLE_PROPERTIES = {
 }
 
 
-class LakeError(RuntimeError):
+class LakeError(UsageError, RuntimeError):
     """A lake that cannot be reached or used as asked (a bad URI, a missing catalog, a failed commit).
 
     Its message is masked (``masked``): whatever URI, DSN or driver message went into it, no

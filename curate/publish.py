@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx2
 
 from curate import card
+from curate.errors import UsageError
 
 __all__ = ["HubApi", "HubError", "PublishError", "PublishResult", "publish"]
 
@@ -37,12 +38,14 @@ _NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?"
 _REPO = re.compile(rf"{_NAME}/{_NAME}", re.ASCII)
 
 
-class PublishError(ValueError):
+class PublishError(UsageError, ValueError):
     """The folder, repository name or login is not ready to publish; nothing was sent."""
 
 
 class HubError(PublishError):
     """The Hub refused a request or could not be reached; the message names the repository."""
+
+    exit_code = 1  # the Hub's failure, not the user's input
 
 
 class HubApi(Protocol):

@@ -35,6 +35,7 @@ import duckdb
 import pyarrow as pa
 
 from curate import merge, migrations, views
+from curate.errors import CurateError
 from curate.records import WriteCounts
 
 __all__ = [
@@ -77,11 +78,11 @@ def no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(CurateError, RuntimeError):
     """A reader found the store held by a writer for longer than its ``lock_timeout``."""
 
 
-class StoreBehind(RuntimeError):
+class StoreBehind(CurateError, RuntimeError):
     """A reader found a store whose schema an older curate wrote: a writer must migrate it first."""
 
 

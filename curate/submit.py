@@ -48,6 +48,7 @@ from pydantic import BaseModel
 from curate import spool, submissions
 from curate.client import ApiError, InferenceClient, SubmitFailed, SubmitUncertain
 from curate.config import Settings
+from curate.errors import UsageError
 from curate.store import Store
 
 __all__ = ["InvalidRequests", "SubmitOptions", "SubmitSummary", "submit_file"]
@@ -61,7 +62,7 @@ CLAIM_SECONDS = 1.0
 # Answers that would refuse every request alike: sending on would only repeat them.
 REFUSES_EVERY_LINE = frozenset({401, 402, 403, 404, 405})
 
-class InvalidRequests(ValueError):
+class InvalidRequests(UsageError, ValueError):
     """Lines of a request file that cannot be sent; nothing was sent."""
 
     def __init__(self, path: Path, problems: list[tuple[int, str]]) -> None:
