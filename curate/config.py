@@ -1,22 +1,51 @@
-"""Configuration from the environment: the API key, the API's base URL and the store's path.
+"""Configuration: every environment variable curate reads, read here and nowhere else.
 
-Every value can also be given explicitly (the CLI's ``--db``), which wins over the environment.
-The API key is held as a secret so it never lands in a repr, a log line or the store.
+``Settings.from_env()`` reads them all (``ENVIRONMENT`` maps each field to its variable, and the
+README's table is held equal to it by a test); a value given explicitly (the CLI's ``--db``, a
+notebook's argument) wins over the environment. Secrets (the API key, the Hub token, webhook
+ids, the path token, a lake URI that may carry a password) never show in a repr or a log line.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from curate.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_DB", "MissingApiKey", "Settings"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_DB", "DEFAULT_LAKE_BATCH_ROWS", "DEFAULT_MEMORY_LIMIT", "ENVIRONMENT", "BadSetting", "MissingApiKey",
+           "Settings"]
 
 DEFAULT_BASE_URL = "https://api.inference.net"
 DEFAULT_DB = Path("curate.duckdb")
+DEFAULT_MEMORY_LIMIT = "1GB"
+DEFAULT_LAKE_BATCH_ROWS = 5_000  # rows per lake commit: the catalog takes ~10 commits a second in all  # DuckDB spills to disk past it, so an import's memory does not grow with its file
+
+# The variable each setting is read from.
+ENVIRONMENT: dict[str, str] = {
+    "api_key": "INFERENCE_API_KEY",
+    "base_url": "INFERENCE_BASE_URL",
+    "db": "CURATE_DB",
+    "lock_timeout": "CURATE_LOCK_TIMEOUT",
+    "memory_limit": "CURATE_MEMORY_LIMIT",
+    "queries": "CURATE_QUERIES",
+    "webhook_ids": "CURATE_WEBHOOK_IDS",
+    "path_token": "CURATE_PATH_TOKEN",
+    "hf_token": "HF_TOKEN",
+    "lake": "CURATE_LAKE",
+    "lake_batch_rows": "CURATE_LAKE_BATCH_ROWS",
+    "lake_push_seconds": "CURATE_LAKE_PUSH_SECONDS",
+}
+
+
+_SECRET = frozenset({"api_key", "webhook_ids", "path_token", "hf_token", "lake"})  # never printed
+
+
+class BadSetting(UsageError):
+    """An environment variable holds a value curate cannot use."""
 
 
 class MissingApiKey(UsageError, RuntimeError):
@@ -30,21 +59,48 @@ class MissingApiKey(UsageError, RuntimeError):
 
 
 class Settings(BaseModel):
-    """What curate needs to know about where it talks and where it stores."""
+    """What curate needs to know about where it talks, where it stores and how it behaves."""
 
     api_key: SecretStr | None = None
     base_url: str = DEFAULT_BASE_URL
     db: Path = DEFAULT_DB
+    lock_timeout: float = 30.0  # seconds a reader waits for a writer to let go of the store
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
+    queries: tuple[Path, ...] = ()  # folders of the user's own view files
+    webhook_ids: tuple[str, ...] = Field(default=(), repr=False)  # what `curate listen` accepts
+    path_token: str | None = Field(default=None, repr=False)  # the path segment `curate listen` requires
+    hf_token: SecretStr | None = None
+    lake: str | None = Field(default=None, repr=False)  # may hold a password
+    lake_batch_rows: int = Field(default=DEFAULT_LAKE_BATCH_ROWS, ge=1)
+    lake_push_seconds: float = Field(default=5.0, gt=0)
 
     @classmethod
     def from_env(cls, *, db: str | os.PathLike[str] | None = None) -> Settings:
-        """Read ``INFERENCE_API_KEY``, ``INFERENCE_BASE_URL`` and ``CURATE_DB``; ``db`` overrides."""
-        key = os.environ.get("INFERENCE_API_KEY") or None
-        return cls(
-            api_key=SecretStr(key) if key else None,
-            base_url=(os.environ.get("INFERENCE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
-            db=Path(db) if db is not None else Path(os.environ.get("CURATE_DB") or DEFAULT_DB),
-        )
+        """Every setting from its environment variable (``ENVIRONMENT``), else its default; ``db``
+        overrides ``CURATE_DB``. A value that cannot be used raises ``BadSetting`` naming it."""
+        given: dict[str, Any] = {}
+        for field, variable in ENVIRONMENT.items():
+            value = os.environ.get(variable, "").strip()
+            if not value:
+                continue
+            if field == "queries":
+                given[field] = tuple(Path(p) for p in value.split(os.pathsep) if p)
+            elif field == "webhook_ids":
+                given[field] = tuple(i.strip() for i in value.split(",") if i.strip())
+            elif field == "base_url":
+                given[field] = value.rstrip("/")
+            else:
+                given[field] = value
+        if db is not None:
+            given["db"] = Path(db)
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0])
+            variable = ENVIRONMENT.get(field, field)
+            shown = "" if field in _SECRET else f"={os.environ.get(variable, '')!r}"
+            raise BadSetting(f"{variable}{shown}: {first['msg']}") from None
 
     def require_api_key(self) -> str:
         """The API key, or ``MissingApiKey`` with the one sentence that says what to do."""

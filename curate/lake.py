@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 import pyarrow as pa
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from curate.config import DEFAULT_LAKE_BATCH_ROWS, Settings
 from curate.errors import UsageError
 from curate.records import COLUMNS
 
@@ -57,7 +58,7 @@ __all__ = [
 log = logging.getLogger("curate.lake")
 
 DEFAULT_TABLE = "curate.generations"
-DEFAULT_BATCH_ROWS = 5_000
+DEFAULT_BATCH_ROWS = DEFAULT_LAKE_BATCH_ROWS
 # Which copy of an id readers keep: the latest finished, then the latest stored, then a fixed
 # order of bodies so that every reader picks the same one.
 DEDUP_ORDER = "finished_at desc nulls last, updated_at desc, raw_hash desc"
@@ -673,7 +674,7 @@ def _claim(
 
 def batch_rows_default() -> int:
     """Rows per commit: ``$CURATE_LAKE_BATCH_ROWS``, else 5,000."""
-    return int(os.environ.get("CURATE_LAKE_BATCH_ROWS") or DEFAULT_BATCH_ROWS)
+    return Settings.from_env().lake_batch_rows
 
 
 def push(
@@ -758,7 +759,7 @@ class LakePusher:
 
         self.store = store
         self.lake = lake if isinstance(lake, Lake) else Lake(lake)
-        self.interval = interval or float(os.environ.get("CURATE_LAKE_PUSH_SECONDS") or 5)
+        self.interval = interval or Settings.from_env().lake_push_seconds
         self.batch_rows = batch_rows
         self.rows = 0
         self.batches = 0

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx2
 
 from curate import card
+from curate.config import Settings
 from curate.errors import UsageError
 
 __all__ = ["HubApi", "HubError", "PublishError", "PublishResult", "publish"]
@@ -111,7 +112,8 @@ def publish(
     if api is None:
         from huggingface_hub import get_token  # imported when used: `curate --help` need not load it
 
-        token = token or os.environ.get("HF_TOKEN") or get_token()
+        env_token = Settings.from_env().hf_token
+        token = token or (env_token.get_secret_value() if env_token else None) or get_token()
         if not token:
             raise PublishError(f"no Hugging Face token to publish {repo} with: {LOGIN_HINT}, then run again")
         from huggingface_hub import HfApi

@@ -35,6 +35,7 @@ import duckdb
 import pyarrow as pa
 
 from curate import merge, migrations, views
+from curate.config import Settings
 from curate.errors import CurateError
 from curate.records import WriteCounts
 
@@ -51,7 +52,6 @@ log = logging.getLogger("curate.store")
 _LOCK_MARKERS = ("Could not set lock", "different configuration than existing connections")
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
-DEFAULT_MEMORY_LIMIT = "1GB"
 WAIT_NOTICE_SECONDS = 5.0  # how often a waiting writer says who holds the file
 FOREVER = math.inf  # ``read(wait=FOREVER)``: a reader that is part of a writer's work waits as a writer does
 
@@ -150,11 +150,6 @@ class ViewInfo:
     rows: int | None
 
 
-def _env_queries() -> list[Path]:
-    value = os.environ.get("CURATE_QUERIES") or ""
-    return [Path(p) for p in value.split(os.pathsep) if p]
-
-
 class Store:
     """A curate store in one DuckDB file.
 
@@ -177,11 +172,11 @@ class Store:
         queries: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.queries = [Path(q) for q in queries] if queries is not None else _env_queries()
+        env = Settings.from_env()
+        self.queries = [Path(q) for q in queries] if queries is not None else list(env.queries)
         self.view_errors: list[views.ViewError] = []
         self.lock_timeout = lock_timeout
-        # DuckDB spills to disk past this, so an import's memory does not grow with its file.
-        self.memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+        self.memory_limit = memory_limit or env.memory_limit
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path}: the folder {self.path.parent} does not exist")
         self._views = views.load([views.QUERIES_DIR, *self.queries])

@@ -7,7 +7,6 @@ SQL) end in one sentence on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,7 +70,7 @@ def lake_uri(lake: str | None, db: Path | None = None) -> str | None:
         return lake
     if db is not None:
         return None
-    return os.environ.get("CURATE_LAKE") or None
+    return Settings.from_env().lake
 
 
 class OutputFormat(str, Enum):
@@ -145,8 +144,8 @@ def open_api(db: Path | None) -> tuple[Settings, Store]:
 
 
 def lock_timeout() -> float:
-    # How long a command waits for another process to release the store.
-    return float(os.environ.get("CURATE_LOCK_TIMEOUT") or 30)
+    """How long a command's reader waits for another process to let go of the store."""
+    return Settings.from_env().lock_timeout
 
 
 def print_table(result: pa.Table, fmt: OutputFormat) -> None:

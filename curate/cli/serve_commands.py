@@ -35,7 +35,7 @@ def listen_command(
     ] = None,
     path_token: Annotated[
         str | None,
-        typer.Option(help="Also require POST /webhook/TOKEN.", envvar="CURATE_PATH_TOKEN", show_default=False),
+        typer.Option(help="Also require POST /webhook/TOKEN (else $CURATE_PATH_TOKEN).", show_default=False),
     ] = None,
     verify_by_fetch: Annotated[
         bool, typer.Option(help="Store the API's copy of each generation, fetched with INFERENCE_API_KEY.")
@@ -65,7 +65,7 @@ def listen_command(
     with user_errors():
         settings = Settings.from_env(db=db)
         try:
-            config = ListenerConfig(webhook_ids=tuple(ids), path_token=path_token,
+            config = ListenerConfig(webhook_ids=tuple(ids), path_token=path_token or settings.path_token,
                                     verify_by_fetch=verify_by_fetch, rpm=rpm, health_details=health_details)
         except ValidationError as exc:
             typer.echo(f"error: {exc.errors()[0]['msg']}", err=True)
@@ -94,9 +94,7 @@ def listen_command(
 
 
 def _env_ids() -> list[str]:
-    import os
-
-    return [i.strip() for i in (os.environ.get("CURATE_WEBHOOK_IDS") or "").split(",") if i.strip()]
+    return list(Settings.from_env().webhook_ids)
 
 
 def sandbox_command(
