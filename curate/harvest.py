@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from curate import records, spool
+from curate import ledger, records, spool
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.models import TERMINAL_STATES
@@ -100,20 +100,6 @@ SAMPLE = {"generation": 12, "group": 1}
 HOLD = 0.5  # seconds between looks at the schedule while ids are held
 LOAD_WAIT = 1.0  # seconds to wait for a writer before polling on with what this run knows
 
-_LEARNED = """
-    select 'generation' as kind, count(*) as n,
-           quantile_cont(epoch(g.finished_at) - epoch(l.added_at), {q}) as seconds
-    from ledger l join generation_rows g on g.id = l.id
-    where l.kind = 'generation' and l.source = 'submit' and g.finished_at is not null
-    union all
-    select 'group', count(*), quantile_cont(seconds, {q}) from (
-        select epoch(max(g.finished_at)) - epoch(any_value(l.added_at)) as seconds
-        from ledger l join ledger m on m.group_id = l.id join generation_rows g on g.id = m.id
-        where l.kind = 'group' and l.done_at is not null
-        group by l.id)
-"""
-
-
 class _Run:
     """One harvest's view of the ledger: the store's, plus what this run spooled but has not merged."""
 
@@ -132,17 +118,9 @@ class _Run:
         """
         try:
             with self.store.read(wait=LOAD_WAIT) as con:
-                learned = {
-                    kind: seconds if n >= LEARN_AFTER[kind] else None
-                    for kind, n, seconds in con.execute(_LEARNED.format(q=LEARN_QUANTILE)).fetchall()
-                }
-                rows = con.execute(
-                    """
-                    select id, kind, attempts, next_poll_at, added_at,
-                           row_number() over (partition by kind order by added_at, id) as rank
-                    from ledger where done_at is null
-                    """
-                ).fetchall()
+                learned = {kind: seconds if n >= LEARN_AFTER[kind] else None
+                           for kind, (n, seconds) in ledger.finish_delays(con, LEARN_QUANTILE).items()}
+                rows = ledger.pending(con)
         except StoreLocked:
             return self.pending()
         entries: dict[str, _Entry] = {}

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-__all__ = ["Kind", "add", "record_polls", "settle"]
+__all__ = ["Kind", "add", "finish_delays", "pending", "pending_count", "record_polls", "settle"]
 
 Kind = Literal["generation", "group"]
 
@@ -154,3 +154,44 @@ def record_polls(
 
 def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def pending(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int, datetime, datetime, int]]:
+    """Every id not done yet: (id, kind, attempts, next poll time, added time, rank of its
+    addition among its kind's)."""
+    return [tuple(row) for row in con.execute(
+        """
+        select id, kind, attempts, next_poll_at, added_at,
+               row_number() over (partition by kind order by added_at, id) as rank
+        from ledger where done_at is null
+        """
+    ).fetchall()]
+
+
+def pending_count(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """How many ids are not done yet, and how many of them are groups."""
+    ((ids, groups),) = con.execute(
+        "select count(*), count(*) filter (where kind = 'group') from ledger where done_at is null"
+    ).fetchall()
+    return int(ids), int(groups)
+
+
+def finish_delays(con: duckdb.DuckDBPyConnection, quantile: float) -> dict[str, tuple[int, float | None]]:
+    """Per kind, how many of curate's own submissions have finished and the ``quantile`` of the
+    seconds from their addition to their end: what a harvest waits before its first poll."""
+    rows = con.execute(
+        """
+        select 'generation' as kind, count(*) as n,
+               quantile_cont(epoch(g.finished_at) - epoch(l.added_at), $q) as seconds
+        from ledger l join generation_rows g on g.id = l.id
+        where l.kind = 'generation' and l.source = 'submit' and g.finished_at is not null
+        union all
+        select 'group', count(*), quantile_cont(seconds, $q) from (
+            select epoch(max(g.finished_at)) - epoch(any_value(l.added_at)) as seconds
+            from ledger l join ledger m on m.group_id = l.id join generation_rows g on g.id = m.id
+            where l.kind = 'group' and l.done_at is not null
+            group by l.id)
+        """,
+        {"q": quantile},
+    ).fetchall()
+    return {kind: (int(n), None if seconds is None else float(seconds)) for kind, n, seconds in rows}

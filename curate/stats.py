@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from curate import spool, submissions
+from curate import ledger, spool, submissions
 from curate.store import Store
 
 __all__ = ["OTHER_MODELS", "STATES", "TOP_MODELS", "TOP_REASONS", "Counts", "Stats", "stats"]
@@ -114,10 +114,6 @@ _BY_MODEL = f"""
 
 _BY_SOURCE = "select source, count(*) as n from generation_rows group by all order by n desc, source"
 
-_LEDGER = """
-    select count(*), count(*) filter (where kind = 'group') from ledger where done_at is null
-"""
-
 _REJECT_REASONS = f"""
     select reason, count(*) as n from rejects group by all order by n desc, reason limit {TOP_REASONS}
 """
@@ -151,7 +147,7 @@ def stats(store: Store) -> Stats:
         )
         by_model = _pairs(con, _BY_MODEL)
         by_source = _pairs(con, _BY_SOURCE)
-        pending, pending_groups = _one(con, _LEDGER)
+        pending, pending_groups = ledger.pending_count(con)
         rejects = int(_one(con, "select count(*) from rejects")[0])
         reasons = _pairs(con, _REJECT_REASONS)
         chat_rows = _view_rows(con, "chat")

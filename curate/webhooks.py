@@ -66,7 +66,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from curate import records, spool
+from curate import ledger, records, spool
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.serving import BackgroundServed, BackgroundServer, serve_forever
@@ -442,8 +442,7 @@ class Listener:
             self._ledger_read_at = now
             try:
                 with self.store.read(wait=0.5) as con:
-                    row = con.execute("select count(*) from ledger where done_at is null").fetchone()
-                self._ledger_count = int(row[0]) if row else None
+                    self._ledger_count = ledger.pending_count(con)[0]
             except StoreLocked:
                 self._ledger_count = None
         return self._ledger_count
