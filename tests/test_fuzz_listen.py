@@ -24,9 +24,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curate import records, webhooks
+from curate import listen, records
+from curate.listen import Listener, ListenerConfig, ListenerServer
 from curate.store import Store
-from curate.webhooks import Listener, ListenerConfig, ListenerServer
 from tests.test_fuzz_records import (
     BAD_BYTES,
     KINDS,
@@ -111,8 +111,8 @@ def test_no_body_crashes_the_listener_and_every_acknowledged_body_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Merge as soon as something is spooled, so that each example waits moments, not seconds.
-    monkeypatch.setattr(webhooks, "MERGE_SECONDS", 0.01)
-    monkeypatch.setattr(webhooks, "MERGE_DUTY", 0.0)
+    monkeypatch.setattr(listen, "MERGE_SECONDS", 0.01)
+    monkeypatch.setattr(listen, "MERGE_DUTY", 0.0)
     store = seeded(tmp_path)
     baseline_ids = set(snapshot(store)[0])
     listener = Listener(store, ListenerConfig(webhook_ids=(WID,)))

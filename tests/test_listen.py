@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from curate.config import Settings
+from curate.listen import Listener, ListenerConfig, ListenerServer
 from curate.sandbox import Sandbox
 from curate.sandbox.loadgen import envelopes
 from curate.store import Store
 from curate.synthetic import chat_request, generation_record
-from curate.webhooks import Listener, ListenerConfig, ListenerServer
 from tests.helpers import CURATE, held, listen_process
 
 WID = "wh-AhALzdz8S"

@@ -109,16 +109,16 @@ def test_a_small_headerless_body_is_still_authenticated_by_its_webhook_id(tmp_pa
 def test_large_authenticated_bodies_are_parsed_on_threads_a_few_at_a_time(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from curate import webhooks
+    from curate import listen
 
     loop_threads: set[int] = set()  # where small bodies are parsed: the event loop's thread
     seen: list[tuple[int, int]] = []  # (thread, bodies being parsed at once)
     lock = threading.Lock()
     at_once = [0]
-    real = webhooks._parse
+    real = listen._parse
 
     def slow_parse(body: bytes) -> Any:
-        if len(body) > webhooks.PARSE_ON_LOOP:
+        if len(body) > listen.PARSE_ON_LOOP:
             with lock:
                 at_once[0] += 1
                 seen.append((threading.get_ident(), at_once[0]))
@@ -129,10 +129,10 @@ def test_large_authenticated_bodies_are_parsed_on_threads_a_few_at_a_time(
             loop_threads.add(threading.get_ident())
         return real(body)
 
-    monkeypatch.setattr(webhooks, "_parse", slow_parse)
-    listener = webhooks.Listener(store, webhooks.ListenerConfig(webhook_ids=(WID,)))
-    big = json.dumps({**envelope(1), "padding": "x" * (webhooks.PARSE_ON_LOOP + 1)}).encode()
-    with webhooks.ListenerServer(listener) as srv:
+    monkeypatch.setattr(listen, "_parse", slow_parse)
+    listener = listen.Listener(store, listen.ListenerConfig(webhook_ids=(WID,)))
+    big = json.dumps({**envelope(1), "padding": "x" * (listen.PARSE_ON_LOOP + 1)}).encode()
+    with listen.ListenerServer(listener) as srv:
         statuses: list[int] = []
         threads = [threading.Thread(target=lambda: statuses.append(post(srv.url, big).status_code))
                    for _ in range(6)]
@@ -146,7 +146,7 @@ def test_large_authenticated_bodies_are_parsed_on_threads_a_few_at_a_time(
             thread.join(30)
         assert listener.wait_merged(10)
     assert statuses == [200] * 6
-    assert len(seen) == 6 and max(n for _, n in seen) == webhooks.PARSE_THREADS
+    assert len(seen) == 6 and max(n for _, n in seen) == listen.PARSE_THREADS
     assert len(loop_threads) == 1 and not loop_threads & {thread for thread, _ in seen}
     assert small < 0.3, small
     assert store.query("select count(*) as n from generation_rows").to_pylist() == [{"n": 2}]

@@ -55,7 +55,7 @@ def listen_command(
     waits (no paths or process details without --health-details). One JSON line per delivery goes
     to stderr.
     """
-    from curate.webhooks import Listener, ListenerConfig, run_forever
+    from curate.listen import Listener, ListenerConfig, run_forever
 
     ids = [*(webhook_id or []), *_env_ids()]
     if not ids:
