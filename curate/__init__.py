@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 
+from curate._version import __version__
 from curate.client import InferenceClient
 from curate.config import MissingApiKey, Settings
 from curate.errors import CurateError, UsageError
@@ -40,8 +41,6 @@ from curate.records import WriteCounts
 from curate.store import Result, Store, StoreBehind, StoreLocked, ViewInfo
 from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
 from curate.views import ViewError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CurateError",

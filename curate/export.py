@@ -539,7 +539,7 @@ def _render_card(
     stats: dict[str, Any],
     seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str, passes: _Passes | None = None,
 ) -> str:
-    from curate import __version__
+    from curate._version import __version__
 
     jsonl = fmt in formats.JSONL_FORMATS
     data_files = [

@@ -7,7 +7,7 @@ lists them.
 
 from __future__ import annotations
 
-from curate import __version__
+from curate._version import __version__
 from curate.cli import (
     api_commands,
     export_commands,
