@@ -26,8 +26,6 @@ in each reading connection. A store an older curate wrote is refused until a wri
 
 from __future__ import annotations
 
-import os
-
 from curate._version import __version__
 from curate.client import InferenceClient
 from curate.config import MissingApiKey, Settings
@@ -35,6 +33,7 @@ from curate.errors import CurateError, UsageError
 from curate.export import ExportError, ExportResult, export
 from curate.harvest import HarvestSummary, harvest
 from curate.importer import ImportSummary, import_file, import_files
+from curate.lakestore import open_store as open  # the notebook's front door: a store, or the lake read as one
 from curate.models import GenerationForClient, WebhookEnvelope
 from curate.publish import PublishError, PublishResult, publish
 from curate.records import WriteCounts
@@ -75,23 +74,3 @@ __all__ = [
     "publish",
     "submit_file",
 ]
-
-
-def open(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    lake: str | os.PathLike[str] | None = None,
-    queries: list[str | os.PathLike[str]] | None = None,
-    lock_timeout: float = 30.0,
-) -> Store:
-    """The store at ``path``, else ``$CURATE_DB``: a new one if there is no file, else the file untouched.
-
-    ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
-    ``curate.lake.LakeConfig``): the same views and exports, on one row per generation id.
-    ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
-    """
-    if lake is not None:
-        from curate.lakestore import LakeStore
-
-        return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
-    return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)

@@ -28,12 +28,13 @@ import duckdb
 import pyarrow as pa
 
 from curate import migrations
+from curate.config import Settings
 from curate.importer import ImportSummary
 from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
 from curate.store import Store, WriteSession
 
-__all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "pull"]
+__all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "open_store", "pull"]
 
 _EMPTY = "_lake_empty_rows"
 _UNPLANNED = object()
@@ -182,3 +183,21 @@ def pull(lake: Lake | LakeConfig | str, store: Store, *, batch_rows: int = 50_00
                 summary.add(store.ingest(pa.Table.from_batches([batch]), source="lake"))
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    lake: str | os.PathLike[str] | None = None,
+    queries: list[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> Store:
+    """The store at ``path``, else ``$CURATE_DB``: a new one if there is no file, else the file untouched.
+
+    ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
+    ``curate.lake.LakeConfig``): the same views and exports, on one row per generation id.
+    ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
+    """
+    if lake is not None:
+        return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
+    return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)
