@@ -61,6 +61,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.errors import MissingFile, NoSuchName
 from curate.formats import json_message_text
 from curate.store import Store, no_progress_bar
 
@@ -173,7 +174,7 @@ def _read_folder(path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
         if p.suffix in _DATA_SUFFIXES and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not files:
-        raise FileNotFoundError(f"{path}: a folder with no .parquet, .jsonl or .json file")
+        raise MissingFile(f"{path}: a folder with no .parquet, .jsonl or .json file")
     return [(str(p.relative_to(path)), _read_file(p)) for p in files]
 
 
@@ -181,7 +182,7 @@ def read_eval_set(path: str | os.PathLike[str]) -> list[EvalItem]:
     """The items of one eval file or dataset folder, with their ids and texts."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such eval file or folder")
+        raise MissingFile(f"{path}: no such eval file or folder")
     if path.is_dir():
         parts = _read_folder(path)
         several = len(parts) > 1
@@ -272,7 +273,7 @@ def unchecked(store: Store, eval_set: str) -> int:
     """How many chat rows the recorded run of ``eval_set`` has not checked as they are now (its file unread)."""
     rows = store.query("select settings from pass_settings where pass = ?", [PASS_PREFIX + eval_set]).to_pylist()
     if not rows:
-        raise KeyError(f"{eval_set}: no recorded run of curate decontaminate")
+        raise NoSuchName(f"{eval_set}: no recorded run of curate decontaminate")
     sql = f"select count(*) as n from ({_todo_sql([(eval_set, rows[0]['settings'], False)], text=False)})"
     return int(store.query(sql).to_pylist()[0]["n"])
 

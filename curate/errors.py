@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-__all__ = ["CurateError", "UsageError"]
+__all__ = ["CurateError", "MissingFile", "NoSuchName", "UsageError"]
 
 
 class CurateError(Exception):
@@ -24,3 +24,14 @@ class UsageError(CurateError):
     """An argument, a file or a login to fix: nothing was done."""
 
     exit_code: ClassVar[int] = 2
+
+
+class MissingFile(CurateError, FileNotFoundError):
+    """A file or folder curate was told to read is not there (still a FileNotFoundError)."""
+
+
+class NoSuchName(CurateError, KeyError):
+    """A view, an eval set or another name curate was given names nothing (still a KeyError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would quote its message

@@ -31,6 +31,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate import records
+from curate.errors import MissingFile
 from curate.merge import FastPathRefused, fast_insert, merge_source
 from curate.records import WriteCounts
 from curate.store import Store
@@ -306,7 +307,7 @@ def import_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFile(f"{path}: no such file")
     summary = summary if summary is not None else ImportSummary()
     source = f"import:{path.resolve()}"
     started = time.perf_counter()
@@ -405,7 +406,7 @@ def import_files(
     """
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"{', '.join(missing)}: no such file")
+        raise MissingFile(f"{', '.join(missing)}: no such file")
     summary = ImportSummary()
     done = 0
     for path in paths:

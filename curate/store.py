@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from curate import merge, migrations, views
 from curate.config import Settings
-from curate.errors import CurateError
+from curate.errors import CurateError, MissingFile, NoSuchName
 from curate.records import WriteCounts
 
 __all__ = [
@@ -178,7 +178,7 @@ class Store:
         self.lock_timeout = lock_timeout
         self.memory_limit = memory_limit or env.memory_limit
         if self.path.parent and not self.path.parent.exists():
-            raise FileNotFoundError(f"{self.path}: the folder {self.path.parent} does not exist")
+            raise MissingFile(f"{self.path}: the folder {self.path.parent} does not exist")
         self._views = views.load([views.QUERIES_DIR, *self.queries])
         self._migrated = False
         if not self.path.exists():
@@ -337,7 +337,7 @@ class Store:
         saying who holds the file, for reads that are a step of a writer's work.
         """
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no store here (a writer such as curate import creates one)")
+            raise MissingFile(f"{self.path}: no store here (a writer such as curate import creates one)")
         con = self._connect(read_only=True, wait=wait)
         try:
             self._prepare_reader(con)
@@ -422,7 +422,7 @@ class Store:
             present = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
             for name in wanted:
                 if name not in present:
-                    raise KeyError(f"{name}: no such view in {self.path}")
+                    raise NoSuchName(f"{name}: no such view in {self.path}")
                 target = out / f"{name}.parquet"
                 partial = out / f".{name}.parquet.partial"
                 quoted = str(partial).replace("'", "''")

@@ -48,7 +48,7 @@ from pydantic import BaseModel
 from curate import spool, submissions
 from curate.client import ApiError, InferenceClient, SubmitFailed, SubmitUncertain
 from curate.config import Settings
-from curate.errors import UsageError
+from curate.errors import MissingFile, UsageError
 from curate.store import Store
 
 __all__ = ["InvalidRequests", "SubmitOptions", "SubmitSummary", "submit_file"]
@@ -221,7 +221,7 @@ def submit_file(
     options = options or SubmitOptions()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFile(f"{path}: no such file")
     settings.require_api_key()
     _check(path)
     writer = spool.SpoolWriter(store.spool_dir)

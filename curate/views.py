@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from curate.errors import MissingFile
+
 __all__ = [
     "MARKER",
     "QUERIES_DIR",
@@ -99,7 +101,7 @@ def load(dirs: Sequence[Path]) -> list[View]:
     for folder in dirs:
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder of views")
+            raise MissingFile(f"{folder}: no such folder of views")
         for path in sorted(folder.glob("*.sql")):
             sql = path.read_text(encoding="utf-8")
             found[path.stem.lower()] = View(path.stem, _description(sql), path, sql)

@@ -107,9 +107,9 @@ def user_errors() -> Iterator[None]:
     except CurateError as exc:  # each says its own exit code (curate.errors)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    # Not yet CurateErrors: a missing file or view, a query DuckDB refused, a network failure the
-    # client did not wrap. Each should become one where it is raised (issue 18).
-    except (FileNotFoundError, KeyError, duckdb.Error, httpx.HTTPError) as exc:
+    # Not yet CurateErrors: a query DuckDB refused, a network failure the client did not wrap.
+    # Each should become one where it is raised (issue 18).
+    except (duckdb.Error, httpx.HTTPError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

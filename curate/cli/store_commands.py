@@ -27,6 +27,7 @@ from curate.cli._shared import (
     user_errors,
 )
 from curate.config import Settings
+from curate.errors import MissingFile
 from curate.importer import import_files
 from curate.lake import Lake, push
 from curate.store import Store
@@ -49,7 +50,7 @@ def import_command(
     with user_errors():
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{', '.join(missing)}: no such file")
+            raise MissingFile(f"{', '.join(missing)}: no such file")
         store = open_store(db)
         uri = lake_uri(lake)
         with Lake(uri) if uri else nullcontext() as target:

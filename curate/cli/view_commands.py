@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, LakeOption, QueriesOption, lake_uri, open_store, out, user_errors
+from curate.errors import NoSuchName
 
 __all__ = ["snapshot_command", "views_app"]
 
@@ -51,7 +52,7 @@ def show_command(
     with user_errors():
         files = {v.name: v for v in open_store(db, queries, lake_uri(lake, db)).view_files()}
         if name not in files:
-            raise KeyError(f"{name}: no such view (there are: {', '.join(sorted(files))})")
+            raise NoSuchName(f"{name}: no such view (there are: {', '.join(sorted(files))})")
     typer.echo(files[name].sql.rstrip())
 
 
