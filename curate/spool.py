@@ -46,7 +46,7 @@ from curate.store import Store, StoreLocked
 
 __all__ = [
     "MAGIC", "DrainResult", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
-    "segments", "status",
+    "segments", "status", "writer_pids",
 ]
 
 log = logging.getLogger("curate.spool")
@@ -250,6 +250,12 @@ class DrainResult:
     remaining: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     own_to: tuple[Path, int] | None = None  # (the caller's own segment, how far it is merged), if looked at
+
+
+def writer_pids(folder: Path, *, besides: Path | None = None) -> set[int]:
+    """The PIDs of the processes whose segments are still in ``folder`` (a segment's name starts
+    with its writer's PID, ``_create``), leaving out the segment ``besides``."""
+    return {int(pid) for p in segments(folder) if p != besides and (pid := p.name.split("-", 1)[0]).isdigit()}
 
 
 def segments(folder: Path) -> list[Path]:

@@ -146,10 +146,9 @@ def running(claimed_by: str | None) -> bool | None:
     predates claimants."""
     if not claimed_by:
         return False
-    host, pid_text, started, *_ = [*claimed_by.split(":"), "", ""]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    host, pid, started = _parse(claimed_by)
+    if host != socket.gethostname() or pid is None:
         return None
-    pid = int(pid_text)
     if pid == os.getpid() and started == (_started(pid) or "-"):
         return claimed_by in _RUNNING_HERE
     try:
@@ -165,9 +164,10 @@ def running(claimed_by: str | None) -> bool | None:
     return True if signalled else None
 
 
-def _pid(claimed_by: str) -> int | None:
-    pid = claimed_by.split(":")[1] if claimed_by.count(":") >= 2 else ""
-    return int(pid) if pid.isdigit() else None
+def _parse(claimed_by: str) -> tuple[str, int | None, str]:
+    """The host, PID and PID start time ``claimant`` wrote (the start time is "-" when unknown)."""
+    host, pid, started, *_ = [*claimed_by.split(":"), "", ""]
+    return host, int(pid) if pid.isdigit() else None, started
 
 
 def claim(
@@ -196,7 +196,7 @@ def claim(
         "and claimed_by is not null and claimed_by <> ?", [by]).fetchall()]
     gone = [h for h in holders if running(h) is False]
     unmerged = spooling() if gone else set()  # only now: what a gone run spooled is all there is
-    ended = [h for h in gone if _pid(h) not in unmerged]
+    ended = [h for h in gone if _parse(h)[1] not in unmerged]
     con.register("_curate_claim", pa.table({
         "key": pa.array([line.key for line in lines], pa.string()),
         "line": pa.array([line.number for line in lines], pa.int64()),

@@ -302,10 +302,9 @@ class _Run:
                                      resend_uncertain=self.options.resend_uncertain)
 
     def _spooling(self) -> set[int]:
-        """PIDs with spool segments still to merge (a segment's name starts with its writer's PID);
-        this run's own segment holds nothing of an earlier run of this process."""
-        return {int(p.name.split("-", 1)[0]) for p in spool.segments(self.store.spool_dir)
-                if p != self.writer.path and p.name.split("-", 1)[0].isdigit()}
+        """PIDs with spool segments still to merge; this run's own segment holds nothing of an
+        earlier run of this process."""
+        return spool.writer_pids(self.store.spool_dir, besides=self.writer.path)
 
     def _count_others(self, claimed: submissions.Claimed, chunk: Sequence[_Line]) -> None:
         for line in chunk:
