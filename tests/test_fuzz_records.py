@@ -188,16 +188,22 @@ OPS = ("drop", "replace", "replace", "recase", "nest")
 def mutated(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Any:
     """A valid record of some shape with a few mutations applied."""
     record = base_record(draw(st.sampled_from(kinds)), draw(st.integers(100, 400)))
-    for _ in range(draw(st.integers(0, 3))):
-        paths = _paths(record)
+    mutate(draw, record, draw(st.integers(0, 3)), OPS)
+    return record
+
+
+def mutate(draw: st.DrawFn, value: Any, times: int, ops: tuple[str, ...]) -> None:
+    """Apply ``times`` mutations drawn from ``ops`` to ``value``, in place, at paths drawn from it."""
+    for _ in range(times):
+        paths = _paths(value)
         if not paths:
             break
         path = draw(st.sampled_from(paths))
-        parent = record
+        parent = value
         for step in path[:-1]:
             parent = parent[step]
         last = path[-1]
-        op = draw(st.sampled_from(OPS))
+        op = draw(st.sampled_from(ops))
         if op == "drop":
             del parent[last]
         elif op == "replace":
@@ -206,7 +212,6 @@ def mutated(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Any:
             parent[last] = draw(st.sampled_from([[parent[last]], {"value": parent[last]}]))
         elif isinstance(last, str):  # recase: the same value under the other casing's key
             parent[_recase(last)] = parent.pop(last)
-    return record
 
 
 @st.composite

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from curate.submit import InvalidRequests, _check, _parse, _read
 from curate.synthetic import chat_request
-from tests.test_fuzz_records import VALUES, WRONG, _dump, _paths, _recase
+from tests.test_fuzz_records import VALUES, _dump, mutate
 
 # Pure Python, no store: many examples fit in a few seconds. Fixed and derandomized for CI.
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -70,21 +70,7 @@ def request_lines(draw: st.DrawFn) -> bytes:
     seed = draw(st.integers(0, 30))
     body: Any = copy.deepcopy(chat_request(seed, custom_id=draw(st.sampled_from([None, f"c-{seed}"]))))
     if kind == "mutated":
-        for _ in range(draw(st.integers(1, 3))):
-            paths = _paths(body)
-            if not paths:
-                break
-            path = draw(st.sampled_from(paths))
-            parent = body
-            for step in path[:-1]:
-                parent = parent[step]
-            op = draw(st.sampled_from(["drop", "replace", "replace", "recase"]))
-            if op == "drop":
-                del parent[path[-1]]
-            elif op == "replace":
-                parent[path[-1]] = draw(WRONG)
-            elif isinstance(path[-1], str):
-                parent[_recase(path[-1])] = parent.pop(path[-1])
+        mutate(draw, body, draw(st.integers(1, 3)), ("drop", "replace", "replace", "recase"))
     return _dump(body, ascii_only=draw(st.booleans())).encode("utf-8").replace(b"\n", b" ")
 
 
