@@ -24,6 +24,7 @@ from curate.submit import InvalidRequests, SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
 from tests.helpers import CURATE
+from tests.test_submit import without_custom_id
 
 
 @pytest.fixture
@@ -60,8 +61,7 @@ def test_a_line_resent_with_the_custom_id_curate_sent_it_with_is_not_paid_twice(
 ) -> None:
     # A line without custom_id goes out with metadata.custom_id = its key ("sha256:..."). The same
     # request, as the API saw it (e.g. copied back from its generation's request), is the same line.
-    body = chat_request(1)
-    del body["metadata"]
+    (body,) = without_custom_id(1)
     submit_file(store, settings(sandbox), write_jsonl(tmp_path / "a.jsonl", [body]), fast(group_size=1))
     as_sent = {**body, "metadata": {"custom_id": submissions.line_key(body)}}
     submit_file(store, settings(sandbox), write_jsonl(tmp_path / "b.jsonl", [as_sent]), fast(group_size=1))
@@ -73,8 +73,7 @@ def test_a_copied_back_line_edited_under_curates_custom_id_is_not_reported_submi
 ) -> None:
     # A generation's request, copied back and edited (another model), still carries the
     # "sha256:..." custom_id curate gave the original: a new request, not "already submitted".
-    body = chat_request(1)
-    del body["metadata"]
+    (body,) = without_custom_id(1)
     submit_file(store, settings(sandbox), write_jsonl(tmp_path / "a.jsonl", [body]), fast(group_size=1))
     edited = {**body, "model": body["model"] + "-bigger", "metadata": {"custom_id": submissions.line_key(body)}}
     try:
