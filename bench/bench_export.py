@@ -14,7 +14,7 @@ the store until the files are closed, with the process's peak RSS:
 * ``copy``: DuckDB's own ``COPY (select * from conversations) TO 'x.parquet'`` (zstd), the floor,
   spilling to a temporary folder; if it runs out of memory under the limit, under twice the
   limit, and so on (the table says which);
-* ``export``: ``curate.export.export(store, "conversations", fmt="messages")``, test fraction 0.1,
+* ``export``: ``curate.exporter.export(store, "conversations", fmt="messages")``, test fraction 0.1,
   exact dedup: typed messages, validation, split, lineage, card.
 
 A second export to a fresh folder checks that the data files are byte-identical.
@@ -58,7 +58,7 @@ EXPORT = """
 import json, resource, sys, time
 db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
-from curate.export import export
+from curate.exporter import export
 from curate.store import Store
 store = Store(db, memory_limit=limit)
 result = export(store, "conversations", out + "/export", fmt="messages", test_size=0.1)

@@ -25,7 +25,7 @@ import httpx
 
 from curate import ledger
 from curate.config import Settings
-from curate.harvest import harvest
+from curate.harvester import harvest
 from curate.sandbox import SandboxProcess
 from curate.store import Store
 from curate.synthetic import chat_request
@@ -60,7 +60,7 @@ def _ledgered(store: Store, ids: list[str], kind: str) -> None:
 
 def _lateness(store: Store) -> float:
     """Median seconds between a generation finishing and it being stored."""
-    row = store.query(
+    row = store.arrow(
         "select median(epoch(first_seen_at) - epoch(finished_at)) as s from generation_rows "
         "where finished_at is not null"
     ).to_pylist()[0]

@@ -17,7 +17,7 @@ generations (``curate.synthetic.generation_record``, disjoint seed ranges per wr
 into bench/data/ (``lake-w{writer}-{rows}.duckdb``, imported from a JSONL) and copied afresh for
 every run before the clock starts. For each N in ``--writers``, N spawned processes open their
 copy and import pyiceberg, wait on one barrier, then each calls
-``curate.lake.push(store, lake, batch_rows=...)`` into one fresh lake (its table created
+``curate.lake.table.push(store, lake, batch_rows=...)`` into one fresh lake (its table created
 beforehand). Reported: wall time from the barrier to the last writer's finish, rows/s of all
 writers together, commits, commit conflicts pyiceberg retried (its "Commit failed due to a
 concurrent update, retrying" warnings, counted per writer), appends that ran out of those retries
@@ -156,7 +156,7 @@ class Lakes:
 
     def register(self, name: str, metadata_location: str) -> str:
         """A fresh catalog in which the table is an existing lake's (``metadata_location``)."""
-        from curate.lake import Lake
+        from curate.lake.table import Lake
 
         if self.server is None:
             name = f"{name}-catalog"  # a folder whose warehouse stays empty
@@ -201,7 +201,7 @@ def _import_pyiceberg() -> None:
 
 def _instrument() -> tuple[_Conflicts, list[float], list[int]]:
     """Count pyiceberg's retried conflicts and ``Lake.append``'s own retries; time each append."""
-    from curate import lake as lake_module
+    from curate.lake import table as lake_module
 
     _import_pyiceberg()  # before the clock, as a running writer has it
 
@@ -232,7 +232,7 @@ def _instrument() -> tuple[_Conflicts, list[float], list[int]]:
 
 def push_worker(db: str, lake_uri: str, batch_rows: int, barrier: Any, out: str) -> None:
     """One lake writer: its store open and pyiceberg imported, then ``push`` from the barrier on."""
-    from curate.lake import push
+    from curate.lake.table import push
 
     conflicts, appends, resent = _instrument()
     store = Store(db)
@@ -249,7 +249,7 @@ def push_worker(db: str, lake_uri: str, batch_rows: int, barrier: Any, out: str)
 
 def import_worker(jsonl: str, db: str, lake_uri: str, batch_rows: int, out: str) -> None:
     """One writer into a new DuckDB file; with ``lake_uri``, then its push to that lake."""
-    from curate.lake import push
+    from curate.lake.table import push
 
     conflicts, appends, resent = _instrument()
     store = Store(db)
@@ -274,7 +274,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def read_worker(kind: str, target: str, point_id: str, memory_limit: str, runs: int, out: str) -> None:
     """Open ``target`` (a lake URI or a store file) and time each query ``runs`` times."""
-    from curate.lakestore import LakeStore
+    from curate.lake.reader import LakeStore
 
     def open_store() -> Store:
         if kind == "lake":
@@ -302,7 +302,7 @@ def read_worker(kind: str, target: str, point_id: str, memory_limit: str, runs: 
         params = [point_id] if "?" in sql else None
         times[name] = []
         for _ in range(runs):
-            seconds, table = _timed(lambda sql=sql, params=params: store.query(sql, params))
+            seconds, table = _timed(lambda sql=sql, params=params: store.arrow(sql, params))
             times[name].append(seconds)
         # Small answers only (a count, a few models, one row): compared with the other store's.
         answers[name] = sorted([str(v) for v in row.values()] for row in table.to_pylist())
@@ -346,7 +346,7 @@ def run_one(ctx: Any, target: Callable[..., None], *args: Any) -> dict[str, Any]
 
 def check_lake(lake_uri: str, stores: list[Path], commits: int, memory_limit: str) -> str:
     """The lake as readers see it holds exactly the stores' ids, once each; '' when it does, else why not."""
-    from curate.lakestore import LakeStore
+    from curate.lake.reader import LakeStore
 
     expected = 0
     for db in stores:
@@ -394,7 +394,7 @@ def _latency(appends: list[float]) -> str:
 
 
 def ingest(args: argparse.Namespace, ctx: Any, lakes: Lakes, scratch: Path) -> None:
-    from curate.lake import Lake
+    from curate.lake.table import Lake
 
     rows = args.rows_per_writer
     writers = [int(n) for n in args.writers.split(",")]
@@ -480,7 +480,7 @@ def read_lake(rows: int, batch_rows: int, memory_limit: str, scratch: Path) -> t
     Pushing 1M rows takes minutes (200 commits), so the lake is kept in bench/data/ and each run
     registers its current metadata in a fresh catalog.
     """
-    from curate.lake import Lake, push
+    from curate.lake.table import Lake, push
 
     folder = DATA / f"lake-read-{rows}-b{batch_rows}"
     built = folder / "built.json"

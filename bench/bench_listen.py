@@ -43,7 +43,7 @@ import duckdb
 import httpx
 import pyarrow as pa
 
-from curate.sandbox.loadgen import LoadReport, deliver, envelopes
+from curate.sandbox.loadgen import LoadSummary, deliver, envelopes
 from curate.store import Store
 from curate.synthetic import generation_record
 
@@ -88,9 +88,9 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
 
 
 def load(url: str, items: list[Any], connections: int, seconds: float,
-         kill: subprocess.Popen[str] | None = None) -> tuple[LoadReport, float]:
+         kill: subprocess.Popen[str] | None = None) -> tuple[LoadSummary, float]:
     """Offer ``items`` for ``seconds``; with ``kill``, SIGKILL that process then, mid-load."""
-    result: dict[str, LoadReport] = {}
+    result: dict[str, LoadSummary] = {}
     duration = None if kill is not None else seconds
     thread = threading.Thread(target=lambda: result.update(
         report=asyncio.run(deliver(url, items, webhook_id=WID, connections=connections, duration=duration,

@@ -39,7 +39,7 @@ def run(n: int, rpm: int, group_size: int) -> dict[str, float]:
         seconds = time.perf_counter() - started
         stats = sandbox.stats()
         states = {r["state"]: r["n"] for r in
-                  store.query("select state, count(*) as n from submissions group by all").to_pylist()}
+                  store.arrow("select state, count(*) as n from submissions group by all").to_pylist()}
     assert summary.submitted == n and states == {"submitted": n}, (summary, states)
     return {
         "posts": summary.posts, "seconds": seconds, "per_second": summary.posts / seconds,

@@ -27,24 +27,29 @@ in each reading connection. A store an older curate wrote is refused until a wri
 from __future__ import annotations
 
 from curate._version import __version__
+from curate.api_types import GenerationForClient, WebhookEnvelope
 from curate.client import InferenceClient
 from curate.config import MissingApiKey, Settings
 from curate.errors import CurateError, UsageError
-from curate.export import ExportError, ExportResult, export
-from curate.harvest import HarvestSummary, harvest
+from curate.exporter import ExportError, ExportSummary, export
+from curate.harvester import HarvestSummary, harvest
 from curate.importer import ImportSummary, import_file, import_files
-from curate.lakestore import open_store as open  # the notebook's front door: a store, or the lake read as one
-from curate.models import GenerationForClient, WebhookEnvelope
-from curate.publish import PublishError, PublishResult, publish
+from curate.lake.reader import open_store as open  # the notebook's front door: a store, or the lake read as one
+from curate.publisher import PublishError, PublishSummary, publish
 from curate.records import WriteCounts
 from curate.store import Result, Store, StoreBehind, StoreLocked, ViewInfo
 from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
 from curate.views import ViewError
 
+# The names these had before the result types were named by one rule (<Operation>Summary).
+ExportResult = ExportSummary
+PublishResult = PublishSummary
+
 __all__ = [
     "CurateError",
     "ExportError",
     "ExportResult",
+    "ExportSummary",
     "GenerationForClient",
     "HarvestSummary",
     "ImportSummary",
@@ -53,6 +58,7 @@ __all__ = [
     "MissingApiKey",
     "PublishError",
     "PublishResult",
+    "PublishSummary",
     "Result",
     "Settings",
     "Store",

@@ -65,7 +65,7 @@ from curate.errors import MissingFile, NoSuchName
 from curate.formats import json_message_text
 from curate.store import Store, no_progress_bar
 
-__all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminationResult", "EvalItem", "decontaminate",
+__all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminateSummary", "EvalItem", "decontaminate",
            "item_text", "pending", "read_eval_set", "recorded", "unchecked"]
 
 DEFAULT_NGRAM = 13
@@ -96,7 +96,7 @@ class EvalItem:
 
 
 @dataclass(frozen=True)
-class DecontaminationResult:
+class DecontaminateSummary:
     """What one run read and found, per eval set (in the order given)."""
 
     items: dict[str, int]
@@ -257,25 +257,25 @@ from rows r join todo t using (id)
 
 def _whole_sets(store: Store, digests: dict[str, str]) -> set[str]:
     """The sets no run has checked with these items and settings: every row is theirs to check."""
-    checked = {(r["pass"], r["settings"]) for r in store.query(
+    checked = {(r["pass"], r["settings"]) for r in store.arrow(
         "select distinct pass, settings from pass_coverage where starts_with(pass, ?)", [PASS_PREFIX]).to_pylist()}
     return {name for name, digest in digests.items() if (PASS_PREFIX + name, digest) not in checked}
 
 
 def recorded(store: Store) -> list[dict[str, Any]]:
     """The eval sets earlier runs checked: ``eval_set``, ``path``, ``ngram``, ``min_shared``, by name."""
-    rows = store.query("select pass, params::varchar as params from pass_settings where starts_with(pass, ?) "
+    rows = store.arrow("select pass, params::varchar as params from pass_settings where starts_with(pass, ?) "
                        "order by pass", [PASS_PREFIX]).to_pylist()
     return [{"eval_set": r["pass"][len(PASS_PREFIX):], **json.loads(r["params"])} for r in rows]
 
 
 def unchecked(store: Store, eval_set: str) -> int:
     """How many chat rows the recorded run of ``eval_set`` has not checked as they are now (its file unread)."""
-    rows = store.query("select settings from pass_settings where pass = ?", [PASS_PREFIX + eval_set]).to_pylist()
+    rows = store.arrow("select settings from pass_settings where pass = ?", [PASS_PREFIX + eval_set]).to_pylist()
     if not rows:
         raise NoSuchName(f"{eval_set}: no recorded run of curate decontaminate")
     sql = f"select count(*) as n from ({_todo_sql([(eval_set, rows[0]['settings'], False)], text=False)})"
-    return int(store.query(sql).to_pylist()[0]["n"])
+    return int(store.arrow(sql).to_pylist()[0]["n"])
 
 
 def pending(
@@ -288,7 +288,7 @@ def pending(
     wanted = [(name, digest, name in whole) for name, digest in digests.items()]
     counts = dict.fromkeys(digests, 0)
     if wanted:
-        for r in store.query(f"select eval_set, count(*) as n from (select unnest(sets) as eval_set "
+        for r in store.arrow(f"select eval_set, count(*) as n from (select unnest(sets) as eval_set "
                              f"from ({_todo_sql(wanted, text=False)})) group by eval_set").to_pylist():
             counts[r["eval_set"]] = int(r["n"])
     # A set never checked counts as pending even on an empty store: its settings are to be recorded.
@@ -356,7 +356,7 @@ def decontaminate(
     ngram: int = DEFAULT_NGRAM,
     min_shared: int = 1,
     full: bool = False,
-) -> DecontaminationResult:
+) -> DecontaminateSummary:
     """Flag the chat rows that share ``ngram``-word shingles with the items of ``eval_paths``.
 
     Writes one ``contamination`` row per (chat row, eval item) pair sharing at least
@@ -432,7 +432,7 @@ def decontaminate(
         finally:
             con.unregister("_curate_contamination")
             con.unregister("_curate_checked")
-    return DecontaminationResult(
+    return DecontaminateSummary(
         items={name: len(found) for name, found in sets},
         contaminated={name: int(totals.get(name, (0, 0))[0]) for name in names},
         pairs={name: int(totals.get(name, (0, 0))[1]) for name in names},

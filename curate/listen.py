@@ -305,7 +305,7 @@ class _Spooler:
                 self._counters["merge_ms"] += round(took * 1000)
                 pause = max(MERGE_SECONDS, MERGE_DUTY * took)
 
-    def _note(self, merged: spool.DrainResult) -> None:
+    def _note(self, merged: spool.DrainSummary) -> None:
         """Count what a drain merged, and forget the appends it covered."""
         self.merged += merged.records
         for name, n in merged.counts.items():

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from curate.formats import json_message_text
 from curate.store import Store
 
-__all__ = ["NearDupResult", "near_duplicates", "pending", "recorded_settings"]
+__all__ = ["NearDupSummary", "near_duplicates", "pending", "recorded_settings"]
 
 On = Literal["prompt", "conversation"]
 SEED = 1729
@@ -65,7 +65,7 @@ def _texts_sql(on: On) -> str:
 
 
 @dataclass(frozen=True)
-class NearDupResult:
+class NearDupSummary:
     """What one run found: rows scanned, clusters (of two rows or more), rows in them, and time.
 
     ``up_to_date``: nothing had changed since the last run with these settings, so nothing was
@@ -99,7 +99,7 @@ def settings_digest(on: str, threshold: float, num_perm: int, shingle: int) -> s
 
 def recorded_settings(store: Store, on: str) -> dict[str, float | int] | None:
     """The settings of the last recorded run on ``on`` (threshold, num_perm, shingle), or None."""
-    rows = store.query("select params::varchar as params from pass_settings where pass = ?",
+    rows = store.arrow("select params::varchar as params from pass_settings where pass = ?",
                        [pass_name(on)]).to_pylist()
     if not rows:
         return None
@@ -128,8 +128,8 @@ def pending(store: Store, *, on: On = "prompt", threshold: float = DEFAULT_THRES
 
     Never run with these settings: every chat row (and at least 1, so an empty store counts as not run)."""
     settings = settings_digest(on, threshold, num_perm, shingle)
-    n = store.query(_pending_sql(on, settings)).to_pylist()[0]["n"]
-    if n == 0 and not store.query("select 1 from pass_settings where pass = ? and settings = ?",
+    n = store.arrow(_pending_sql(on, settings)).to_pylist()[0]["n"]
+    if n == 0 and not store.arrow("select 1 from pass_settings where pass = ? and settings = ?",
                                   [pass_name(on), settings]).num_rows:
         return 1
     return int(n)
@@ -186,7 +186,7 @@ def near_duplicates(
     num_perm: int = DEFAULT_NUM_PERM,
     shingle: int = DEFAULT_SHINGLE,
     full: bool = False,
-) -> NearDupResult:
+) -> NearDupSummary:
     """Cluster the ``chat`` rows whose texts are near-identical; replace the clusters for ``on``.
 
     Does nothing when no row is new, changed or gone since the last run with the same settings
@@ -198,11 +198,11 @@ def near_duplicates(
     started = time.perf_counter()
     settings = settings_digest(on, threshold, num_perm, shingle)
     if not full and pending(store, on=on, threshold=threshold, num_perm=num_perm, shingle=shingle) == 0:
-        (seen,) = store.query(
+        (seen,) = store.arrow(
             "select (select count(*) from pass_coverage where pass = ?) as a, count(distinct cluster_id) as b, "
             "count(*) as c from near_duplicate_rows where on_what = ?", [pass_name(on), on]).to_pylist()
         rows_seen, clusters_seen, members_seen = seen["a"], seen["b"], seen["c"]
-        return NearDupResult(on=on, threshold=threshold, rows=int(rows_seen), clusters=int(clusters_seen),
+        return NearDupSummary(on=on, threshold=threshold, rows=int(rows_seen), clusters=int(clusters_seen),
                              rows_in_clusters=int(members_seen), seconds=time.perf_counter() - started,
                              up_to_date=True)
     ids: list[str] = []
@@ -305,7 +305,7 @@ def near_duplicates(
         con.execute("insert into pass_settings values (?, ?, ?, now())", [
             pass_name(on), settings,
             json.dumps({"on": on, "threshold": threshold, "num_perm": num_perm, "shingle": shingle})])
-    return NearDupResult(
+    return NearDupSummary(
         on=on, threshold=threshold, rows=n, clusters=clusters, rows_in_clusters=len(out_ids),
         seconds=time.perf_counter() - started,
     )

@@ -66,7 +66,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     from curate.store import Store
 
-__all__ = ["KINDS", "PLACEHOLDERS", "Finding", "ScanResult", "find", "message_text", "redact", "scan"]
+__all__ = ["KINDS", "PLACEHOLDERS", "Finding", "PiiScanSummary", "find", "message_text", "redact", "scan"]
 
 KINDS = ("email", "phone", "credit_card", "ip_address", "secret")
 PLACEHOLDERS = {kind: f"[{kind.upper()}]" for kind in KINDS}
@@ -87,7 +87,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class ScanResult:
+class PiiScanSummary:
     """What one ``scan`` did: chat rows and messages read, findings per kind, and how long it took."""
 
     rows: int
@@ -423,11 +423,11 @@ def _pending_sql(source: str, settings: str) -> str:
 
 def pending(store: Store, *, source: str = "chat") -> int:
     """How many rows of ``source`` no scan with the current detectors has read (new or changed rows)."""
-    rows = store.query(f"select count(*) as n from ({_pending_sql(source, scan_settings(source))})").to_pylist()
+    rows = store.arrow(f"select count(*) as n from ({_pending_sql(source, scan_settings(source))})").to_pylist()
     return int(rows[0]["n"])
 
 
-def scan(store: Store, *, source: str = "chat", full: bool = False) -> ScanResult:
+def scan(store: Store, *, source: str = "chat", full: bool = False) -> PiiScanSummary:
     """Find personal data in the messages of the ``chat`` view (or ``source``, a view with ``id``
     and ``messages``) that no earlier scan has read, and record them in ``pii_findings``.
 
@@ -515,5 +515,5 @@ def scan(store: Store, *, source: str = "chat", full: bool = False) -> ScanResul
             finally:
                 con.unregister("_curate_scanned")
         skipped = int(pq.ParquetFile(everyone).metadata.num_rows) - rows
-    return ScanResult(rows=rows, messages=messages, findings={k: counts[k] for k in KINDS if counts[k]},
+    return PiiScanSummary(rows=rows, messages=messages, findings={k: counts[k] for k in KINDS if counts[k]},
                       seconds=time.perf_counter() - started, skipped=max(skipped, 0))

@@ -45,7 +45,7 @@ from curate import merge
 from curate.store import Store, StoreLocked
 
 __all__ = [
-    "MAGIC", "DrainResult", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
+    "MAGIC", "DrainSummary", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
     "segments", "status", "writer_pids",
 ]
 
@@ -191,7 +191,7 @@ class SpoolWriter:
                 self._fd = -1
 
 
-def finish(store: Store, writer: SpoolWriter) -> DrainResult:
+def finish(store: Store, writer: SpoolWriter) -> DrainSummary:
     """Let go of ``writer``'s segment and merge what is left if the file is free (else it waits
     in the spool for the next writer)."""
     writer.close()
@@ -241,7 +241,7 @@ def read_records(data: bytes, start: int = 0) -> tuple[list[Record], int, str | 
 
 
 @dataclass
-class DrainResult:
+class DrainSummary:
     """What one ``drain`` merged: records, segments finished (deleted), and whether more remain."""
 
     records: int = 0
@@ -339,7 +339,7 @@ def _read(claim: _Claim, start: int, budget: int) -> _Read:
     return _Read(records, claim.end, finished=True, damaged=True)
 
 
-def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 0.0) -> DrainResult:
+def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 0.0) -> DrainSummary:
     """Merge every segment of ``store``'s spool that this process may merge, until none is left.
 
     ``own`` is this process's writer (its segment is merged up to what is durable). Segments of
@@ -347,7 +347,7 @@ def drain(store: Store, own: SpoolWriter | None = None, *, wait: float | None = 
     giving up with what was merged so far (0: not at all; None: as long as it takes).
     Returns what was merged; ``remaining`` says a round stopped for want of the file.
     """
-    result = DrainResult()
+    result = DrainSummary()
     folder = store.spool_dir
     one_by_one = False  # after a round the store refused: one record per round, to find which
     while True:
@@ -388,7 +388,7 @@ class _Refused(Exception):
         super().__init__(self.reason)
 
 
-def _round(store: Store, own: SpoolWriter | None, result: DrainResult, wait: float | None, *,
+def _round(store: Store, own: SpoolWriter | None, result: DrainSummary, wait: float | None, *,
            budget: int = ROUND_BYTES, refuse: _Refused | None = None) -> bool:
     """One transaction: merge up to ``budget`` bytes (always one whole frame); True if more is
     left to merge now. With ``refuse``, the record it names is put in rejects instead, with why."""

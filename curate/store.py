@@ -360,10 +360,12 @@ class Store:
         with self.write() as con:
             return merge.ingest_texts(con, texts, source=source)
 
-    def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+    def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only query and return its rows as an Arrow table."""
         with self.read() as con:
             return con.sql(sql, params=params).to_arrow_table()
+
+    query = arrow  # the name ``arrow`` had before; ``sql`` is the one that returns a ``Result``
 
     def unload(self, sql: str, path: str | os.PathLike[str], *, row_group_rows: int = 5000) -> int:
         """Copy the rows of ``sql`` (which may read the views) to the Parquet file ``path``, and let go.
@@ -392,7 +394,7 @@ class Store:
 
     def sql(self, sql: str, params: list[Any] | None = None) -> Result:
         """Run one read-only query; ``.df()``, ``.pl()`` or ``.arrow()`` the result."""
-        return Result(self.query(sql, params))
+        return Result(self.arrow(sql, params))
 
     def table(self, name: str) -> Result:
         """Every row of a view or table (``db.table("chat")``)."""

@@ -3,22 +3,21 @@ failures, tool calls, `length` finishes, multi-turn follow-ups (prefix folding) 
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 
+from curate import harvester
 from curate.config import Settings
-from curate.harvest import harvest
+from curate.harvester import harvest
 from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
 
-# The module, not the function curate.harvest that curate/__init__ exports under its name.
-HARVEST_MODULE = importlib.import_module("curate.harvest")
+HARVEST_MODULE = harvester
 FAST = {"backoff": 0.01, "max_backoff": 0.1}
 
 
@@ -41,7 +40,7 @@ def build_store(path: Path, *, grouped: int = 60, single: int = 20, follow_ups: 
 
         # Follow-ups: a client re-sends a finished conversation with one more user turn, so the
         # first call is a prefix of the second and `conversations` folds them into one.
-        rows = store.query(
+        rows = store.arrow(
             "select custom_id, model, messages from chat where finish_reason = 'stop' "
             f"order by custom_id limit {follow_ups}").to_pylist()
         more = [{"model": row["model"],
@@ -53,7 +52,7 @@ def build_store(path: Path, *, grouped: int = 60, single: int = 20, follow_ups: 
             harvest(store, settings, rpm=None, client_options=FAST)
 
     # Exact duplicates: the same conversation logged again under other ids.
-    copies = store.query("select messages from chat where finish_reason = 'stop' order by id limit 3").to_pylist()
+    copies = store.arrow("select messages from chat where finish_reason = 'stop' order by id limit 3").to_pylist()
     store.ingest_texts([json.dumps({"id": f"dup-{i}-{copy}", "messages": json.loads(row["messages"])})
                         for i, row in enumerate(copies) for copy in range(2)], source="import:duplicates.jsonl")
     return store

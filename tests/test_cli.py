@@ -55,7 +55,7 @@ def test_import_summary_table_points_at_the_rejects(tmp_path: Path, sample: Path
 def test_curate_db_environment_variable_names_the_store(tmp_path: Path, sample: Path) -> None:
     db = tmp_path / "env.duckdb"
     assert curate("import", str(sample), env={"CURATE_DB": str(db)}).returncode == 0
-    assert Store(db).query("select count(*) as n from generations").to_pylist() == [{"n": 2}]
+    assert Store(db).arrow("select count(*) as n from generations").to_pylist() == [{"n": 2}]
 
 
 def test_default_store_is_curate_duckdb_in_the_working_directory(tmp_path: Path, sample: Path) -> None:
@@ -89,7 +89,7 @@ def test_sql_cannot_write(tmp_path: Path, sample: Path) -> None:
     curate("import", str(sample), "--db", str(db))
     result = curate("sql", "delete from generations", "--db", str(db))
     assert result.returncode == 1
-    assert Store(db).query("select count(*) as n from generations").to_pylist() == [{"n": 2}]
+    assert Store(db).arrow("select count(*) as n from generations").to_pylist() == [{"n": 2}]
 
 
 def test_import_of_a_missing_file_names_it(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_import_into_a_held_store_waits_saying_who_holds_it_then_imports_whole(t
     assert result.returncode == 0, result.stderr
     assert "waiting for" in result.stderr and f"(PID {holder.pid}) to let go of {db}" in result.stderr
     assert "Traceback" not in result.stderr
-    assert Store(db).query("select count(*) as n from imports").to_pylist() == [{"n": 1}]
+    assert Store(db).arrow("select count(*) as n from imports").to_pylist() == [{"n": 1}]
 
 
 def test_api_command_without_a_key_fails_with_one_sentence_exit_2(tmp_path: Path) -> None:
@@ -136,14 +136,14 @@ def test_fetch_stores_generations_from_the_sandbox_and_never_the_key(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert "unknown-id: not visible yet" in result.stdout
     store = Store(db)
-    assert store.query("select state, source from generations").to_pylist() == [
+    assert store.arrow("select state, source from generations").to_pylist() == [
         {"state": "Success", "source": "poll"}]
     # DuckDB compresses strings, so grep over the file proves nothing: ask every text column.
-    for row in store.query(
+    for row in store.arrow(
         "select table_name, column_name from information_schema.columns "
         "where data_type in ('VARCHAR', 'JSON')"
     ).to_pylist():
-        found = store.query(
+        found = store.arrow(
             f'select count(*) as n from "{row["table_name"]}" '
             f'where "{row["column_name"]}"::varchar like ?', [f"%{secret}%"]
         ).to_pylist()

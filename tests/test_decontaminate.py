@@ -16,7 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from curate.cli.curation_decontaminate import decontaminate_command
+from curate.cli.decontaminate_commands import decontaminate_command
 from curate.decontaminate import decontaminate, item_text, read_eval_set
 from curate.store import Store
 from curate.synthetic import generation_record
@@ -41,7 +41,7 @@ def ingest(store: Store, *records: dict[str, Any]) -> list[str]:
 
 
 def pairs(store: Store) -> list[tuple[str, str, str, int, int]]:
-    return [tuple(r.values()) for r in store.query(
+    return [tuple(r.values()) for r in store.arrow(
         "select id, eval_set, eval_item, shared_ngrams, ngram from contamination order by all").to_pylist()]
 
 
@@ -185,7 +185,7 @@ def test_the_contaminated_view_has_one_row_per_flagged_chat_row(store: Store, tm
     both, one, _ = ingest(store, chat_row(1, QUESTION, OTHER), chat_row(2, OTHER), chat_row(3, "Hello."))
     other_set = write_jsonl(tmp_path / "other.jsonl", [{"question": QUESTION}])
     decontaminate(store, [gsm8k(tmp_path), other_set])
-    rows = store.query("select * from contaminated").to_pylist()
+    rows = store.arrow("select * from contaminated").to_pylist()
     assert rows == [
         {"id": both, "eval_sets": ["gsm8k.jsonl", "other.jsonl"], "items": 3, "max_shared_ngrams": 19},
         {"id": one, "eval_sets": ["gsm8k.jsonl"], "items": 1, "max_shared_ngrams": 8},

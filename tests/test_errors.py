@@ -7,9 +7,9 @@ import pytest
 from curate.client import ApiError, ApiUnavailable
 from curate.config import MissingApiKey
 from curate.errors import CurateError, MissingFile, NoSuchName
-from curate.export import ExportError
-from curate.lake import LakeError
-from curate.publish import HubError, PublishError
+from curate.exporter import ExportError
+from curate.lake.table import LakeError
+from curate.publisher import HubError, PublishError
 from curate.store import StoreBehind, StoreLocked
 from curate.submit import InvalidRequests
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curate import card
+from curate import card, exporter
 from curate.cli import app
-from curate.export import ExportError, export
+from curate.exporter import ExportError, export
 from curate.formats import dumps, messages_from_arrow, validate_openai
 from curate.importer import import_files
 from curate.store import Store
@@ -88,7 +87,7 @@ def _normal(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _originals(store: Store) -> dict[str, list[dict[str, Any]]]:
-    return {r["id"]: _normal(json.loads(r["messages"])) for r in store.query("select id, messages from chat").to_pylist()}
+    return {r["id"]: _normal(json.loads(r["messages"])) for r in store.arrow("select id, messages from chat").to_pylist()}
 
 
 def _lineage(folder: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -170,7 +169,7 @@ def test_catalyst_export_reimports_into_curate_with_the_same_conversations(fille
     import_files(fresh, sorted((tmp_path / "out" / "data").glob("*.jsonl")))
 
     def conversations(store: Store) -> list[Any]:
-        rows = store.query("select model, messages, tools, finish_reason from chat").to_pylist()
+        rows = store.arrow("select model, messages, tools, finish_reason from chat").to_pylist()
         return sorted(([r["model"], [{k: v for k, v in m.items() if v is not None} for m in _normal(json.loads(r["messages"]))],
                         r["tools"] and json.loads(r["tools"]), r["finish_reason"]] for r in rows), key=repr)
 
@@ -215,7 +214,7 @@ def test_calls_of_one_conversation_stay_on_one_side(filled: Store, tmp_path: Pat
 
 def test_split_by_keeps_rows_sharing_its_value_together(filled: Store, tmp_path: Path) -> None:
     export(filled, "chat", tmp_path / "out", test_size=0.5, split_by="model")
-    models = {r["id"]: r["model"] for r in filled.query("select id, model from chat").to_pylist()}
+    models = {r["id"]: r["model"] for r in filled.arrow("select id, model from chat").to_pylist()}
     sides: dict[str, set[str]] = {}
     for row in _lineage(tmp_path / "out").values():
         sides.setdefault(models[row["id"]], set()).add(row["split"])
@@ -275,8 +274,7 @@ def test_a_failure_while_writing_leaves_the_previous_export(filled: Store, tmp_p
     def broken(*args: Any) -> None:
         raise OSError("disk full")
 
-    # curate.export the attribute is the function; the module is in sys.modules.
-    monkeypatch.setattr(sys.modules["curate.export"], "_write_lineage", broken)
+    monkeypatch.setattr(exporter, "_write_lineage", broken)
     with pytest.raises(OSError, match="disk full"):
         export(filled, "chat", tmp_path / "out", seed=3)
     assert _files(tmp_path / "out") == before
@@ -304,22 +302,22 @@ def test_lineage_maps_a_conversation_to_every_call_in_it(filled: Store, tmp_path
     rows = {r["id"]: r for r in _lineage(tmp_path / "out").values()}
     assert rows[CONVERSATION[-1]]["generation_ids"] == CONVERSATION
     assert CONVERSATION[0] not in rows and CONVERSATION[1] not in rows
-    assert len(rows) == filled.query("select count(*) as n from conversations").to_pylist()[0]["n"]
+    assert len(rows) == filled.arrow("select count(*) as n from conversations").to_pylist()[0]["n"]
 
 
 def test_where_and_limit_take_a_seeded_sample(filled: Store, tmp_path: Path) -> None:
-    model = filled.query("select model from chat limit 1").to_pylist()[0]["model"]
+    model = filled.arrow("select model from chat limit 1").to_pylist()[0]["model"]
     one = export(filled, "chat", tmp_path / "a", where=f"model = '{model}'", limit=3, test_size=0)
     export(filled, "chat", tmp_path / "b", where=f"model = '{model}'", limit=3, test_size=0)
     assert one.counts["filtered"] == 3 and one.counts["source"] > 3
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
-    models = {r["id"]: r["model"] for r in filled.query("select id, model from chat").to_pylist()}
+    models = {r["id"]: r["model"] for r in filled.arrow("select id, model from chat").to_pylist()}
     assert {models[r["id"]] for r in _lineage(tmp_path / "a").values()} == {model}
 
 
 def test_a_select_is_a_source(filled: Store, tmp_path: Path) -> None:
     result = export(filled, "select id, messages from chat where tools is null", tmp_path / "out", test_size=0)
-    assert result.counts["source"] == filled.query("select count(*) as n from chat where tools is null").to_pylist()[0]["n"]
+    assert result.counts["source"] == filled.arrow("select count(*) as n from chat where tools is null").to_pylist()[0]["n"]
 
 
 # ---------------------------------------------------------------- the card
@@ -408,7 +406,7 @@ def test_cli_export_names_a_bad_format_option(filled: Store, tmp_path: Path) -> 
 
 
 def _chat_ids(store: Store) -> list[str]:
-    return [r["id"] for r in store.query("select id from chat order by id").to_pylist()]
+    return [r["id"] for r in store.arrow("select id from chat order by id").to_pylist()]
 
 
 def test_dedup_near_keeps_one_row_per_cluster_its_representative(filled: Store, tmp_path: Path) -> None:
@@ -469,5 +467,5 @@ def test_pii_redact_replaces_the_spans_in_the_export_and_leaves_the_store_alone(
     assert [m["content"] for m in messages] == ["Write to [EMAIL] or call [PHONE].", "Sure, I will email [EMAIL]."]
     assert result.counts["PII redacted"] == 2
     assert "| email | 2 |" in result.card
-    raw = store.query("select raw from generation_rows where id = ?", [generation_id(500)]).to_pylist()[0]["raw"]
+    raw = store.arrow("select raw from generation_rows where id = ?", [generation_id(500)]).to_pylist()[0]["raw"]
     assert "jane.doe@example.com" in raw

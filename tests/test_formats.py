@@ -84,7 +84,7 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
     """The fixture records' rows of the ``chat`` view. Built once: every test only reads the table."""
     store = Store(tmp_path_factory.mktemp("chat") / "curate.duckdb", lock_timeout=5)
     store.ingest_texts(_fixture_texts(), source="t")
-    return store.query("select * from chat order by id")
+    return store.arrow("select * from chat order by id")
 
 
 def _rows(*conversations: list[Any], tools: list[Any] | None = None, ascii_only: bool = False) -> pa.Table:
@@ -727,7 +727,7 @@ def test_catalyst_rows_reimport_into_curate_with_the_same_messages(chat: pa.Tabl
     path.write_text("".join(line + "\n" for line in rows.column("json").to_pylist()), encoding="utf-8")
     fresh = Store(tmp_path / "fresh.duckdb", lock_timeout=5)
     import_files(fresh, [path])
-    back = fresh.query("select model, messages, tools, finish_reason from chat").to_pylist()
+    back = fresh.arrow("select model, messages, tools, finish_reason from chat").to_pylist()
 
     # Lines leave null members out (an assistant tool call's null content), so compare as written.
     def key(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import random
 import signal
 import subprocess
@@ -13,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from curate import harvester
 from curate.config import Settings
-from curate.harvest import harvest
+from curate.harvester import harvest
 from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
@@ -41,11 +41,10 @@ def submitted(store: Store, sandbox: Sandbox, tmp_path: Path, n: int, group_size
 
 def stored_states(store: Store) -> dict[str, int]:
     return {r["state"]: r["n"] for r in
-            store.query("select state, count(*) as n from generations group by all").to_pylist()}
+            store.arrow("select state, count(*) as n from generations group by all").to_pylist()}
 
 
-# The module, not the function curate.harvest that curate/__init__ exports under its name.
-HARVEST_MODULE = importlib.import_module("curate.harvest")
+HARVEST_MODULE = harvester
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +67,7 @@ def test_grouped_submission_is_harvested_one_get_per_group(
     assert sum(stats.calls_per_group.values()) == stats.calls_by_endpoint[
         "GET /v1/slow/group/{groupId}/generations"]
     assert stats.calls_by_endpoint.get("GET /v1/generation/{id}", 0) == 0
-    assert store.query("select count(*) as n from ledger where done_at is null").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from ledger where done_at is null").to_pylist() == [{"n": 0}]
 
 
 def test_single_submissions_are_harvested_with_failures_and_their_messages(
@@ -77,7 +76,7 @@ def test_single_submissions_are_harvested_with_failures_and_their_messages(
     submitted(store, sandbox, tmp_path, 20, 1)
     summary = harvest(store, settings(sandbox), rpm=None, client_options=FAST)
     assert (summary.pending, sum(stored_states(store).values())) == (0, 20)
-    failed = store.query("select state_message from generations where state = 'Failed'").to_pylist()
+    failed = store.arrow("select state_message from generations where state = 'Failed'").to_pylist()
     assert failed and all(row["state_message"] for row in failed)
 
 
@@ -88,7 +87,7 @@ def test_ids_file_is_harvested(sandbox: Sandbox, store: Store, tmp_path: Path) -
     ids_file.write_text("\n".join(ids) + "\n")
     summary = harvest(store, settings(sandbox), ids_file=ids_file, rpm=None, client_options=FAST)
     assert summary.pending == 0
-    assert {r["id"] for r in store.query("select id from generations").to_pylist()} == set(ids)
+    assert {r["id"] for r in store.arrow("select id from generations").to_pylist()} == set(ids)
 
 
 def test_once_makes_one_pass_and_leaves_the_rest_pending(store: Store, tmp_path: Path) -> None:
@@ -107,8 +106,8 @@ def test_faults_are_ridden_out_and_nothing_is_lost(sandbox: Sandbox, store: Stor
 
 
 HARVEST = """
-import importlib, sys
-h = importlib.import_module("curate.harvest")
+import sys
+from curate import harvester as h
 h.FIRST_DELAY, h.MAX_DELAY, h.FLUSH_EVERY, h.FLUSH_SECONDS = 0.1, 0.5, 5, 0.2
 from curate.config import Settings
 from curate.store import Store
@@ -136,7 +135,7 @@ def test_harvest_killed_at_random_moments_ends_with_every_generation_stored_once
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
             subprocess.run(argv, check=True, timeout=120)
-            row = Store(db).query(
+            row = Store(db).arrow(
                 "select count(*) as n, count(distinct id) as ids from generations").to_pylist()[0]
             assert row == {"n": 40, "ids": 40}, trial
 
@@ -160,5 +159,5 @@ def test_a_body_the_store_refuses_goes_to_rejects_and_its_id_is_polled_again(
     summary = harvest(store, Settings(api_key="k", base_url="http://inference.test"), rpm=None,
                       client_options={**FAST, "transport": httpx.MockTransport(handle)})
     assert (summary.rejected, summary.stored, summary.pending, summary.calls) == (1, 1, 0, 2)
-    assert store.query("select reason from rejects").to_pylist()[0]["reason"].startswith("field id")
-    assert store.query("select id from generations").to_pylist() == [{"id": good["id"]}]
+    assert store.arrow("select reason from rejects").to_pylist()[0]["reason"].startswith("field id")
+    assert store.arrow("select id from generations").to_pylist() == [{"id": good["id"]}]

@@ -14,9 +14,9 @@ import duckdb
 
 from curate import migrations, spool
 from curate.config import Settings
-from curate.harvest import harvest
+from curate.harvester import harvest
 from curate.importer import MAX_LINE_BYTES, REJECT_HEAD_BYTES, import_file
-from curate.lake import masked
+from curate.lake.table import masked
 from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
@@ -82,7 +82,7 @@ def test_a_webhook_id_key_spelled_with_a_json_escape_is_masked_too(tmp_path: Pat
     path.write_text(line + "\n")
     store = Store(tmp_path / "c.duckdb")
     assert import_file(store, path).stored == 1
-    assert store.query("select metadata->>'webhook_id' as w from chat").to_pylist() == [{"w": "[webhook-id]"}]
+    assert store.arrow("select metadata->>'webhook_id' as w from chat").to_pylist() == [{"w": "[webhook-id]"}]
     assert store_holds(store, WEBHOOK_ID) == []
 
 
@@ -129,7 +129,7 @@ def test_m009_migrates_a_store_whose_rejects_differ_only_by_their_webhook_id(tmp
     con.close()
     store = Store(path)
     assert store.migrate() == ["m009_mask_webhook_ids", "m010_pass_coverage"]
-    assert store.query("select count(*) as n from rejects where contains(raw, 'Webhook')").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from rejects where contains(raw, 'Webhook')").to_pylist() == [{"n": 0}]
 
 
 # -- the spool: a record the store cannot merge never holds up the others -----------------------
@@ -141,7 +141,7 @@ def body_frame(seed: int) -> bytes:
 
 
 def stored_ids(store: Store) -> set[str]:
-    return {r["id"] for r in store.query("select id from generation_rows").to_pylist()}
+    return {r["id"] for r in store.arrow("select id from generation_rows").to_pylist()}
 
 
 def test_a_record_with_an_unknown_op_in_the_middle_of_a_segment_does_not_hold_up_the_records_after_it(
@@ -168,7 +168,7 @@ def test_a_record_whose_fields_the_merge_cannot_use_goes_to_rejects_and_the_reco
     writer.close()
     spool.drain(store)
     assert stored_ids(store) == {generation_record(1)["id"], generation_record(2)["id"]}
-    assert store.query("select count(*) as n from rejects").to_pylist() == [{"n": 1}]
+    assert store.arrow("select count(*) as n from rejects").to_pylist() == [{"n": 1}]
     assert spool.segments(store.spool_dir) == []
 
 

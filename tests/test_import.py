@@ -16,7 +16,7 @@ from tests.conftest import write_jsonl
 
 
 def rows(store: Store, sql: str) -> list[dict[str, Any]]:
-    return store.query(sql).to_pylist()
+    return store.arrow(sql).to_pylist()
 
 
 def one(store: Store, generation_id: str) -> dict[str, Any]:

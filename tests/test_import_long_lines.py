@@ -45,7 +45,7 @@ def write(path: Path, lines: list[bytes]) -> Path:
 
 
 def rows(store: Store, sql: str) -> list[dict[str, Any]]:
-    return store.query(sql).to_pylist()
+    return store.arrow(sql).to_pylist()
 
 
 @pytest.fixture

@@ -67,10 +67,10 @@ def test_import_killed_at_any_moment_loses_and_duplicates_nothing(tmp_path: Path
         time.sleep(rng.uniform(0.3, 2.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        (stored,) = Store(db).query("select count(*) as n from generations").column("n").to_pylist()
+        (stored,) = Store(db).arrow("select count(*) as n from generations").column("n").to_pylist()
         # Each file commits whole: a kill leaves no part of a file behind.
         assert stored in (0, counts[0], sum(counts)), (trial, stored)
         subprocess.run([sys.executable, "-c", IMPORT, str(db), *map(str, files)], check=True)
-        row = Store(db).query(
+        row = Store(db).arrow(
             "select count(*) as n, count(distinct id) as ids from generations").to_pylist()[0]
         assert row == {"n": sum(counts), "ids": sum(counts)}, trial

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import curate
-from curate.lake import Lake, LakeConfig, LakeError, LakePusher, pending_count, push
-from curate.lakestore import LakeReadOnly, LakeStore
+from curate.lake.reader import LakeReadOnly, LakeStore
+from curate.lake.table import Lake, LakeConfig, LakeError, LakePusher, pending_count, push
 from curate.store import Store
 from curate.synthetic import generation_record
 from tests.conftest import write_jsonl
@@ -35,7 +35,7 @@ def fill(store: Store, seeds: range, **changes: Any) -> list[dict[str, Any]]:
 
 def lake_ids(lake: str | Path) -> list[str]:
     with LakeStore(str(lake)) as read:
-        return sorted(read.query("select id from generations").column("id").to_pylist())
+        return sorted(read.arrow("select id from generations").column("id").to_pylist())
 
 
 def physical_rows(lake: str | Path) -> int:
@@ -117,7 +117,7 @@ def test_a_generation_stored_again_with_a_new_body_is_sent_again_and_read_as_the
 
     assert push(store, lake).rows == 1
     with LakeStore(lake) as read:
-        assert read.query("select year(finished_at) as y from generations").to_pylist() == [{"y": 2031}]
+        assert read.arrow("select year(finished_at) as y from generations").to_pylist() == [{"y": 2031}]
     assert physical_rows(lake) == 2
 
 
@@ -141,7 +141,7 @@ def test_a_dead_writers_commit_found_in_the_lake_is_not_sent_again(store: Store,
     _claim_as_dead_writer(store, lake, "dead-batch", ids)
     # Its commit landed: the rows are in the lake under its batch id.
     with store.read() as con:
-        from curate.lake import lake_rows_sql
+        from curate.lake.table import lake_rows_sql
 
         rows = con.sql(
             lake_rows_sql(
@@ -218,7 +218,7 @@ def test_the_lake_has_the_stores_views_with_the_same_rows(store: Store, tmp_path
         assert {v.name: v.rows for v in read.views()} == ours
         for view in ("chat", "usage", "failures"):
             order = "order by all"
-            assert read.query(f"select * from {view} {order}") == store.query(f"select * from {view} {order}"), view
+            assert read.arrow(f"select * from {view} {order}") == store.arrow(f"select * from {view} {order}"), view
 
 
 def test_copies_of_an_id_from_two_writers_are_read_once(tmp_path: Path) -> None:
@@ -238,15 +238,15 @@ def test_a_reader_sees_commits_made_after_it_opened(store: Store, tmp_path: Path
     fill(store, range(3))
     push(store, lake)
     with LakeStore(lake) as read:
-        assert read.query("select count(*) as n from generations").to_pylist() == [{"n": 3}]
+        assert read.arrow("select count(*) as n from generations").to_pylist() == [{"n": 3}]
         fill(store, range(3, 5))
         push(store, lake)
-        assert read.query("select count(*) as n from generations").to_pylist() == [{"n": 5}]
+        assert read.arrow("select count(*) as n from generations").to_pylist() == [{"n": 5}]
 
 
 def test_an_empty_lake_reads_as_an_empty_store(tmp_path: Path) -> None:
     with LakeStore(str(tmp_path / "lake")) as read:
-        assert read.query("select count(*) as n from chat").to_pylist() == [{"n": 0}]
+        assert read.arrow("select count(*) as n from chat").to_pylist() == [{"n": 0}]
 
 
 def test_the_lake_refuses_writes_and_says_where_to_write(tmp_path: Path) -> None:
@@ -297,14 +297,14 @@ def test_pull_merges_the_lake_into_a_local_store_once(store: Store, tmp_path: Pa
     push(store, lake, batch_rows=20)
     local = Store(tmp_path / "work.duckdb")
 
-    from curate.lakestore import pull
+    from curate.lake.reader import pull
 
     first, again = pull(lake, local, batch_rows=16), pull(lake, local, batch_rows=16)
 
     assert (first.lines, first.stored) == (50, 50)
     assert (again.stored, again.duplicate) == (0, 50)
     order = "order by all"
-    assert local.query(f"select * from chat {order}") == store.query(f"select * from chat {order}")
+    assert local.arrow(f"select * from chat {order}") == store.arrow(f"select * from chat {order}")
 
 
 def test_views_stats_snapshot_and_export_commands_read_the_lake(store: Store, tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_views_stats_snapshot_and_export_commands_read_the_lake(store: Store, tm
         assert result.returncode == 0, result.stderr
     assert "chat" in views.stdout
     assert json.loads(stats.stdout)["generations"] == 60
-    chat_rows = store.query("select count(*) as n from chat").to_pylist()[0]["n"]
+    chat_rows = store.arrow("select count(*) as n from chat").to_pylist()[0]["n"]
     assert pq.read_table(tmp_path / "snap" / "chat.parquet").num_rows == chat_rows
     assert json.loads(exported.stdout)["counts"]["source"] == chat_rows
 
@@ -334,4 +334,4 @@ def test_a_writer_with_an_unreachable_lake_stops_before_writing(tmp_path: Path) 
     result = run("import", str(sample), "--db", str(db), "--lake", f"postgresql://x@127.0.0.1:1/x?warehouse={tmp_path}")
 
     assert result.returncode == 2 and "cannot reach the catalog" in result.stderr
-    assert not db.exists() or Store(db).query("select count(*) as n from generation_rows").to_pylist() == [{"n": 0}]
+    assert not db.exists() or Store(db).arrow("select count(*) as n from generation_rows").to_pylist() == [{"n": 0}]

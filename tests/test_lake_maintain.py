@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from curate import lake_maintain
-from curate.lake import DEDUP_ORDER, LAKE_COLUMNS, Lake, LakeError, local_path, push
-from curate.lake import current_files as current_tasks
-from curate.lake_maintain import MaintenanceReport, maintain
+from curate.lake import maintain as lake_maintain
+from curate.lake.maintain import MaintainSummary, maintain
+from curate.lake.table import DEDUP_ORDER, LAKE_COLUMNS, Lake, LakeError, local_path, push
+from curate.lake.table import current_files as current_tasks
 from curate.store import Store
 from curate.synthetic import generation_record
 
@@ -287,7 +287,7 @@ WRITER = r"""
 import sys, time
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from curate.lake import Lake
+from curate.lake.table import Lake
 
 folder, name, seconds, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 lake = Lake(folder)
@@ -344,7 +344,7 @@ def test_maintenance_beside_two_writers_loses_no_committed_row(tmp_path: Path) -
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", WRITER, str(folder), f"w{n}", "8", str(logs[n])], stderr=stderr,
             ))
-    reports: list[tuple[bool, MaintenanceReport]] = []
+    reports: list[tuple[bool, MaintainSummary]] = []
     deadline = time.monotonic() + 90
     try:
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curate.lake import Lake
+from curate.lake.table import Lake
 from curate.store import Store
 from curate.synthetic import generation_record
 from tests.postgres import PostgresServer
@@ -34,7 +34,7 @@ RACER = r"""
 import sys, time
 from pathlib import Path
 import pyarrow, sqlalchemy, pyiceberg.catalog.sql, pyiceberg.io.pyarrow  # noqa: F401
-import curate.lake, curate.cli  # noqa: F401
+import curate.lake.table, curate.cli  # noqa: F401
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.lake import Lake, LakeConfig, LakeError, masked, push
+from curate.lake.table import Lake, LakeConfig, LakeError, masked, push
 from curate.store import Store
 from curate.synthetic import generation_record
 

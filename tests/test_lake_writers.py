@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from curate.export import export
+from curate.exporter import export
 from curate.importer import import_files
-from curate.lake import Lake
-from curate.lakestore import LakeStore
+from curate.lake.reader import LakeStore
+from curate.lake.table import Lake
 from curate.sandbox import Sandbox
 from curate.store import Store
 from curate.synthetic import chat_request, generation_record
@@ -102,7 +102,7 @@ def listening(port: int) -> bool:
 
 def terminal_ids(path: Path) -> set[str]:
     store = Store(path)
-    rows = store.query("select id from generation_rows where state in ('Success', 'Failed')")
+    rows = store.arrow("select id from generation_rows where state in ('Success', 'Failed')")
     return set(rows.column("id").to_pylist())
 
 
@@ -198,20 +198,20 @@ def test_four_killed_writers_and_a_maintainer_leave_every_generation_once(
     assert len(stored["import-a"]) == len(stored["import-b"]) == 12_000
     expected = set().union(*stored.values())
     for path in db.values():
-        left = Store(path).query("select state, count(*) as n from lake_sent group by all").to_pylist()
+        left = Store(path).arrow("select state, count(*) as n from lake_sent group by all").to_pylist()
         assert {r["state"] for r in left} == {"committed"}
 
     read = LakeStore(lake_uri)
     try:
-        (row,) = read.query("select count(*) as n, count(distinct id) as ids from generations").to_pylist()
+        (row,) = read.arrow("select count(*) as n, count(distinct id) as ids from generations").to_pylist()
         assert row == {"n": len(expected), "ids": len(expected)}
-        assert set(read.query("select id from generations").column("id").to_pylist()) == expected
+        assert set(read.arrow("select id from generations").column("id").to_pylist()) == expected
 
         # The same generations in one DuckDB store export to the same bytes.
         bodies = tmp_path / "bodies.jsonl"
         with bodies.open("w") as out:
             for path in db.values():
-                terminal = Store(path).query("select raw from generation_rows where state in ('Success', 'Failed')")
+                terminal = Store(path).arrow("select raw from generation_rows where state in ('Success', 'Failed')")
                 out.writelines(raw + "\n" for raw in terminal.column("raw").to_pylist())
         reference = Store(tmp_path / "reference.duckdb")
         import_files(reference, [bodies])

@@ -47,7 +47,7 @@ def query(store: Store, sql: str, params: list[Any] | None = None) -> list[dict[
     """Rows of ``sql`` once every delivery acknowledged so far is merged (moments, with nobody else on the file)."""
     for listener in LIVE:
         assert listener.wait_merged(10), "acknowledged deliveries were not merged within 10 s"
-    return store.query(sql, params).to_pylist()
+    return store.arrow(sql, params).to_pylist()
 
 
 @pytest.fixture
@@ -325,7 +325,7 @@ def test_readers_get_turns_while_deliveries_keep_coming(store: Store, listener: 
     reader = Store(store.path, lock_timeout=5)
     reads = 0
     while thread.is_alive():
-        reader.query("select count(*) from generation_rows")  # raises StoreLocked after 5 s
+        reader.arrow("select count(*) from generation_rows")  # raises StoreLocked after 5 s
         reads += 1
     thread.join()
     assert reads >= 5
@@ -505,7 +505,7 @@ def test_listener_killed_mid_load_keeps_every_acked_delivery(tmp_path: Path) -> 
         while httpx.get(url.replace("/webhook", "/healthz")).json()["spool"]["merged"] == 0:
             assert time.monotonic() < deadline, "the restarted listener merged nothing"
             time.sleep(0.05)
-    stored = {r["id"] for r in Store(db).query("select id from generation_rows").to_pylist()}
+    stored = {r["id"] for r in Store(db).arrow("select id from generation_rows").to_pylist()}
     assert set(report.acked) <= stored
     assert count(Store(db), "select count(*) - count(distinct id) as n from generation_rows") == 0
 

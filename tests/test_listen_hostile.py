@@ -103,7 +103,7 @@ def test_a_small_headerless_body_is_still_authenticated_by_its_webhook_id(tmp_pa
         padded = {**envelope(2), "padding": "x" * 70_000}
         assert post(url, padded, webhook_id=None).status_code == 401
         assert post(url, padded).status_code == 200
-    assert Store(tmp_path / "c.duckdb").query("select count(*) as n from generation_rows").to_pylist() == [{"n": 2}]
+    assert Store(tmp_path / "c.duckdb").arrow("select count(*) as n from generation_rows").to_pylist() == [{"n": 2}]
 
 
 def test_large_authenticated_bodies_are_parsed_on_threads_a_few_at_a_time(
@@ -149,7 +149,7 @@ def test_large_authenticated_bodies_are_parsed_on_threads_a_few_at_a_time(
     assert len(seen) == 6 and max(n for _, n in seen) == listen.PARSE_THREADS
     assert len(loop_threads) == 1 and not loop_threads & {thread for thread, _ in seen}
     assert small < 0.3, small
-    assert store.query("select count(*) as n from generation_rows").to_pylist() == [{"n": 2}]
+    assert store.arrow("select count(*) as n from generation_rows").to_pylist() == [{"n": 2}]
 
 
 # -- webhook ids and the path token reach no byte on disk, and no log line -------------------------
@@ -213,7 +213,7 @@ def test_no_webhook_id_or_path_token_reaches_the_spool_the_store_or_the_log(tmp_
             assert time.monotonic() < deadline, "the spool was not merged"
             time.sleep(0.1)
         assert proc.poll() is None
-    rows = store.query(f"select (select count(*) from generation_rows) as n, "
+    rows = store.arrow(f"select (select count(*) from generation_rows) as n, "
                        f"(select count(*) from generation_rows where contains(raw::varchar, '{WID}')) as leaked, "
                        f"(select count(*) from rejects) as rejects, "
                        f"(select count(*) from rejects where contains(raw::varchar, '{WID}') "

@@ -101,7 +101,7 @@ def columns(store: Store) -> dict[str, list[tuple[str, str]]]:
     """Every table's and view's columns, but the views from queries/ (tests/test_views.py owns those)."""
     found: dict[str, list[tuple[str, str]]] = {}
     shipped = [view.name for view in views.load([views.QUERIES_DIR])]
-    for row in store.query(
+    for row in store.arrow(
         "select table_name, column_name, data_type from information_schema.columns "
         "where table_name not in (select unnest(?::varchar[])) order by table_name, ordinal_position",
         [shipped],
@@ -113,7 +113,7 @@ def columns(store: Store) -> dict[str, list[tuple[str, str]]]:
 def test_blank_store_has_exactly_the_expected_columns(tmp_path: Path) -> None:
     store = Store(tmp_path / "blank.duckdb")
     assert columns(store) == EXPECTED
-    applied = [r["name"] for r in store.query("select name from _curate_migrations").to_pylist()]
+    applied = [r["name"] for r in store.arrow("select name from _curate_migrations").to_pylist()]
     assert applied == [m.__name__ for m in migrations.MIGRATIONS]
 
 
@@ -144,7 +144,7 @@ def test_store_at_the_previous_schema_is_migrated_and_keeps_its_rows(tmp_path: P
     assert store.migrate() == [LAST]
 
     assert columns(store) == EXPECTED
-    (row,) = store.query("select id, request from generations").to_pylist()
+    (row,) = store.arrow("select id, request from generations").to_pylist()
     assert (row["id"], json.loads(row["request"])) == (record["id"], record["request"])
 
 
@@ -174,8 +174,8 @@ def test_migrating_drops_the_views_curate_made_in_the_file_and_keeps_the_users_o
     assert left == [("generations", None), ("my_ids", None), ("my_models", "the models we pay for")]
     # The reader's own chat and usage take their place, and the user's views still read.
     store = Store(path)
-    assert store.query("select count(*) as n from chat").to_pylist() == [{"n": 0}]
-    assert store.query("select count(*) as n from my_ids").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from chat").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from my_ids").to_pylist() == [{"n": 0}]
     assert store.view_errors == []
 
 
@@ -201,7 +201,7 @@ def test_lines_keyed_with_their_webhook_id_are_rekeyed_without_it_and_keep_one_r
 
     Store(path).migrate()
 
-    after = Store(path).query("select key, state, generation_id, custom_id from submissions order by key").to_pylist()
+    after = Store(path).arrow("select key, state, generation_id, custom_id from submissions order by key").to_pylist()
     assert after == [
         {"key": "custom_id:c7", "state": "submitted", "generation_id": "g2", "custom_id": "c7"},
         {"key": submissions.line_key(with_webhook), "state": "submitted", "generation_id": "g1", "custom_id": None},
@@ -275,8 +275,8 @@ def test_webhook_ids_stored_before_are_masked_and_a_redelivery_is_still_a_duplic
     store = Store(path)
     store.migrate()
 
-    held = store.query("select count(*) as n from generation_rows where contains(raw::varchar, 'SECRETw1')")
-    rejected = store.query("select raw from rejects").to_pylist()
+    held = store.arrow("select count(*) as n from generation_rows where contains(raw::varchar, 'SECRETw1')")
+    rejected = store.arrow("select raw from rejects").to_pylist()
     assert held.to_pylist() == [{"n": 0}] and rejected == [{"raw": '{"webhook_id": "[webhook-id]"}'}]
     again = store.ingest_texts([text], source="webhook")
     assert (again.duplicate, again.updated, again.stored) == (1, 0, 0)
@@ -301,8 +301,8 @@ def test_pass_coverage_starts_empty_and_an_older_scans_findings_stay(tmp_path: P
 
     store = Store(path)
     assert store.migrate() == ["m010_pass_coverage"]
-    assert store.query("select count(*) as n from pass_coverage").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from pass_coverage").to_pylist() == [{"n": 0}]
     # The first scan reads every row (none is covered) and records the finding once.
     assert pii.scan(store).rows == 1
-    assert store.query("select count(*) as n from pii_findings").to_pylist() == [{"n": 1}]
-    assert store.query("select pass, id from pass_coverage").to_pylist() == [{"pass": "pii", "id": record["id"]}]
+    assert store.arrow("select count(*) as n from pii_findings").to_pylist() == [{"n": 1}]
+    assert store.arrow("select pass, id from pass_coverage").to_pylist() == [{"pass": "pii", "id": record["id"]}]

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from curate import views
-from curate.cli.curation_neardup import dedup_app
+from curate.cli.neardup_commands import dedup_app
 from curate.neardup import near_duplicates
 from curate.store import Store
 from curate.synthetic import generation_id, generation_record
@@ -38,7 +38,7 @@ def record(seed: int, user: str, system: str = "You are a helpful assistant.") -
 
 
 def clusters(store: Store, on: str = "prompt") -> dict[str, set[str]]:
-    rows = store.query("select id, cluster_id from near_duplicate_rows where on_what = ?", [on]).to_pylist()
+    rows = store.arrow("select id, cluster_id from near_duplicate_rows where on_what = ?", [on]).to_pylist()
     out: dict[str, set[str]] = {}
     for row in rows:
         out.setdefault(row["cluster_id"], set()).add(row["id"])
@@ -63,19 +63,19 @@ def test_the_representative_is_the_longest_text_then_the_first_finished(store: S
     longer = BASE + " thanks"
     store.ingest_texts([record(10, BASE), record(11, BASE), record(12, longer), record(13, longer)], source="t")
     near_duplicates(store, threshold=0.8)
-    finished = {r["id"]: r["finished_at"] for r in store.query("select id, finished_at from chat").to_pylist()}
+    finished = {r["id"]: r["finished_at"] for r in store.arrow("select id, finished_at from chat").to_pylist()}
     first = min((generation_id(12), generation_id(13)), key=lambda i: (finished[i], i))
     assert clusters(store) == {first: {generation_id(s) for s in (10, 11, 12, 13)}}
-    similarity = store.query("select similarity from near_duplicate_rows where id = ?", [first]).to_pylist()
+    similarity = store.arrow("select similarity from near_duplicate_rows where id = ?", [first]).to_pylist()
     assert similarity == [{"similarity": 1.0}]
 
 
 def test_running_again_replaces_the_rows_of_the_same_comparison(store: Store) -> None:
     store.ingest_texts([record(1, BASE), record(2, BASE + "."), record(3, OTHER)], source="t")
     near_duplicates(store)
-    first = store.query("select id, cluster_id, similarity from near_duplicate_rows order by id").to_pylist()
+    first = store.arrow("select id, cluster_id, similarity from near_duplicate_rows order by id").to_pylist()
     near_duplicates(store)
-    assert store.query("select id, cluster_id, similarity from near_duplicate_rows order by id").to_pylist() == first
+    assert store.arrow("select id, cluster_id, similarity from near_duplicate_rows order by id").to_pylist() == first
     assert len(first) == 2
 
 
@@ -84,9 +84,9 @@ def test_conversation_compares_the_answer_too_and_prompt_does_not(store: Store) 
     store.ingest_texts([record(21, BASE), record(22, BASE)], source="t")
     assert near_duplicates(store, on="prompt").clusters == 1
     conversation = near_duplicates(store, on="conversation")
-    answers = store.query("select messages->>'$[-1].content' as a from chat").column("a").to_pylist()
+    answers = store.arrow("select messages->>'$[-1].content' as a from chat").column("a").to_pylist()
     assert conversation.clusters == (1 if answers[0] == answers[1] else 0)
-    assert set(store.query("select distinct on_what from near_duplicate_rows").column(0).to_pylist()) <= {
+    assert set(store.arrow("select distinct on_what from near_duplicate_rows").column(0).to_pylist()) <= {
         "prompt", "conversation"}
     assert len(clusters(store, "prompt")) == 1
 
@@ -97,7 +97,7 @@ def test_the_view_has_one_row_per_cluster(store: Store) -> None:
     near_duplicates(store)
     # The view file's query (its name collides with the table's, so it is run as written).
     view = next(v for v in views.load([views.QUERIES_DIR]) if v.name == "near_duplicates")
-    rows = store.query(view.sql).to_pylist()
+    rows = store.arrow(view.sql).to_pylist()
     assert len(rows) == 2
     for row in rows:
         assert row["n"] == 2 and row["ids"][0] == row["cluster_id"] and row["on_what"] == "prompt"

@@ -71,7 +71,7 @@ def test_after_a_webhook_run_the_webhook_id_is_in_no_stored_or_shipped_byte(tmp_
         env = base | {"INFERENCE_API_KEY": sandbox.api_key, "INFERENCE_BASE_URL": sandbox.url}
         run("harvest", "--db", str(db), "--once", env=env)
     store = Store(db)
-    assert store.query("select count(*) as n from generation_rows").to_pylist() == [{"n": 30}]
+    assert store.arrow("select count(*) as n from generation_rows").to_pylist() == [{"n": 30}]
 
     run("snapshot", str(tmp_path / "snapshot"), "--db", str(db), env=base)
     run("export", "chat", "--out", str(tmp_path / "export"), "--db", str(db), env=base)

@@ -52,7 +52,7 @@ def test_views_lists_each_view_with_what_a_row_is_and_its_rows(db: Store) -> Non
 
 def test_a_new_store_reads_with_every_view(tmp_path: Path) -> None:
     store = curate.open(tmp_path / "fresh.duckdb")
-    names = {r["view_name"] for r in store.query(
+    names = {r["view_name"] for r in store.arrow(
         "select view_name from duckdb_views() where not internal").to_pylist()}
     assert {"generations", "chat", "conversations", "failures", "usage", "duplicates"} <= names
 

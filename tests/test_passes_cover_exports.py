@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from curate import decontaminate as dc
 from curate import neardup, pii, synthetic
 from curate.cli import app
-from curate.export import ExportError, export
+from curate.exporter import ExportError, export
 from curate.store import Store
 
 CARD = "4111 1111 1111 1111"
@@ -75,7 +75,7 @@ def test_pii_drop_scans_the_rows_imported_after_the_scan(db: Path, tmp_path: Pat
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "| without PII | 2 |" in card
     assert "PII (`curate scan pii`): every exported row was scanned" in card
-    kinds = Store(db).query("select kind from pii_findings where id = ? order by kind", [new]).column(0).to_pylist()
+    kinds = Store(db).arrow("select kind from pii_findings where id = ? order by kind", [new]).column(0).to_pylist()
     assert kinds == ["credit_card", "email"]
 
 
@@ -181,7 +181,7 @@ def test_rows_imported_while_the_export_runs_are_not_exported_as_scanned(store: 
     store.ingest_texts([json.dumps(record(1, OTHER))], source="t")
     real_scan = pii.scan
 
-    def scan_then_import(*args: Any, **kwargs: Any) -> pii.ScanResult:
+    def scan_then_import(*args: Any, **kwargs: Any) -> pii.PiiScanSummary:
         result = real_scan(*args, **kwargs)
         store.ingest_texts([json.dumps(record(2, f"Card {CARD}"))], source="t")  # lands after the scan
         return result

@@ -18,7 +18,7 @@ import pytest
 
 from curate import decontaminate as decontaminate_module
 from curate import neardup, pii, synthetic
-from curate.export import export
+from curate.exporter import export
 from curate.store import Store
 
 WRITER = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
@@ -77,7 +77,7 @@ def test_scan_pii_lets_go_while_it_searches(filled: Store, monkeypatch: pytest.M
     result = pii.scan(filled)
     probe.assert_store_was_free()
     assert result.rows == 12 and result.findings == {"email": 1}
-    assert filled.query("select kind from pii_findings").to_pylist() == [{"kind": "email"}]
+    assert filled.arrow("select kind from pii_findings").to_pylist() == [{"kind": "email"}]
     assert no_scratch_left(filled)
 
 

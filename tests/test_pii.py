@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import pii, synthetic
-from curate.cli.curation_pii import scan_app
+from curate.cli.pii_commands import scan_app
 from curate.pii import Finding, find, redact
 from curate.store import Store
 
@@ -124,12 +124,12 @@ def planted(store: Store) -> Store:
 
 
 def findings(store: Store) -> list[dict[str, Any]]:
-    return store.query("select id, message_index, kind, span_start, span_end, detector from pii_findings "
+    return store.arrow("select id, message_index, kind, span_start, span_end, detector from pii_findings "
                        "order by id, message_index, span_start").to_pylist()
 
 
 def test_scan_records_each_finding_at_a_span_that_slices_the_message_text(planted: Store) -> None:
-    raw_before = planted.query("select id, raw from generation_rows order by id").to_pylist()
+    raw_before = planted.arrow("select id, raw from generation_rows order by id").to_pylist()
     result = pii.scan(planted)
     assert (result.rows, result.messages) == (3, 9)  # three request messages, two, one; plus each answer
     assert result.findings == {"email": 1, "phone": 1, "credit_card": 1, "ip_address": 1, "secret": 1}
@@ -138,12 +138,12 @@ def test_scan_records_each_finding_at_a_span_that_slices_the_message_text(plante
     assert [(r["id"], r["message_index"], r["kind"]) for r in got] == sorted([
         (one, 0, "email"), (one, 1, "credit_card"), (one, 2, "ip_address"), (one, 2, "secret"), (two, 1, "phone"),
     ])
-    messages = {r["id"]: json.loads(r["messages"]) for r in planted.query("select id, messages from chat").to_pylist()}
+    messages = {r["id"]: json.loads(r["messages"]) for r in planted.arrow("select id, messages from chat").to_pylist()}
     sliced = [pii.message_text(messages[r["id"]][r["message_index"]])[r["span_start"]:r["span_end"]]  # type: ignore[index]
               for r in got]
     assert sorted(sliced) == sorted(["jane.doe@example.com", "4111 1111 1111 1111", "192.168.1.10",
                                      "AKIAIOSFODNN7EXAMPLE", "+1 415-555-2671"])
-    assert planted.query("select id, raw from generation_rows order by id").to_pylist() == raw_before
+    assert planted.arrow("select id, raw from generation_rows order by id").to_pylist() == raw_before
 
 
 def test_a_rescan_replaces_the_previous_findings(planted: Store) -> None:
@@ -155,17 +155,17 @@ def test_a_rescan_replaces_the_previous_findings(planted: Store) -> None:
     again = findings(planted)
     assert len(again) == len(first) - 1 == 5
     assert "stale" not in {r["id"] for r in again}
-    assert planted.query("select count(distinct scanned_at) as n from pii_findings").to_pylist() == [{"n": 1}]
+    assert planted.arrow("select count(distinct scanned_at) as n from pii_findings").to_pylist() == [{"n": 1}]
 
 
 def test_the_pii_view_lists_each_chat_row_with_findings(planted: Store) -> None:
-    assert planted.query("select * from pii").num_rows == 0
+    assert planted.arrow("select * from pii").num_rows == 0
     pii.scan(planted)
     expected = {
         synthetic.generation_id(1): (4, ["credit_card", "email", "ip_address", "secret"]),
         synthetic.generation_id(2): (1, ["phone"]),
     }
-    got = planted.query("select * from pii").to_pylist()
+    got = planted.arrow("select * from pii").to_pylist()
     assert {r["id"]: (r["n_findings"], r["kinds"]) for r in got} == expected
     assert [r["id"] for r in got] == sorted(expected)
 

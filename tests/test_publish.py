@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from curate import card
 from curate.cli.publish_commands import publish_command
-from curate.publish import HubError, PublishError, publish
+from curate.publisher import HubError, PublishError, publish
 
 REPO = "acme/chats"
 

@@ -59,3 +59,14 @@ def test_every_command_is_in_the_readme() -> None:
     documented = {" ".join(words[:1]) for words, _ in _documented()}
     commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     assert commands <= documented, f"not in README's Commands table: {sorted(commands - documented)}"
+
+
+def test_the_module_table_names_every_module_and_only_modules_that_exist() -> None:
+    table = re.findall(r"^\| (`curate/[^|]+)\|", README, re.MULTILINE)
+    named = {path for row in table for path in re.findall(r"`(curate/[^`]+)`", row)}
+    package = ROOT / "curate"
+    modules = {str(p.relative_to(ROOT)) for p in package.glob("*.py")} | {
+        str(p.relative_to(ROOT)) for p in package.glob("lake/*.py")}
+    modules -= {"curate/__init__.py", "curate/_version.py", "curate/lake/__init__.py"}
+    folders = {"curate/cli/", "curate/sandbox/"}
+    assert named == modules | folders

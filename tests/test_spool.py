@@ -48,16 +48,16 @@ def ids(seeds: range) -> set[str]:
 
 
 def stored(store: Store) -> dict[str, int]:
-    row = store.query("select count(*) as n, count(distinct id) as ids from generation_rows").to_pylist()[0]
+    row = store.arrow("select count(*) as n, count(distinct id) as ids from generation_rows").to_pylist()[0]
     return {"n": row["n"], "ids": row["ids"]}
 
 
 def stored_ids(store: Store) -> set[str]:
-    return {r["id"] for r in store.query("select id from generation_rows").to_pylist()}
+    return {r["id"] for r in store.arrow("select id from generation_rows").to_pylist()}
 
 
 def merged_rows(store: Store) -> list[dict[str, Any]]:
-    return store.query("select segment, merged_to, records from spool_merged order by segment").to_pylist()
+    return store.arrow("select segment, merged_to, records from spool_merged order by segment").to_pylist()
 
 
 def frame_offsets(path: Path) -> list[int]:
@@ -345,7 +345,7 @@ def test_a_record_that_cannot_be_applied_goes_to_rejects_and_stops_no_other_merg
     spool.drain(db)
     assert stored_ids(db) == ids(range(5))
     assert spool.segments(db.spool_dir) == [] and not list(db.spool_dir.glob("*.damaged"))
-    (reject,) = db.query("select reason, raw from rejects").to_pylist()
+    (reject,) = db.arrow("select reason, raw from rejects").to_pylist()
     assert reject["reason"].startswith("a spooled record whose header") and reject["raw"] == payload.decode()
     assert not good.exists()
 
@@ -369,6 +369,6 @@ def test_a_record_the_store_cannot_merge_goes_to_rejects_and_never_stops_the_rec
     writer.close()
     result = spool.drain(db)
     assert stored_ids(db) == ids(range(1, 3))
-    (reject,) = db.query("select line, reason, length(raw) as n from rejects").to_pylist()
+    (reject,) = db.arrow("select line, reason, length(raw) as n from rejects").to_pylist()
     assert reject["line"] == 99 and "could not be merged" in reject["reason"] and reject["n"] > 10_000_000
     assert result.records == 3 and spool.segments(db.spool_dir) == []

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from curate import spool
 from curate.config import Settings
 from curate.sandbox import Sandbox
-from curate.sandbox.loadgen import LoadReport, deliver, envelopes
+from curate.sandbox.loadgen import LoadSummary, deliver, envelopes
 from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
@@ -52,9 +52,9 @@ def healthz(url: str) -> dict[str, Any]:
     return httpx.get(url.replace("/webhook", "/healthz"), timeout=10).json()
 
 
-def loading(url: str, items: list[Any], **options: Any) -> tuple[threading.Thread, dict[str, LoadReport]]:
+def loading(url: str, items: list[Any], **options: Any) -> tuple[threading.Thread, dict[str, LoadSummary]]:
     """Deliveries sent from a thread; its report lands in the dict under ``report``."""
-    result: dict[str, LoadReport] = {}
+    result: dict[str, LoadSummary] = {}
     thread = threading.Thread(target=lambda: result.update(
         report=asyncio.run(deliver(url, items, webhook_id=WID, connections=64, **options))))
     thread.start()
@@ -62,7 +62,7 @@ def loading(url: str, items: list[Any], **options: Any) -> tuple[threading.Threa
 
 
 def rows(store: Store, sql: str) -> list[dict[str, Any]]:
-    return store.query(sql).to_pylist()
+    return store.arrow(sql).to_pylist()
 
 
 def generations(store: Store) -> tuple[int, set[str]]:
@@ -115,8 +115,8 @@ def test_listen_killed_at_random_moments_keeps_every_acknowledged_delivery_once(
 # -- harvest ---------------------------------------------------------------------------------------
 
 HARVEST = """
-import importlib, sys
-h = importlib.import_module("curate.harvest")
+import sys
+from curate import harvester as h
 h.FIRST_DELAY, h.MAX_DELAY, h.FLUSH_EVERY, h.FLUSH_SECONDS = 0.1, 0.5, 5, 0.2
 from curate.config import Settings
 from curate.store import Store

@@ -30,7 +30,7 @@ def ingest(store: Store, records: list[dict[str, Any]], source: str = "t") -> No
 
 
 def pairs(store: Store, sql: str) -> dict[str, int]:
-    return {row["k"]: row["n"] for row in store.query(sql).to_pylist()}
+    return {row["k"]: row["n"] for row in store.arrow(sql).to_pylist()}
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_ledger_pending_counts_the_entries_not_done_and_their_groups(store: Stor
 
 
 def test_token_sums_and_the_mean_per_success_match_sql(filled: Store) -> None:
-    row = filled.query(
+    row = filled.arrow(
         """
         select sum(prompt_tokens) as p, sum(completion_tokens) as c, sum(total_tokens) as t,
                avg(total_tokens) filter (where state = 'Success') as mean
@@ -116,7 +116,7 @@ def test_token_sums_and_the_mean_per_success_match_sql(filled: Store) -> None:
 
 
 def test_the_date_range_is_the_first_and_last_timestamp(filled: Store) -> None:
-    row = filled.query(
+    row = filled.arrow(
         "select min(dispatched_at) as d0, max(dispatched_at) as d1, min(finished_at) as f0, max(finished_at) as f1 "
         "from generations"
     ).to_pylist()[0]
@@ -129,8 +129,8 @@ def test_the_date_range_is_the_first_and_last_timestamp(filled: Store) -> None:
 
 def test_chat_and_conversation_rows_match_their_views(filled: Store) -> None:
     s = stats(filled)
-    assert s.chat_rows == filled.query("select count(*) as n from chat").to_pylist()[0]["n"] == 29
-    assert s.conversations == filled.query("select count(*) as n from conversations").to_pylist()[0]["n"]
+    assert s.chat_rows == filled.arrow("select count(*) as n from chat").to_pylist()[0]["n"] == 29
+    assert s.conversations == filled.arrow("select count(*) as n from conversations").to_pylist()[0]["n"]
 
 
 def test_a_broken_chat_view_leaves_its_count_unknown_and_the_rest_intact(tmp_path: Path) -> None:

@@ -75,20 +75,20 @@ def test_reader_gives_up_on_a_writer_after_lock_timeout_naming_it(tmp_path: Path
 
 def test_reader_waits_for_a_writer_then_reads(store: Store) -> None:
     with held(store.path, 1.0):
-        rows = store.query("select count(*) as n from generations").to_pylist()
+        rows = store.arrow("select count(*) as n from generations").to_pylist()
     assert rows == [{"n": 0}]
 
 
 def test_readers_share_the_file(store: Store) -> None:
     with held(store.path, 30.0, mode="ro"):
-        assert store.query("select 1 as one").to_pylist() == [{"one": 1}]
+        assert store.arrow("select 1 as one").to_pylist() == [{"one": 1}]
 
 
 def test_a_failed_write_stores_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError), store.write() as con:
         con.execute("insert into rejects values ('t', 1, 'r', 'x', md5('x'), now())")
         raise RuntimeError("crash mid-batch")
-    assert store.query("select count(*) as n from rejects").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from rejects").to_pylist() == [{"n": 0}]
 
 
 def test_store_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_writers_in_one_process_take_turns_and_store_one_row(store: Store) -> No
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: store.ingest_texts([body], source="poll"), range(8)))
     assert sum(r.stored for r in results) == 1
-    assert store.query("select count(*) as n from generations").to_pylist() == [{"n": 1}]
+    assert store.arrow("select count(*) as n from generations").to_pylist() == [{"n": 1}]
 
 
 def test_ingest_per_line_reports_each_lines_outcome(store: Store) -> None:
@@ -128,7 +128,7 @@ def test_settle_marks_finished_ids_done_and_records_unknown_ones(store: Store) -
         ledger.add(con, [record["id"], "still-running"], kind="generation", source="submit")
         ledger.settle(con, [(record["id"], "Success"), ("not-finished", "Queued")],
                       [("grp-1", [("member-a", "Failed")])], source="webhook")
-    rows = {r["id"]: r for r in store.query(
+    rows = {r["id"]: r for r in store.arrow(
         "select id, kind, source, group_id, done_at is not null as done from ledger").to_pylist()}
     assert rows[record["id"]]["done"] and rows[record["id"]]["source"] == "submit"
     assert not rows["still-running"]["done"]
@@ -151,7 +151,7 @@ def test_attached_gives_another_connection_the_stores_tables_and_views_read_only
         assert "s" not in {r[0] for r in con.execute("select database_name from duckdb_databases()").fetchall()}
     finally:
         con.close()
-    assert store.query("select count(*) as n from generations").to_pylist() == [{"n": 1}]
+    assert store.arrow("select count(*) as n from generations").to_pylist() == [{"n": 1}]
 
 
 def test_a_new_path_gets_a_migrated_store_and_opening_an_existing_one_changes_nothing(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def fast(**options: Any) -> SubmitOptions:
 
 
 def states(store: Store) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in store.query("select state, count(*) as n from submissions group by all").to_pylist()}
+    return {r["state"]: r["n"] for r in store.arrow("select state, count(*) as n from submissions group by all").to_pylist()}
 
 
 def test_requests_go_in_groups_of_50_by_default(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
@@ -53,9 +53,9 @@ def test_requests_go_in_groups_of_50_by_default(sandbox: Sandbox, store: Store, 
     summary = submit_file(store, settings(sandbox), path, fast())
     assert (summary.submitted, summary.posts, summary.exit_code) == (120, 3, 0)
     assert sandbox.stats().groups_submitted == 3
-    assert store.query("select kind, count(*) as n from ledger group by all").to_pylist() == [
+    assert store.arrow("select kind, count(*) as n from ledger group by all").to_pylist() == [
         {"kind": "group", "n": 3}]
-    assert store.query("select count(*) as n from submissions where state = 'submitted' "
+    assert store.arrow("select count(*) as n from submissions where state = 'submitted' "
                        "and group_id is not null").to_pylist() == [{"n": 120}]
 
 
@@ -65,7 +65,7 @@ def test_group_size_1_submits_singly_and_ledgers_each_generation(
     path = write_jsonl(tmp_path / "r.jsonl", requests(5))
     summary = submit_file(store, settings(sandbox), path, fast(group_size=1))
     assert (summary.submitted, summary.posts) == (5, 5)
-    ids = {r["id"] for r in store.query("select id from ledger where kind = 'generation'").to_pylist()}
+    ids = {r["id"] for r in store.arrow("select id from ledger where kind = 'generation'").to_pylist()}
     assert ids == set(sandbox.generation_ids())
 
 
@@ -91,7 +91,7 @@ def test_a_line_without_custom_id_is_sent_with_its_key_as_custom_id(
     (generation_id,) = sandbox.generation_ids()
     sent = sandbox.generation(generation_id)["request"]["metadata"]["custom_id"]  # type: ignore[index]
     assert sent == submissions.line_key(body)
-    assert store.query("select key, custom_id from submissions").to_pylist() == [{"key": sent, "custom_id": sent}]
+    assert store.arrow("select key, custom_id from submissions").to_pylist() == [{"key": sent, "custom_id": sent}]
 
 
 def test_webhook_id_does_not_change_a_lines_key(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_bad_lines_refuse_the_file_before_anything_is_sent(
     assert "line 3: no messages" in message
     assert "line 5: the same request as line 1" in message
     assert sandbox.stats().calls_total == 0
-    assert store.query("select count(*) as n from submissions").to_pylist() == [{"n": 0}]
+    assert store.arrow("select count(*) as n from submissions").to_pylist() == [{"n": 0}]
 
 
 def test_the_webhook_id_is_sent_on_every_request_and_never_stored(
@@ -127,7 +127,7 @@ def test_the_webhook_id_is_sent_on_every_request_and_never_stored(
     submit_file(store, settings(sandbox), path, fast(group_size=1, webhook_id="AhALzdz8S"))
     for generation_id in sandbox.generation_ids():
         assert sandbox.generation(generation_id)["request"]["metadata"]["webhook_id"] == "AhALzdz8S"  # type: ignore[index]
-    stored = store.query("select request::varchar as r from submissions").to_pylist()
+    stored = store.arrow("select request::varchar as r from submissions").to_pylist()
     assert stored and not any("AhALzdz8S" in row["r"] for row in stored)
 
 
@@ -166,7 +166,7 @@ def test_a_line_the_api_refuses_is_failed_and_the_others_are_sent(
     path = write_jsonl(tmp_path / "r.jsonl", lines)
     summary = submit_file(store, settings(sandbox), path, fast(group_size=group_size))
     assert (summary.submitted, summary.failed, summary.stopped, summary.exit_code) == (9, 1, None, 3)
-    (failed,) = store.query("select line, error from submissions where state = 'failed'").to_pylist()
+    (failed,) = store.arrow("select line, error from submissions where state = 'failed'").to_pylist()
     assert failed["line"] == 7
     assert "400" in failed["error"] and "messages[0] must be an object" in failed["error"]
     assert sandbox.stats().submitted == 9
@@ -211,13 +211,13 @@ def test_an_uncertain_line_settles_when_its_generation_is_imported(
     sandbox.inject(kind="error", status=504, method="POST", after=True, times=1)
     summary = submit_file(store, settings(sandbox), path, fast(group_size=1, concurrency=1))
     assert (summary.submitted, summary.uncertain) == (2, 1)
-    known = {r["id"] for r in store.query("select id from ledger").to_pylist()}
+    known = {r["id"] for r in store.arrow("select id from ledger").to_pylist()}
     (lost,) = set(sandbox.generation_ids()) - known
     export = write_jsonl(tmp_path / "dashboard.jsonl", [sandbox.generation(lost)])
     import_file(store, export)
     assert states(store) == {"submitted": 3}
-    (line,) = store.query("select generation_id from submissions where generation_id = ?", [lost]).to_pylist()
-    assert store.query("select count(*) as n from ledger where id = ?", [lost]).to_pylist() == [{"n": 1}]
+    (line,) = store.arrow("select generation_id from submissions where generation_id = ?", [lost]).to_pylist()
+    assert store.arrow("select count(*) as n from ledger where id = ?", [lost]).to_pylist() == [{"n": 1}]
     assert line["generation_id"] == lost
 
 
@@ -239,7 +239,7 @@ def test_a_poll_never_reopens_an_id_a_webhook_settled(store: Store) -> None:
         ledger.settle(con, [("g1", "Success")], source="webhook")
         ledger.record_polls(con, [], [("g1", "In Progress", 1, "2026-01-01T00:00:00+00:00")],
                             first_delay=1, max_delay=2)
-    (row,) = store.query("select last_state, done_at is not null as done from ledger").to_pylist()
+    (row,) = store.arrow("select last_state, done_at is not null as done from ledger").to_pylist()
     assert row == {"last_state": "Success", "done": True}
 
 

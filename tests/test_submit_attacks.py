@@ -129,7 +129,7 @@ def test_an_id_answered_while_the_spool_disk_is_full_still_reaches_the_ledger(
     except OSError:
         pass
     monkeypatch.undo()
-    ledgered = {r["id"] for r in store.query("select id from ledger").to_pylist()}
+    ledgered = {r["id"] for r in store.arrow("select id from ledger").to_pylist()}
     assert refused and set(sandbox.generation_ids()) <= ledgered
 
 
@@ -149,7 +149,7 @@ def test_a_run_that_ends_in_an_error_gives_back_the_lines_it_never_sent(
         pass
     monkeypatch.undo()
     assert refused
-    never_posted = store.query("select count(*) as n from submissions where state = 'claimed'").to_pylist()
+    never_posted = store.arrow("select count(*) as n from submissions where state = 'claimed'").to_pylist()
     assert never_posted == [{"n": 0}]
 
 
@@ -241,7 +241,7 @@ def test_a_line_that_never_left_is_not_reported_uncertain(sandbox: Sandbox, stor
     except (ValueError, InvalidRequests):
         pass
     assert sandbox.stats().calls_total == 0
-    assert store.query("select count(*) as n from submissions where state in ('sending', 'uncertain')"
+    assert store.arrow("select count(*) as n from submissions where state in ('sending', 'uncertain')"
                        ).to_pylist() == [{"n": 0}]
 
 
@@ -260,7 +260,7 @@ def test_migrating_an_old_store_removes_the_webhook_id_from_stored_requests(tmp_
                 "values (?, 'submit:f', 1, ?, 'submitted', 'g1', now(), now())", [old_key, json.dumps(body)])
     con.close()
     Store(path).migrate()
-    stored = Store(path).query("select request::varchar as r from submissions").to_pylist()
+    stored = Store(path).arrow("select request::varchar as r from submissions").to_pylist()
     assert stored and not any("SECRETw1" in row["r"] for row in stored)
 
 
@@ -285,5 +285,5 @@ def test_an_uncertain_line_is_not_settled_by_an_older_generation_of_another_requ
     sandbox.inject(kind="error", status=503, method="POST", times=1)  # not created: nothing to find
     assert submit_file(store, settings(sandbox), path, fast(group_size=1)).uncertain == 1
     submit_file(store, settings(sandbox), path, fast(group_size=1))
-    (row,) = store.query("select state, generation_id from submissions").to_pylist()
+    (row,) = store.arrow("select state, generation_id from submissions").to_pylist()
     assert row["generation_id"] != foreign and row["state"] == "uncertain"

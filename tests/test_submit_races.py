@@ -50,7 +50,7 @@ def sent_per_line(sandbox: Sandbox, before: set[str] = frozenset()) -> Counter[s
 
 
 def states(db: Path) -> dict[str, int]:
-    rows = Store(db).query("select state, count(*) as n from submissions group by all").to_pylist()
+    rows = Store(db).arrow("select state, count(*) as n from submissions group by all").to_pylist()
     return {r["state"]: r["n"] for r in rows}
 
 
@@ -89,7 +89,7 @@ def test_a_group_id_answered_while_another_holds_the_store_survives_a_kill(tmp_p
                                    env=environment(sandbox), capture_output=True, text=True, timeout=120, check=False)
     assert harvested.returncode == 0, harvested.stderr
     assert json.loads(harvested.stdout)["stored"] == 10
-    assert Store(db).query("select id from ledger where kind = 'group'").to_pylist() == [{"id": group_id}]
+    assert Store(db).arrow("select id from ledger where kind = 'group'").to_pylist() == [{"id": group_id}]
     assert states(db) == {"submitted": 10}
 
 
@@ -135,7 +135,7 @@ def test_submit_killed_at_random_moments_never_sends_a_line_twice_nor_loses_an_i
             sent = sent_per_line(sandbox, before)
             assert not sent or max(sent.values()) == 1, trial  # no line paid twice
             handed_out = set(sandbox.group_ids()) - before_groups
-            ledgered = {r["id"] for r in Store(db).query("select id from ledger").to_pylist()}
+            ledgered = {r["id"] for r in Store(db).arrow("select id from ledger").to_pylist()}
             assert handed_out <= ledgered, (trial, handed_out - ledgered)  # no id lost
             found = states(db)
             # Every line is submitted, except the group whose answer the kill cut off.

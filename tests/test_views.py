@@ -182,7 +182,7 @@ def db(store: Store) -> Store:
 
 
 def rows(store: Store, sql: str) -> list[dict[str, Any]]:
-    return store.query(sql).to_pylist()
+    return store.arrow(sql).to_pylist()
 
 
 # --- chat ---------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_chat_keeps_tool_calls_tool_call_id_and_content_parts_as_sent(db: Store)
 
 
 def test_chat_column_types_export_as_plain_arrow_types(db: Store) -> None:
-    types = {f.name: str(f.type) for f in db.query("select * from chat limit 0").schema}
+    types = {f.name: str(f.type) for f in db.arrow("select * from chat limit 0").schema}
     assert types.pop("finished_at").startswith("timestamp[us, tz=")
     assert types == {
         "id": "string", "custom_id": "string", "model": "string", "messages": "string", "tools": "string",

@@ -18,10 +18,10 @@ from curate.cli import (
     view_commands,
 )
 from curate.cli._shared import app, out
-from curate.cli.curation_decontaminate import decontaminate_command
-from curate.cli.curation_neardup import dedup_app
-from curate.cli.curation_pii import scan_app
+from curate.cli.decontaminate_commands import decontaminate_command
 from curate.cli.lake_commands import lake_app
+from curate.cli.neardup_commands import dedup_app
+from curate.cli.pii_commands import scan_app
 
 __all__ = ["app", "main"]
 

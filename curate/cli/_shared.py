@@ -22,9 +22,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate import lakestore
 from curate.config import Settings
 from curate.errors import CurateError
+from curate.lake import reader as lake_reader
 from curate.store import Store
 
 __all__ = [
@@ -131,7 +131,7 @@ def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | N
     Any view file that fails to create when the store is read is reported on stderr as the
     enclosing ``user_errors`` block ends.
     """
-    store = lakestore.open_store(db, lake=lake or None, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
+    store = lake_reader.open_store(db, lake=lake or None, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
     _opened.append(store)
     return store
 

@@ -18,8 +18,8 @@ from curate import submissions
 from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_api, open_store, out, user_errors
 from curate.client import Fetched, InferenceClient
 from curate.config import Settings
-from curate.harvest import HarvestSummary, harvest
-from curate.lake import LakePusher
+from curate.harvester import HarvestSummary, harvest
+from curate.lake.table import LakePusher
 from curate.records import WriteCounts
 from curate.store import FOREVER
 from curate.submit import SubmitOptions, submit_file

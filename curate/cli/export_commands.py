@@ -13,7 +13,7 @@ from rich.table import Table
 
 from curate import formats
 from curate.cli._shared import DbOption, LakeOption, QueriesOption, err, lake_uri, open_store, out, user_errors
-from curate.export import export
+from curate.exporter import export
 
 __all__ = ["export_command"]
 

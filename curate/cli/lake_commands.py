@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_store, out, user_errors
-from curate.lake import Lake, LakeError, masked, push
+from curate.lake.table import Lake, LakeError, masked, push
 
 __all__ = ["lake_app"]
 
@@ -68,7 +68,7 @@ def pull_command(db: DbOption = None, lake: LakeOption = None, as_json: JsonOpti
     dedup near, scan pii and decontaminate write their findings into a store; pull the lake into
     one, run them there, and export from it with --db.
     """
-    from curate.lakestore import pull
+    from curate.lake.reader import pull
 
     with user_errors():
         uri = _require(lake)
@@ -100,7 +100,7 @@ def maintain_command(
     as_json: JsonOption = False,
 ) -> None:
     """Expire old snapshots, compact small files and delete orphans; safe while writers append."""
-    from curate.lake_maintain import maintain
+    from curate.lake.maintain import maintain
 
     with user_errors():
         report = maintain(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from curate.cli._shared import user_errors
-from curate.publish import publish
+from curate.publisher import publish
 
 __all__ = ["publish_command"]
 

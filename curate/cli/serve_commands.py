@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from curate.cli._shared import DbOption, LakeOption, lake_uri, lock_timeout, out, user_errors
 from curate.config import Settings
-from curate.lake import LakePusher
+from curate.lake.table import LakePusher
 from curate.store import Store
 
 __all__ = ["listen_command", "sandbox_command"]

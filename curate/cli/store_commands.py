@@ -29,7 +29,7 @@ from curate.cli._shared import (
 from curate.config import Settings
 from curate.errors import MissingFile
 from curate.importer import import_files
-from curate.lake import Lake, push
+from curate.lake.table import Lake, push
 from curate.store import Store
 
 __all__ = ["import_command", "migrate_command", "sql_command"]
@@ -100,7 +100,7 @@ def sql_command(
 ) -> None:
     """Run a read-only SQL query against the store (and its views: curate views) and print the result."""
     with user_errors():
-        result = open_store(db, queries, lake_uri(lake, db)).query(query)
+        result = open_store(db, queries, lake_uri(lake, db)).arrow(query)
     print_table(result, fmt)
 
 

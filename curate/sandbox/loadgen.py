@@ -23,7 +23,7 @@ import h11
 
 from curate.synthetic import generation_record
 
-__all__ = ["Delivery", "LoadReport", "deliver", "envelopes"]
+__all__ = ["Delivery", "LoadSummary", "deliver", "envelopes"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Delivery:
 
 
 @dataclass
-class LoadReport:
+class LoadSummary:
     """What happened to the deliveries offered."""
 
     acked: list[str] = field(default_factory=list)  # generation ids answered 2xx, in answer order
@@ -73,12 +73,12 @@ async def deliver(
     connections: int = 32,
     duration: float | None = None,
     timeout: float = 30.0,
-) -> LoadReport:
+) -> LoadSummary:
     """POST every delivery to ``url`` (stopping early after ``duration`` seconds, if given)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
-    report = LoadReport()
+    report = LoadSummary()
     queue = iter(deliveries)
     started = time.perf_counter()
     deadline = None if duration is None else started + duration

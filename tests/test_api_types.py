@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curate.models import GenerationForClient, WebhookEnvelope
+from curate.api_types import GenerationForClient, WebhookEnvelope
 from curate.synthetic import generation_record
 
 

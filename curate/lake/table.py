@@ -4,7 +4,7 @@ One DuckDB file takes one writing process. Past one machine, every harvester, li
 importer keeps its own local store (its ledger, its merge, its crash safety) and also appends
 the terminal generations it stored to one Iceberg table, through ``pyiceberg`` and a SQL catalog
 (SQLite for one machine, PostgreSQL across machines). Analysts read the lake with DuckDB
-(``curate.open(lake=...)``, in ``curate.lakestore``).
+(``curate.open(lake=...)``, in ``curate.lake.reader``).
 
 What shapes this module (measured in ../shared/docs/iceberg.md, pyiceberg 0.12):
 

@@ -69,7 +69,7 @@ __all__ = [
     "DEFAULT_SHARD_BYTES",
     "PII",
     "ExportError",
-    "ExportResult",
+    "ExportSummary",
     "export",
 ]
 
@@ -98,7 +98,7 @@ class ExportError(UsageError, ValueError):
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportSummary:
     """What an export wrote and the row counts at each step."""
 
     folder: Path
@@ -671,7 +671,7 @@ def _bring_passes_up_to_date(
                                     ("--exclude-contaminated", exclude_contaminated)) if on]
     if not acting:
         return passes
-    from curate.lakestore import LakeStore
+    from curate.lake.reader import LakeStore
 
     if isinstance(store, LakeStore):
         raise ExportError(f"{acting[0]}: the lake is read-only, so no curation pass has run on it; pull it into a "
@@ -699,7 +699,7 @@ def _near_up_to_date(store: Store, passes: _Passes, on: str, rescan: bool, say: 
     from curate import neardup
 
     settings = neardup.recorded_settings(store, on)
-    if settings is None and store.query("select 1 from near_duplicate_rows where on_what = ? limit 1", [on]).num_rows:
+    if settings is None and store.arrow("select 1 from near_duplicate_rows where on_what = ? limit 1", [on]).num_rows:
         passes.notes.append(f"Near-duplicates on {on}: clusters recorded by an older curate, without the rows they "
                             "compared: rows added since may be missing from them (`curate dedup near` brings them "
                             "up to date).")
@@ -724,7 +724,7 @@ def _eval_sets_up_to_date(store: Store, passes: _Passes, rescan: bool, say: Call
 
     sets = dc.recorded(store)
     known = {s["eval_set"] for s in sets}
-    legacy = [r["eval_set"] for r in store.query(
+    legacy = [r["eval_set"] for r in store.arrow(
         "select distinct eval_set from contamination order by eval_set").to_pylist() if r["eval_set"] not in known]
     if not sets and not legacy:
         raise ExportError("--exclude-contaminated: no eval set has been checked against this store; "
@@ -746,7 +746,7 @@ def _eval_sets_up_to_date(store: Store, passes: _Passes, rescan: bool, say: Call
                            command)
             say(f"checking {todo:,} chat rows against {name} ({command})")
             dc.decontaminate(store, [path], ngram=ngram, min_shared=min_shared)
-        digest = store.query("select settings from pass_settings where pass = ?",
+        digest = store.arrow("select settings from pass_settings where pass = ?",
                              [dc.PASS_PREFIX + name]).to_pylist()[0]["settings"]
         passes.eval_sets[name] = digest
         passes.notes.append(f"Eval set `{name}` (`{command}`): every exported row was checked, as exported.")
@@ -779,7 +779,7 @@ def export(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[str], None] | None = None,
     rescan: bool = True,
-) -> ExportResult:
+) -> ExportSummary:
     """Export ``source`` (a view name or a SELECT with ``id`` and ``messages``) to ``folder`` in ``fmt``.
 
     ``where``: a SQL condition over the source's columns; ``limit``: keep a seeded sample of N
@@ -819,7 +819,7 @@ def export(
         shutil.rmtree(scratch, ignore_errors=True)
         if created and out.exists() and not any(out.iterdir()):
             out.rmdir()
-    return ExportResult(
+    return ExportSummary(
         folder=out, format=fmt, query=_full_query(query, where, limit), counts=decisions.counts,
         splits=decisions.splits, invalid=decisions.invalid, invalid_examples=decisions.invalid_examples,
         files=[p for paths in files.values() for p in paths], shared_keys=decisions.shared_keys,

@@ -43,7 +43,7 @@ def pii_command(
     with user_errors():
         store = open_store(db, queries)
         result = pii.scan(store, full=full)
-        found = store.query("select kind, count(*) as n from pii_findings group by kind").to_pydict()
+        found = store.arrow("select kind, count(*) as n from pii_findings group by kind").to_pydict()
         stored = dict(zip(found["kind"], found["n"], strict=True))
     counts = {kind: result.findings.get(kind, 0) for kind in pii.KINDS}
     if as_json:

@@ -30,7 +30,7 @@ import pyarrow as pa
 from curate import migrations
 from curate.config import Settings
 from curate.importer import ImportSummary
-from curate.lake import DEDUP_ORDER, Lake, LakeConfig, LakeError
+from curate.lake.table import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
 from curate.store import Store, WriteSession
 
@@ -195,7 +195,7 @@ def open_store(
     """The store at ``path``, else ``$CURATE_DB``: a new one if there is no file, else the file untouched.
 
     ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
-    ``curate.lake.LakeConfig``): the same views and exports, on one row per generation id.
+    ``curate.lake.table.LakeConfig``): the same views and exports, on one row per generation id.
     ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
     """
     if lake is not None:

@@ -28,9 +28,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from curate import ledger, records, spool
+from curate.api_types import TERMINAL_STATES
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
-from curate.models import TERMINAL_STATES
 from curate.store import Store, StoreLocked
 
 __all__ = ["HarvestSummary", "harvest"]

@@ -26,7 +26,7 @@ from curate import card
 from curate.config import Settings
 from curate.errors import UsageError
 
-__all__ = ["HubApi", "HubError", "PublishError", "PublishResult", "publish"]
+__all__ = ["HubApi", "HubError", "PublishError", "PublishSummary", "publish"]
 
 CARD = "README.md"
 DATA = "data"
@@ -69,7 +69,7 @@ class HubApi(Protocol):
 
 
 @dataclass(frozen=True)
-class PublishResult:
+class PublishSummary:
     """What one publish did: where, which paths it uploaded and deleted, and the card the Hub now has."""
 
     repo: str
@@ -90,7 +90,7 @@ def publish(
     message: str | None = None,
     token: str | None = None,
     api: HubApi | None = None,
-) -> PublishResult:
+) -> PublishSummary:
     """Publish an export folder to the dataset repository ``repo`` (``ORG/NAME``) in one commit.
 
     The repository is created if missing (``private`` applies only then); ``revision`` names a
@@ -142,7 +142,7 @@ def publish(
             repo_type="dataset", revision=revision,
         )
     url = str(repo_url).rstrip("/") + (f"/tree/{revision}" if revision else "")
-    return PublishResult(
+    return PublishSummary(
         repo=repo, revision=revision or "main", url=url, commit_url=str(getattr(commit, "commit_url", commit)),
         uploaded=tuple(sorted(files)), deleted=tuple(stale), card=merged,
     )

@@ -1,6 +1,6 @@
 """Lake maintenance: expire old snapshots, compact small files, delete orphan files.
 
-This module owns the upkeep of the lake's Iceberg table (``curate.lake``) while writers keep
+This module owns the upkeep of the lake's Iceberg table (``curate.lake.table``) while writers keep
 appending to it. pyiceberg 0.12 offers only snapshot expiry, and that without retries
 (../shared/docs/iceberg.md), so the rest is here:
 
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Self
 import pyarrow as pa
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from curate.lake import (
+from curate.lake.table import (
     DEDUP_ORDER,
     Lake,
     LakeConfig,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
     from pyiceberg.table import FileScanTask, Table
 
-__all__ = ["MaintenanceReport", "maintain"]
+__all__ = ["MaintainSummary", "maintain"]
 
 log = logging.getLogger("curate.lake.maintain")
 
@@ -73,7 +73,7 @@ _PYICEBERG_RETRY = "Commit failed due to a concurrent update"
 
 
 @dataclass(frozen=True)
-class MaintenanceReport:
+class MaintainSummary:
     """What one maintenance run did. Row and file counts are physical (every copy of an id)."""
 
     snapshots_before: int = 0
@@ -105,7 +105,7 @@ def maintain(
     orphans: bool = True,
     orphans_older_than: timedelta = timedelta(hours=1),
     now: datetime | None = None,
-) -> MaintenanceReport:
+) -> MaintainSummary:
     """Expire snapshots, compact small files and delete orphan files, beside running writers.
 
     * ``expire_older_than``: snapshots that stopped being current longer ago than this are
@@ -147,7 +147,7 @@ def maintain(
                 log.warning("lake maintenance: the lease is running out; orphan files are left for the next run")
             after = _state(handle.table(create=False))
             conflicts = retries.count
-        return MaintenanceReport(
+        return MaintainSummary(
             snapshots_before=before.snapshots, snapshots_after=after.snapshots, snapshots_expired=expired,
             data_files_before=before.files, data_files_after=after.files,
             files_compacted=compacted.files_in, files_written=compacted.files_out, bins_skipped=compacted.skipped,
