@@ -232,7 +232,9 @@ class InferenceClient:
             return await self._http.request(method, path, content=content, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retryable(f"{method} {path}: {exc!r}", sent=False) from exc
-        except httpx.TransportError as exc:  # read/write timeouts, resets, protocol errors
+        # Read/write timeouts, resets, protocol errors, and a body that does not decode: the
+        # request may have reached the server.
+        except httpx.RequestError as exc:
             raise _Retryable(f"{method} {path}: {exc!r}") from exc
 
     def _check(self, method: str, path: str, response: httpx.Response) -> Any:

@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from curate.errors import UsageError
 
@@ -74,6 +76,19 @@ class Settings(BaseModel):
     lake_batch_rows: int = Field(default=DEFAULT_LAKE_BATCH_ROWS, ge=1)
     lake_push_seconds: float = Field(default=5.0, gt=0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        # Refused here, with the variable's name, rather than as a traceback from the first request.
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http:// or https:// URL with a host")
+        return value
+
     @classmethod
     def from_env(cls, *, db: str | os.PathLike[str] | None = None) -> Settings:
         """Every setting from its environment variable (``ENVIRONMENT``), else its default; ``db``
@@ -100,7 +115,7 @@ class Settings(BaseModel):
             field = str(first["loc"][0])
             variable = ENVIRONMENT.get(field, field)
             shown = "" if field in _SECRET else f"={os.environ.get(variable, '')!r}"
-            raise BadSetting(f"{variable}{shown}: {first['msg']}") from None
+            raise BadSetting(f"{variable}{shown}: {first['msg'].removeprefix('Value error, ')}") from None
 
     def require_api_key(self) -> str:
         """The API key, or ``MissingApiKey`` with the one sentence that says what to do."""

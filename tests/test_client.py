@@ -105,6 +105,19 @@ def test_get_retries_timeouts_and_connection_errors() -> None:
     assert fetched.json == {"id": "g"} and len(seen) == 3
 
 
+def test_a_body_that_does_not_decode_is_retried_not_raised_as_an_http_error() -> None:
+    transport, seen = scripted(httpx.DecodingError("bad gzip"), httpx.Response(200, json={"id": "g"}))
+    fetched = run(using(client(transport), lambda c: c.get_generation("g")))
+    assert fetched.json == {"id": "g"} and len(seen) == 2
+
+
+def test_a_submit_whose_answer_does_not_decode_is_uncertain() -> None:
+    transport, seen = scripted(httpx.DecodingError("bad gzip"), httpx.Response(200, json={"id": "again"}))
+    with pytest.raises(SubmitUncertain, match="pay only once"):
+        run(using(client(transport), lambda c: c.submit(REQUEST)))
+    assert len(seen) == 1
+
+
 def test_not_visible_yet_is_an_answer_not_an_error() -> None:
     transport, seen = scripted(httpx.Response(404, json={"error": {"message": "not found"}}))
     fetched = run(using(client(transport), lambda c: c.get_generation("g")))

@@ -43,3 +43,11 @@ def test_a_value_curate_cannot_use_is_named_with_its_variable(monkeypatch: pytes
     monkeypatch.setenv("CURATE_LAKE_BATCH_ROWS", "many")
     with pytest.raises(BadSetting, match="CURATE_LAKE_BATCH_ROWS='many'"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com", "http://[::1", "example.com", "http://host:port", "https://"])
+def test_a_base_url_that_is_not_an_http_url_is_refused_before_any_request(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("INFERENCE_BASE_URL", url)
+    with pytest.raises(BadSetting, match=r"^INFERENCE_BASE_URL=.*: not (a URL|an http)"):
+        Settings.from_env()
