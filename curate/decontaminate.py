@@ -23,11 +23,12 @@ read (and counted, in ``empty_items`` too) but cannot match.
 
 **N-grams.** Text is lowercased and split into words, the runs of letters, digits, marks and
 ``_`` (Python's ``\\w+``, in DuckDB's Unicode classes): punctuation, case and whitespace do not
-count. A chat row's text is every message's content (string content, or the ``text`` of its
-parts), request and answer, in order. An item of ``ngram`` words or more gives its consecutive
-``ngram``-word shingles; a shorter item gives one shingle of all its words, matched against the
-chat rows' shingles of that length. A pair is contaminated when it shares at least
-``min(min_shared, the item's shingle count)`` distinct shingles, so a short item can match too.
+count. A chat row's text is every message's text (``curate.messages.conversation_text``: string
+content, or the ``text`` of its text parts), request and answer, in order. An item of ``ngram``
+words or more gives its consecutive ``ngram``-word shingles; a shorter item gives one shingle of
+all its words, matched against the chat rows' shingles of that length. A pair is contaminated
+when it shares at least ``min(min_shared, the item's shingle count)`` distinct shingles, so a
+short item can match too.
 
 The matching runs in DuckDB: shingles are hashed (``hash()``) and joined on the hash, then the
 shingle strings are compared, so a hash collision never counts. The store is held read-only only
@@ -62,7 +63,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import MissingFile, NoSuchName
-from curate.formats import json_message_text
+from curate.messages import conversation_text
 from curate.store import Store, no_progress_bar
 
 __all__ = ["DEFAULT_NGRAM", "ID_FIELDS", "TEXT_FIELDS", "DecontaminateSummary", "EvalItem", "decontaminate",
@@ -215,7 +216,8 @@ def _shingles(words: str, n: str) -> str:
 
 
 # Bumped when the matching changes in a way the settings do not show.
-VERSION = 1
+# 2: a message's text is curate.messages' rule (only "text" parts with a string text count).
+VERSION = 2
 PASS_PREFIX = "decontaminate:"
 
 
@@ -237,8 +239,8 @@ def _todo_sql(wanted: list[tuple[str, str, bool]], *, text: bool = True) -> str:
     A ``whole`` set wants every row."""
     values = ", ".join(f"({_lit(name)}, {_lit(PASS_PREFIX + name)}, {_lit(digest)}, {str(whole).lower()})"
                        for name, digest, whole in wanted)
-    text_column = (f""", lower(array_to_string(list_transform(json_extract(r.messages, '$[*]'),
-                                              lambda m: {json_message_text('m')}), ' ')) as text""" if text else "")
+    messages = "json_extract(r.messages, '$[*]')"
+    text_column = f", lower({conversation_text(messages)}) as text" if text else ""
     return f"""
 with wanted(eval_set, pass, settings, whole) as (values {values}),
 rows as (select c.id, coalesce(g.raw_hash, hash(c.messages::varchar)) as raw_hash, c.messages

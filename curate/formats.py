@@ -20,7 +20,11 @@ Typing decisions
   ``content_parts: list<struct<type, text, image_url: struct<url, detail>>>`` when it sent a list
   of parts (``content`` is then NULL). Chat templates read ``content`` as text; a JSON-typed
   content would show analysts quoted strings. Parts other than ``text`` and ``image_url`` are
-  refused ("unsupported content part").
+  refused ("unsupported content part"), and so is a ``text`` part whose text is not a string
+  (``{"type": "text", "text": 5}``): it is no text by ``curate.messages``' rule, so exporting its
+  JSON as text would export what ``curate scan pii`` never read.
+* **A message's text** (sharegpt's ``value``, alpaca's columns) is ``curate.messages``' rule:
+  its content, or its text parts joined by a newline.
 * **Tool-call arguments** are parsed JSON in ``messages`` and ``prompt-completion``: Arrow's
   ``arrow.json`` extension type, which ``datasets`` reads as its ``Json()`` feature, so
   ``row["messages"][i]["tool_calls"][0]["function"]["arguments"]`` is a dict, and calls whose
@@ -44,6 +48,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from curate.messages import typed_message_text
+
 __all__ = [
     "FEATURES",
     "FORMATS",
@@ -55,7 +61,6 @@ __all__ = [
     "convert",
     "drop_reason",
     "dumps",
-    "json_message_text",
     "messages_from_arrow",
     "typed_messages",
     "validate_openai",
@@ -155,8 +160,12 @@ _SLOW_MESSAGE = (
     '[{"role":"VARCHAR","content":"JSON","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"}]'
 )
 _RAW_CALLS = '[{"id":"VARCHAR","type":"VARCHAR","function":{"name":"VARCHAR","arguments":"JSON"}}]'
-_RAW_PARTS = '[{"type":"VARCHAR","text":"VARCHAR","image_url":{"url":"VARCHAR","detail":"VARCHAR"}}]'
+_RAW_PARTS = '[{"type":"VARCHAR","text":"JSON","image_url":{"url":"VARCHAR","detail":"VARCHAR"}}]'
 _NOT_TEXT_CONTENT = r'"content"\s*:\s*[^"n\s]'
+# A list of parts, its text read as JSON so that only a string is text: a number or an object
+# would read as its JSON text, and curate.messages' rule (and so `scan pii`) counts neither.
+_PARTS = f"""list_transform(json_transform(m.content, '{_RAW_PARTS}'), lambda p: struct_pack(type := p.type,
+      text := case when p.type = 'text' and starts_with(p.text, '"') then p.text ->> '$' end, image_url := p.image_url))"""
 
 # A tool call's arguments: parsed JSON (NULL when missing or when a string does not parse).
 _CALLS = f"""case when starts_with(m.tool_calls, '[') and m.tool_calls <> '[]' then
@@ -181,7 +190,7 @@ def typed_messages(col: str = "messages") -> str:
     slow = f"""list_transform(json_transform({col}, '{_SLOW_MESSAGE}'), lambda m: struct_pack(
     role := m.role,
     content := case when starts_with(m.content, '"') then m.content ->> '$' end,
-    content_parts := case when starts_with(m.content, '[') then json_transform(m.content, '{_RAW_PARTS}') end,
+    content_parts := case when starts_with(m.content, '[') then {_PARTS} end,
     tool_calls := {_CALLS},
     tool_call_id := m.tool_call_id, name := m.name,
     _bad_content := coalesce(left(m.content, 1) not in ('"', '[', 'n'), false),
@@ -192,21 +201,6 @@ def typed_messages(col: str = "messages") -> str:
 
 
 _PARTS_SQL = "struct(type varchar, text varchar, image_url struct(url varchar, detail varchar))[]"
-
-
-def json_message_text(m: str) -> str:
-    """SQL: the text of ``m``, one chat message as JSON: its content when a string, the text of
-    its parts (space-joined) when a list, else ``''``. For passes that read ``chat`` without
-    typing it (near-duplicates, decontamination)."""
-    return f"""case json_type({m}, '$.content')
-        when 'VARCHAR' then {m} ->> '$.content'
-        when 'ARRAY' then array_to_string(json_extract_string({m}, '$.content[*].text'), ' ')
-        else '' end"""
-
-
-# Text of a typed message: its content, or its text parts joined by a newline.
-def _text(m: str) -> str:
-    return f"coalesce({m}.content, array_to_string(list_transform({m}.content_parts, lambda p: p.text), chr(10)), '')"
 
 
 def _any(msgs: str, predicate: str) -> str:
@@ -335,13 +329,13 @@ def columns(fmt: str) -> dict[str, str]:
     if fmt == "sharegpt":
         return {"conversations": "list_transform(t, lambda m: struct_pack(\"from\" := case m.role when 'user' then "
                                  "'human' when 'assistant' then 'gpt' else 'system' end, value := "
-                                 f"{_text('m')}))"}
+                                 f"{typed_message_text('m')}))"}
     if fmt == "alpaca":
         return {
-            "instruction": _text("list_filter(t, lambda m: m.role = 'user')[1]"),
+            "instruction": typed_message_text("list_filter(t, lambda m: m.role = 'user')[1]"),
             "input": "''",
-            "output": _text("t[-1]"),
-            "system": f"case when t[1].role in ('system', 'developer') then {_text('t[1]')} end",
+            "output": typed_message_text("t[-1]"),
+            "system": f"case when t[1].role in ('system', 'developer') then {typed_message_text('t[1]')} end",
         }
     if fmt == "openai":
         messages = _json_list("t", _plain("m", empty_content=True))

@@ -2,7 +2,8 @@
 
 ``near_duplicates(store)`` reads each row of the ``chat`` view once, as Arrow batches: DuckDB
 extracts the text of the messages (the request's on ``on="prompt"``, all of them on
-``on="conversation"``) and normalises it (lowercase, punctuation removed, whitespace collapsed).
+``on="conversation"``; ``curate.messages.conversation_text``) and normalises it (lowercase,
+punctuation removed, whitespace collapsed).
 Each text becomes a set of ``shingle``-character shingles and a MinHash signature (rensa, fixed
 seed). Characters, not words: chat prompts are short, and in a 40-word prompt one changed word
 alters 5 of 37 word 5-grams (Jaccard ~0.76, a miss at 0.85) but ~10 of ~250 character 5-grams
@@ -37,7 +38,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.formats import json_message_text
+from curate.messages import conversation_text
 from curate.store import Store
 
 __all__ = ["NearDupSummary", "near_duplicates", "pending", "recorded_settings"]
@@ -55,7 +56,7 @@ def _texts_sql(on: On) -> str:
                       from chat c left join generation_rows g on g.id = c.id),
         joined as (
             select id, finished_at, raw_hash,
-                   lower(array_to_string(list_transform({messages}, lambda m: {json_message_text('m')}), ' ')) as t
+                   lower({conversation_text(messages)}) as t
             from rows
         )
         select id, finished_at, raw_hash,
@@ -84,7 +85,8 @@ DEFAULT_THRESHOLD = 0.85
 DEFAULT_NUM_PERM = 128
 DEFAULT_SHINGLE = 5
 # Bumped when the texts compared or the clustering change in a way the settings do not show.
-VERSION = 1
+# 2: a message's text is curate.messages' rule (only "text" parts with a string text count).
+VERSION = 2
 
 
 def pass_name(on: str) -> str:

@@ -37,10 +37,11 @@ each pattern is bounded or cannot step back far, a PEM key's BEGIN and END lines
 and paired, and overlaps are settled in one sorted pass. The comment over the detectors says why
 each is so; ``phonenumbers`` is linear too, and the slowest part on digit-dense text.
 
-A message's text is its ``content`` when that is a string, or its text parts (``{"type": "text",
-"text": ...}``) joined by ``"\\n"`` when it is a list; spans are Python string offsets (code
-points) into that text, and ``message_index`` is the message's position in ``chat.messages``
-(the answer is the last). Tool-call arguments and other keys are not scanned.
+A message's text is ``curate.messages.message_text``, curate's one rule: its ``content`` when
+that is a string, or its text parts (``{"type": "text", "text": "..."}`` whose text is a string)
+joined by ``"\\n"`` when it is a list. Spans are Python string offsets (code points) into that
+text, and ``message_index`` is the message's position in ``chat.messages`` (the answer is the
+last). Tool-call arguments and other keys are not scanned.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# Exported from here too: the scan's spans are offsets into this text (pii.message_text).
+from curate.messages import message_text
 
 if TYPE_CHECKING:
     from curate.store import Store
@@ -367,20 +371,6 @@ def redact(text: str, findings: list[Finding]) -> str:
 
 
 # --- the scan over a store -------------------------------------------------------------------
-
-
-def message_text(message: Any) -> str | None:
-    """A chat message's text: its string content, or its text parts joined by a newline."""
-    if not isinstance(message, dict):
-        return None
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [p["text"] for p in content
-                 if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)]
-        return "\n".join(texts) if texts else None
-    return None
 
 
 _FINDINGS_SCHEMA = pa.schema([

@@ -763,3 +763,16 @@ def test_openai_jsonl_loads_with_datasets(chat: pa.Table, tmp_path: Path) -> Non
     loaded = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
     assert len(loaded) == rows.num_rows
     assert "messages" in loaded.column_names
+
+
+def test_an_image_part_carries_no_text_into_the_export_that_pii_never_read() -> None:
+    # curate.messages' rule: only a "text" part's text is text, so `scan pii` reads no other;
+    # a stray "text" on an image part must not ship either.
+    from curate.formats import typed_messages
+
+    messages = json.dumps([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}, "text": "mail me: leak@example.com"},
+        {"type": "text", "text": "what is this?"}]}])
+    ((parts,),) = duckdb.sql(f"select {typed_messages('msgs')}[1].content_parts as p from (select ?::varchar as msgs)",
+                          params=[messages]).fetchall()
+    assert [p["text"] for p in parts] == [None, "what is this?"]
