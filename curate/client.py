@@ -33,6 +33,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from curate.api_types import first_str, first_value
 from curate.config import Settings
 from curate.errors import CurateError
 
@@ -200,10 +201,11 @@ class InferenceClient:
         if not 1 <= len(bodies) <= 50:
             raise ValueError(f"a group holds 1 to 50 requests, not {len(bodies)}")
         answer = await self._submit(path, {"requests": list(bodies)}, before_send)
-        group_id = answer.get("groupId") if isinstance(answer, dict) else None
-        if not isinstance(group_id, str):
-            raise SubmitUncertain(f"POST {path} answered without a groupId: {str(answer)[:200]}")
-        return group_id, int(answer.get("groupSize") or len(bodies))
+        group_id = first_str(answer, "group_id")
+        if group_id is None:
+            raise SubmitUncertain(f"POST {path} answered without a group id: {str(answer)[:200]}")
+        size = first_value(answer, "group_size")
+        return group_id, size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else len(bodies)
 
     async def get_generation(self, generation_id: str) -> Fetched:
         """``GET /v1/generation/{id}``; a 404 (not visible yet) is an answer, not an error."""

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from curate import ledger, records, spool
-from curate.api_types import TERMINAL_STATES
+from curate.api_types import TERMINAL_STATES, first_id
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.store import Store, StoreLocked
@@ -216,8 +216,8 @@ async def _poll(client: InferenceClient, entry: _Entry, buffer: _Buffer, summary
             buffer.bodies.append(("group", json.dumps(generation, ensure_ascii=False)))
             if isinstance(generation, dict):
                 _count_state(generation.get("state"), summary)
-                member_id = generation.get("id") or generation.get("generationId")
-                if isinstance(member_id, str):
+                member_id = first_id(generation, "member_id")  # the id the store files it under
+                if member_id is not None:
                     member_ids.append(member_id)
         buffer.members.append((entry.id, member_ids))
         buffer.done.append((entry.id, "Success"))

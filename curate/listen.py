@@ -67,6 +67,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from curate import ledger, records, spool
+from curate.api_types import ALIASES, TERMINAL_STATES, first_str
 from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
 from curate.config import Settings
 from curate.serving import BackgroundServed, BackgroundServer, serve_forever
@@ -181,6 +182,8 @@ def _parse(body: bytes) -> Any:
 
 
 def _first_str(*values: Any) -> str | None:
+    """The first non-empty string of ``values``: a body's id (``api_types.first_str``), then a
+    header's."""
     return next((v for v in values if isinstance(v, str) and v), None)
 
 
@@ -196,7 +199,7 @@ def _members(data: Any) -> list[tuple[str, str | None]]:
         return []
     return [
         (i, _state(g)) for g in generations if isinstance(g, dict)
-        and (i := _first_str(g.get("generationId"), g.get("generation_id"), g.get("id")))
+        and (i := first_str(g, "member_id"))
     ]
 
 
@@ -501,8 +504,7 @@ class Listener:
                 raise Refused(401, "unauthorized", "no webhook id") from None
             raise await self._reject(body, f"not valid JSON: {exc}") from None
         if header_id is None:
-            body_id = _first_str(payload.get("webhookId"), payload.get("webhook_id")) if isinstance(
-                payload, dict) else None
+            body_id = first_str(payload, "webhook_id")
             if body_id is None or not self._known(body_id):
                 raise Refused(401, "unauthorized", "no known webhook id")
         if not isinstance(payload, dict):
@@ -582,24 +584,24 @@ class Listener:
         event = payload["event"]
         data = payload.get("data")
         if event == "slow-group.completed":
-            group_id = _first_str(
-                payload.get("group_id"), payload.get("groupId"), request.headers.get("x-inference-group-id")
-            )
+            group_id = _first_str(first_str(payload, "group_id"), request.headers.get("x-inference-group-id"))
             entry["group_id"] = group_id
             if not isinstance(data, dict) or not isinstance(data.get("generations"), list):
                 raise await self._reject(body, "field data.generations is not a list of generations")
             members = _members(data)
             return _Delivery(event, [body], SOURCE, group=(group_id, members) if group_id else None,
                              generations=[] if group_id else members)
+        # Of data's keys only its "id" is read, as the listener always has: the store also reads
+        # data's other id keys (ALIASES["id"]), but reading them here would accept deliveries that
+        # are answered 400 now.
         generation_id = _first_str(
-            payload.get("generationId"), payload.get("generation_id"),
-            data.get("id") if isinstance(data, dict) else None,
+            first_str(payload, "generation_id"), data.get("id") if isinstance(data, dict) else None,
             request.headers.get("x-inference-generation-id"),
         )
         entry["generation_id"] = generation_id
         if generation_id is None:
-            raise await self._reject(body, "no generation id: generationId, generation_id and data.id are missing "
-                                           "or not strings")
+            raise await self._reject(body, f"no generation id: {', '.join(ALIASES['generation_id'])} and data.id "
+                                           "are missing or not strings")
         return _Delivery(event, [body], SOURCE, generations=[(generation_id, _state(data))])
 
     async def _verify(self, delivery: _Delivery) -> None:
@@ -634,7 +636,7 @@ class Listener:
                     answers.append(result)
                 states = [a.json.get("state") if isinstance(a.json, dict) else None for a in answers]
                 unfinished = sum(1 for a, state in zip(answers, states, strict=True)
-                                 if not a.visible or state not in ("Success", "Failed"))
+                                 if not a.visible or state not in TERMINAL_STATES)
                 if unfinished:
                     what = "this generation" if len(ids) == 1 else f"{unfinished} of the {len(ids)} generations"
                     raise Refused(503, "unverified", f"the API does not show {what} finished yet")

@@ -12,10 +12,11 @@ by the SQL built here: parsing in Python costs more than DuckDB's whole ingest
 ``catalyst``      an inference.net dataset row, source-backed ``{request, response}``
 ``hf-messages``   a Hugging Face conversational row ``{id?, messages, tools?}``
 
-Both key casings are read (``generationId``/``generation_id``, ``stateMessage``/``state_message``
-...). A record with no generation id gets ``sha256-`` plus 32 hex digits of a hash of its
-minified JSON, so importing it again finds the same row. Whatever does not fit goes to the
-rejects with a reason that names the field.
+Both key casings are read (``generationId``/``generation_id``, ...): the SQL here is built from
+``api_types.ALIASES``, which lists each field's keys in the order they are read, and which the
+listener reads deliveries by. A record with no generation id gets ``sha256-`` plus 32 hex digits
+of a hash of its minified JSON, so importing it again finds the same row. Whatever does not fit
+goes to the rejects with a reason that names the field.
 
 The raw text is stored once, in ``generation_rows``. The ``generations`` view adds ``request``
 and ``response``, read from it through ``request_path``/``response_path``; only ``hf-messages``
@@ -42,6 +43,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from curate.api_types import ALIASES
 
 __all__ = [
     "COMMON_SHAPES",
@@ -71,7 +74,8 @@ WEBHOOK_ID_MARKER = "[webhook-id]"
 # inside a string value is escaped, so a key's name only ever follows an unescaped quote. The
 # underscore may be written as its escape (every JSON reader reads "webhook\u005fid" as
 # webhook_id), and a value cut off by the end of the text (a truncated line, a long line's kept
-# head) is masked to the end.
+# head) is masked to the end. It is wider than ALIASES["webhook_id"] on purpose (any casing of
+# "id"): a credential is masked under spellings inference.net has not sent yet, too.
 _WEBHOOK_ID_VALUE = r'("webhook(?:_|\\u005[fF])?[iI][dD]"\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?$)'
 
 
@@ -113,14 +117,22 @@ class WriteCounts:
     outcomes: Mapping[int, tuple[str, str | None]] = field(default_factory=dict, compare=False, repr=False)
 
 
+# Every key a generation's id may be under (a GenerationForClient's, a group member's, an
+# envelope's: one set, each read in its own order), and the aliased text fields.
+_ID_KEYS = tuple(dict.fromkeys(ALIASES["id"] + ALIASES["member_id"] + ALIASES["generation_id"]))
+_TEXT_FIELDS = ("state_message", "dispatched_at", "finished_at")
+
+
+def _keys(kind: str, keys: tuple[str, ...]) -> str:
+    return ",".join(f'"{key}":"{kind}"' for key in keys)
+
+
 # The small fields of a GenerationForClient. Ids are read as JSON so that a non-string id is
 # seen as such rather than coerced.
 _USAGE = '"usage":{"prompt_tokens":"BIGINT","completion_tokens":"BIGINT","total_tokens":"BIGINT"}'
 _GFC = (
-    '"id":"JSON","generationId":"JSON","generation_id":"JSON",'
-    '"state":"VARCHAR","stateMessage":"VARCHAR","state_message":"VARCHAR",'
-    '"dispatchedAt":"VARCHAR","dispatched_at":"VARCHAR",'
-    '"finishedAt":"VARCHAR","finished_at":"VARCHAR",'
+    _keys("JSON", _ID_KEYS) + ","
+    '"state":"VARCHAR",' + ",".join(_keys("VARCHAR", ALIASES[f]) for f in _TEXT_FIELDS) + ","
     '"request":{"model":"VARCHAR","metadata":{"custom_id":"VARCHAR"}}'
 )
 _GFC_STRUCT = "{" + _GFC + ',"response":{"model":"VARCHAR",' + _USAGE + "}}"
@@ -135,11 +147,7 @@ _TOP_STRUCT = (
 # What kind of value a part holds, without parsing the line again: ids are JSON fragments, so
 # their json_type is cheap; an object-valued part is "there" when its struct is not NULL (absent
 # and JSON null both give NULL). Only an envelope's data is typed from the text, on those lines.
-_ID_PATHS = {
-    "id": "t.id", "generationId": "t.generationId", "generation_id": "t.generation_id",
-    "data.id": "t.data.id", "data.generationId": "t.data.generationId",
-    "data.generation_id": "t.data.generation_id",
-}
+_ID_PATHS = {path: f"t.{path}" for key in _ID_KEYS for path in (key, f"data.{key}")}
 _OBJECT_PATHS = {
     "request": "t.request", "response": "t.response", "error": "t.error",
     "response.body": "t.response.body", "data.request": "t.data.request",
@@ -172,6 +180,11 @@ def _gfc(field: str) -> str:
     return f"case when shape = 'webhook' then t.data.{field} else t.{field} end"
 
 
+def _coalesce_gfc(name: str) -> str:
+    """A text field of a GenerationForClient (``_gfc``), under the first of its keys present."""
+    return f"coalesce({', '.join(_gfc(key) for key in ALIASES[name])})"
+
+
 def _present(path: str) -> str:
     return f"coalesce({_ty(path)}, 'NULL') <> 'NULL'"
 
@@ -193,10 +206,12 @@ def _bad_id(*fields: tuple[str, str]) -> str:
     return f"case {whens} end"
 
 
-_ENVELOPE_IDS = (("t.generationId", "generationId"), ("t.generation_id", "generation_id"),
-                 ("t.data.id", "data.id"), ("t.data.generationId", "data.generationId"),
-                 ("t.data.generation_id", "data.generation_id"))
-_TOP_IDS = (("t.id", "id"), ("t.generationId", "generationId"), ("t.generation_id", "generation_id"))
+# (struct field, path) of each key an id is read from, in order: an envelope's own, then its
+# data's; a GenerationForClient's at the top level.
+_ENVELOPE_IDS = tuple((f"t.{key}", key) for key in ALIASES["generation_id"]) + tuple(
+    (f"t.data.{key}", f"data.{key}") for key in ALIASES["id"])
+_TOP_IDS = tuple((f"t.{key}", key) for key in ALIASES["id"])
+_BATCH_IDS = (("t.id", "id"),)  # an OpenAI batch line's own key, not one of inference.net's aliases
 
 COMMON_SHAPES = ("generation", "webhook", "catalyst", "openai-batch")
 RARE_SHAPES = ("slow-group", "hf-messages")
@@ -256,7 +271,7 @@ def records_sql(source: str, *, tolerant: bool = True) -> str:
         case
             when shape = 'webhook' then {_first_id(*_ENVELOPE_IDS)}
             when shape = 'generation' then {_first_id(*_TOP_IDS)}
-            when shape = 'openai-batch' then {_first_id(("t.id", "id"))}
+            when shape = 'openai-batch' then {_first_id(*_BATCH_IDS)}
         end as given_id,
         case shape
             when 'openai-batch' then
@@ -268,7 +283,7 @@ def records_sql(source: str, *, tolerant: bool = True) -> str:
         end as state,
         case shape
             when 'openai-batch' then coalesce(t.error.message, t.response.body.error.message)
-            else coalesce({_gfc('stateMessage')}, {_gfc('state_message')})
+            else {_coalesce_gfc('state_message')}
         end as state_message,
         case shape
             when 'openai-batch' then t.response.body.model
@@ -278,8 +293,8 @@ def records_sql(source: str, *, tolerant: bool = True) -> str:
             when 'openai-batch' then t.custom_id
             else {_gfc('request.metadata.custom_id')}
         end as custom_id,
-        coalesce({_gfc('dispatchedAt')}, {_gfc('dispatched_at')}) as dispatched,
-        coalesce({_gfc('finishedAt')}, {_gfc('finished_at')}) as finished,
+        {_coalesce_gfc('dispatched_at')} as dispatched,
+        {_coalesce_gfc('finished_at')} as finished,
         case shape
             when 'openai-batch' then t.response.body.usage
             when 'webhook' then t.data.response.usage
@@ -316,6 +331,20 @@ PARSE_SQL = f"""
     select * exclude (text) from ({records_sql("_curate_src")}) order by line
 """
 
+# A group member is typed once, every id key and its request and response in one json_type call;
+# its id is the first of ALIASES["member_id"] holding a string or a number.
+_MEMBER_TYPED = (*_ID_KEYS, "request", "response")
+_MEMBER_PATHS = ", ".join(f"'$.{key}'" for key in _MEMBER_TYPED)
+_MEMBER_ID = "\n".join(
+    f"               case when ty[{_MEMBER_TYPED.index(key) + 1}] {_ID_OK} "
+    f"then json_extract_string(g.{key}, '$') end," for key in ALIASES["member_id"])
+
+
+def _coalesce_member(name: str) -> str:
+    """A text field of a group member (``g``), under the first of its keys present."""
+    return f"coalesce({', '.join(f'g.{key}' for key in ALIASES[name])})"
+
+
 # The rare shapes, assembled from their text into full rows (raw or built columns included).
 RARE_SQL: tuple[str, ...] = (
     """
@@ -342,27 +371,24 @@ insert into _curate_rare by name
                json_merge_patch(text, json_object('data', json_merge_patch(text -> '$.data',
                    json_object('generations', json_array(item)))))::varchar as raw,
                json_transform(item, '{_GFC_STRUCT}') as g,
-               json_type(item, ['$.id', '$.generationId', '$.generation_id', '$.request',
-                                '$.response']) as ty
+               json_type(item, [{_MEMBER_PATHS}]) as ty
         from items where json_type(item) = 'OBJECT'
     )
     select line, 'slow-group' as shape, raw, hash(raw) as raw_hash,
            coalesce(
-               case when ty[2] {_ID_OK} then json_extract_string(g.generationId, '$') end,
-               case when ty[3] {_ID_OK} then json_extract_string(g.generation_id, '$') end,
-               case when ty[1] {_ID_OK} then json_extract_string(g.id, '$') end,
+{_MEMBER_ID}
                'sha256-' || left(sha256(json(raw)), 32)) as id,
-           g.state as state, coalesce(g.stateMessage, g.state_message) as state_message,
+           g.state as state, {_coalesce_member('state_message')} as state_message,
            coalesce(g.request.model, g.response.model) as model,
            g.request.metadata.custom_id as custom_id,
-           try_cast(coalesce(g.dispatchedAt, g.dispatched_at) as timestamptz) as dispatched_at,
-           try_cast(coalesce(g.finishedAt, g.finished_at) as timestamptz) as finished_at,
+           try_cast({_coalesce_member('dispatched_at')} as timestamptz) as dispatched_at,
+           try_cast({_coalesce_member('finished_at')} as timestamptz) as finished_at,
            g.response.usage.prompt_tokens as prompt_tokens,
            g.response.usage.completion_tokens as completion_tokens,
            g.response.usage.total_tokens as total_tokens,
-           case when coalesce(ty[4], 'NULL') <> 'NULL'
+           case when coalesce(ty[{_MEMBER_TYPED.index('request') + 1}], 'NULL') <> 'NULL'
                 then '$.data.generations[0].request' end as request_path,
-           case when coalesce(ty[5], 'NULL') <> 'NULL'
+           case when coalesce(ty[{_MEMBER_TYPED.index('response') + 1}], 'NULL') <> 'NULL'
                 then '$.data.generations[0].response' end as response_path
     from envelopes
     """,
