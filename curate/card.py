@@ -5,6 +5,12 @@ prose between two marker lines, :data:`START` and :data:`END`; everything outsid
 user's and is never rewritten. This module only handles text (no files, no network), so an export
 and a publish merge cards the same way.
 
+:func:`render` writes an export's card: the front matter (license, tags, the splits' files and
+features, as the Hub reads them) and the block's prose (how the rows were chosen, the counts at each
+step, the split check, models, tokens, files), from the export's options and the :class:`Facts` it
+found. It reads the options through :class:`Options`, so this module needs nothing of the exporter
+(the arrow goes one way: exporter → card).
+
 How :func:`merge` combines an existing card (from the Hub, or hand-edited on disk) with a freshly
 generated one:
 
@@ -24,11 +30,15 @@ Merging is idempotent: ``merge(merge(e, g), g) == merge(e, g)``.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
-__all__ = ["END", "START", "block", "compose", "merge", "split"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["END", "PLACEHOLDER_LICENSE", "START", "Facts", "Options", "block", "compose", "merge", "render", "split"]
 
 START = "<!-- curate:generated:start -->"
 END = "<!-- curate:generated:end -->"
@@ -138,3 +148,202 @@ def _block_span(text: str) -> tuple[int, int] | None:
             "keep exactly one of each, start first, or remove both"
         )
     return start, end + len(END)
+
+
+# ---------------------------------------------------------------- an export's card
+
+
+class Options(Protocol):
+    """The export options a card states (``curate.exporter.ExportOptions`` has them, read-only)."""
+
+    @property
+    def fmt(self) -> str: ...
+    @property
+    def test_size(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def split_by(self) -> str | None: ...
+    @property
+    def dedup(self) -> str: ...
+    @property
+    def license_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an export read, decided and wrote, as its card states it."""
+
+    name: str  # the card's title: the folder's name
+    query: str  # the SQL the rows were read with, WHERE and sample included
+    view_sql: str | None  # the view's file as its author wrote it, when SOURCE names a view
+    when: str  # when the export was made, as the card prints it
+    store: str
+    fingerprint: str
+    generations: int  # generations in the store
+    counts: dict[str, int]  # each step in order (source, filtered, valid, deduplicated, ...), then each split
+    splits: dict[str, int]  # split → rows, train first
+    invalid: dict[str, int]  # reason → rows dropped as invalid for the format
+    removed: dict[str, dict[str, int]]  # what a pass removed rows as found in → name → rows
+    shared_keys: int
+    straddling_clusters: int
+    shared_prompts: int
+    models: list[tuple[Any, ...]]  # (model, split, rows)
+    tokens: list[tuple[Any, ...]]  # split, then for prompt then completion: rows, total, mean, p50, p90, max
+    notes: list[str]  # one line per curation pass acted on
+    files: list[str]  # the data files, relative to the folder, in POSIX form
+    sizes: dict[str, int]  # split → bytes of its files
+
+
+def render(options: Options, facts: Facts) -> str:
+    """The card of an export made with ``options`` that found ``facts``: front matter, then curate's block.
+
+    The same options and facts give the same text.
+    """
+    # Imported here: a publish merges cards with this module and needs neither DuckDB nor Arrow.
+    import duckdb
+
+    from curate import formats
+    from curate._version import __version__
+
+    fmt, split_by = options.fmt, options.split_by
+
+    jsonl = fmt in formats.JSONL_FORMATS
+    data_files = [
+        {"split": split, "path": f"data/{split}.jsonl" if jsonl else f"data/{split}-*"} for split in facts.splits
+    ]
+    features = formats.FEATURES[fmt] if jsonl else [_feature(f.name, f.type) for f in formats.SCHEMAS[fmt]]
+    header: dict[str, Any] = {
+        "license": options.license_id,
+        "task_categories": ["text-generation"],
+        "tags": ["curate", "inference.net", "fine-tuning", fmt],
+        "size_categories": [_size_category(facts.counts["deduplicated"])],
+        "configs": [{"config_name": "default", "data_files": data_files}],
+        "dataset_info": {
+            "features": features,
+            # datasets wants num_bytes beside num_examples; it is meant as the split's size in
+            # Arrow, which no one computes here: the files' bytes are the honest nearest figure.
+            "splits": [{"name": split, "num_bytes": facts.sizes[split], "num_examples": n}
+                       for split, n in facts.splits.items()],
+            "download_size": sum(facts.sizes.values()),
+        },
+    }
+    split_rule = f"`{split_by}`" if split_by else "the conversation (its messages up to and including the first user message)"
+    lines = [
+        START,
+        f"# {facts.name}",
+        "",
+        f"A fine-tuning dataset exported by curate from inference.net generations, in the `{fmt}` format. "
+        + _FORMAT_PROSE[fmt],
+        "",
+        "## How it was made",
+        "",
+        f"- Exported {facts.when} by curate {__version__} (DuckDB {duckdb.__version__}).",
+        f"- Store: `{facts.store}`, fingerprint `{facts.fingerprint}` ({facts.generations:,} generations).",
+        (f"- Split: test fraction {options.test_size:g}, seed {options.seed}, by {split_rule}; "
+         f"duplicates: {options.dedup}."),
+        "- Query:",
+        "",
+        "```sql",
+        facts.query,
+        "```",
+    ]
+    if facts.view_sql:
+        lines += ["", "<details><summary>The view it reads</summary>", "", "```sql", facts.view_sql.strip(), "```", "",
+                  "</details>"]
+    if facts.notes:
+        lines += ["", "## Curation passes", ""] + [f"- {note}" for note in facts.notes]
+    lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
+    lines += [f"| {step} | {n:,} |" for step, n in facts.counts.items() if step not in facts.splits]
+    lines += [f"| {split} | {n:,} |" for split, n in facts.splits.items()]
+    for what, counts in facts.removed.items():
+        lines += ["", f"Rows removed as found in {what}:", "", "| name | rows |", "|---|---:|"]
+        lines += [f"| {name} | {n:,} |" for name, n in counts.items()] or ["| (none) | 0 |"]
+    if facts.invalid:
+        lines += ["", "Rows dropped as invalid for this format:", "", "| reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {n:,} |" for reason, n in facts.invalid.items()]
+    lines += [
+        "",
+        "## Split check",
+        "",
+        f"- Split-key values found in more than one split: **{facts.shared_keys}**.",
+        ("- Near-duplicate clusters (`curate dedup near`) found in more than one split: "
+         f"**{facts.straddling_clusters}**."),
+        ("- Identical prompts (the messages before the answer) found in more than one split: "
+         f"**{facts.shared_prompts}**."),
+    ]
+    if facts.models:
+        split_names = list(facts.splits)
+        lines += ["", "## Models", "", "| model | " + " | ".join(split_names) + " |",
+                  "|---|" + "---:|" * len(split_names)]
+        per_model: dict[str, dict[str, int]] = {}
+        for model, split, n in facts.models:
+            per_model.setdefault(model, {})[split] = n
+        lines += [f"| {model} | " + " | ".join(f"{by.get(s, 0):,}" for s in split_names) + " |"
+                  for model, by in per_model.items()]
+    if any(row[1] for row in facts.tokens):
+        lines += ["", "## Tokens", "", "As reported by the API's `usage`, per row (the last call of a conversation).",
+                  "", "| split | tokens | rows | total | mean | p50 | p90 | max |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for split, *vals in facts.tokens:
+            for label, (n, total, mean, p50, p90, top) in (("prompt", vals[0:6]), ("completion", vals[6:12])):
+                if n:
+                    lines.append(f"| {split} | {label} | {n:,} | {total:,} | {int(mean):,} | {p50:,} | {p90:,} | {top:,} |")
+    lines += ["", "## Files", ""]
+    lines += [f"- `{path}`" for path in facts.files]
+    lines += [
+        ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
+         "`generation_ids` (the inference.net generations it was made from) and `duplicate_ids` (exact "
+         "duplicates dropped in its favour)."),
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'ds = load_dataset("path/to/this/folder")  # or "ORG/NAME" once published',
+        "```",
+        END,
+        "",
+    ]
+    return compose(header, "\n".join(lines))
+
+
+def _feature(name: str | None, kind: pa.DataType) -> dict[str, Any]:
+    """A column's Hugging Face feature in the card's YAML form (what ``datasets`` writes itself)."""
+    import pyarrow as pa
+
+    out: dict[str, Any] = {} if name is None else {"name": name}
+    if isinstance(kind, pa.JsonType):
+        out["dtype"] = "json"
+    elif pa.types.is_list(kind):
+        item = _feature(None, kind.value_type)
+        out["list"] = item.get("struct", item.get("dtype"))
+    elif pa.types.is_struct(kind):
+        out["struct"] = [_feature(kind.field(i).name, kind.field(i).type) for i in range(kind.num_fields)]
+    else:
+        out["dtype"] = str(kind)
+    return out
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+_FORMAT_PROSE = {
+    "messages": "Hugging Face conversational: a `messages` list (role, content, content_parts, tool_calls, "
+                "tool_call_id, name) and `tools`. Content is text in `content`, or a list of text/image parts in "
+                "`content_parts`. Tool-call `arguments` and `tools` are JSON (`datasets`' `Json()` feature: "
+                "they load as Python objects, whatever their shapes).",
+    "prompt-completion": "Hugging Face conversational prompt-completion: `prompt` (the messages before the "
+                         "answer), `completion` (the answer) and `tools`, typed as in the `messages` format.",
+    "openai": "OpenAI chat fine-tuning JSONL: one `{\"messages\": [...], \"tools\": [...]}` per line, tool-call "
+              "arguments as JSON strings, only the keys OpenAI accepts (a null content outside an assistant "
+              "turn is written as empty text). Every line passed OpenAI's published rules before it was written.",
+    "sharegpt": "ShareGPT: `conversations` of `{from, value}` (human, gpt, system). Rows with tool calls or "
+                "images do not fit and were dropped.",
+    "alpaca": "Alpaca: `instruction`, `input` (empty), `output`, and `system`. Single-turn rows only.",
+    "catalyst": "inference.net's dataset format: one `{\"request\": ..., \"response\": ...}` per line, the "
+                "request the messages before the answer (with model and tools), the response a chat completion.",
+}

@@ -41,6 +41,10 @@ says so.
 
 Nothing in the folder changes until everything is written: the new data, lineage and card are
 renamed into place at the end, and an existing card's hand-written prose is kept (``card.merge``).
+
+Every option, with its default and its check, is a field of :class:`ExportOptions`; ``export`` takes
+one, or its fields as keywords, and the command line builds one. The card's text is ``card.render``'s,
+from the options and what the export found (``card.Facts``): this module gathers the facts.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,17 +66,20 @@ import pyarrow as pa
 
 from curate import card, formats
 from curate.errors import UsageError
-from curate.store import Store, no_progress_bar
+from curate.store import ReadableStore, Store, no_progress_bar
 
 __all__ = [
     "DEDUP",
     "DEFAULT_SHARD_BYTES",
     "PII",
     "ExportError",
+    "ExportOptions",
     "ExportSummary",
     "export",
 ]
 
+# The choices of --dedup and --pii: the command line's choices are made from these (formats.FORMATS
+# gives --format's), so a new mode is added here once.
 DEDUP = ("exact", "near", "none")
 PII = ("keep", "drop", "redact")
 # Shards of about this much source JSON each; the Hub's viewer and streaming like files well
@@ -95,6 +102,71 @@ _OPTIONAL = {
 
 class ExportError(UsageError, ValueError):
     """The export cannot be made as asked; the message names the argument or row at fault."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """Every option of an export, each with its default: the one place they are stated and checked.
+
+    ``fmt``: the dataset format (``formats.FORMATS``). ``where``: a SQL condition over the source's
+    columns. ``limit``: keep a seeded sample of N matching rows. ``test_size``: the fraction for the
+    test split (0: train only). ``split_by``: a SQL expression whose rows stay on one side (default:
+    the conversation's opening). ``seed``: the seed of the split and of the row order. ``dedup``:
+    ``exact`` keeps one row per identical messages+tools, ``near`` also one row per near-duplicate
+    cluster (``curate dedup near``, on ``near_on``), ``none`` keeps all. ``exclude_contaminated``:
+    drop rows ``curate decontaminate`` found in an eval set. ``pii``: ``drop`` the rows in which
+    ``curate scan pii`` found personal data or secrets, or ``redact`` the spans. ``strict``: refuse to
+    write anything if a row is invalid for ``fmt``. ``license_id``: the card's license.
+    ``shard_bytes``: about how much source JSON goes into one Parquet shard. ``rescan``: bring the
+    passes acted on up to date first (False: refuse, naming the command, when one is not).
+
+    Keyword-only, so that a call names each option it sets. Made with a bad value, it raises
+    :class:`ExportError` naming the command line's option; ``dataclasses.replace`` checks again.
+    """
+
+    fmt: str = "messages"
+    where: str | None = None
+    limit: int | None = None
+    test_size: float = 0.1
+    split_by: str | None = None
+    seed: int = 0
+    dedup: str = "exact"
+    near_on: str = "prompt"
+    exclude_contaminated: bool = False
+    pii: str = "keep"
+    strict: bool = False
+    license_id: str = card.PLACEHOLDER_LICENSE
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    rescan: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fmt not in formats.FORMATS:
+            raise ExportError(f"--format {self.fmt}: expected one of {', '.join(formats.FORMATS)}")
+        if not 0 <= self.test_size < 1:
+            raise ExportError(f"--test-size {self.test_size}: expected a fraction from 0 (no test split) to below 1")
+        if self.limit is not None and self.limit < 1:
+            raise ExportError(f"--limit {self.limit}: expected a positive number of rows")
+        if self.dedup not in DEDUP:
+            raise ExportError(f"--dedup {self.dedup}: expected one of {', '.join(DEDUP)}")
+        if self.pii not in PII:
+            raise ExportError(f"--pii {self.pii}: expected one of {', '.join(PII)}")
+        if self.shard_bytes < 1:
+            raise ExportError("shard_bytes must be positive")
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(ExportOptions))
+
+
+def _options(options: ExportOptions | None, changes: dict[str, Any]) -> ExportOptions:
+    """``options`` (default: every default) with ``changes`` as field overrides, checked."""
+    if options is not None and not isinstance(options, ExportOptions):
+        raise TypeError(f"export() options must be an ExportOptions, not {type(options).__name__}")
+    unknown = [name for name in changes if name not in _OPTION_NAMES]
+    if unknown:
+        # As Python says it of a function's keywords, which these were before ExportOptions.
+        raise TypeError(f"export() got an unexpected keyword argument {unknown[0]!r}")
+    base = ExportOptions() if options is None else options
+    return replace(base, **changes) if changes else base
 
 
 @dataclass(frozen=True)
@@ -123,22 +195,6 @@ def _source_query(source: str) -> str:
     if _IDENT.fullmatch(text):
         return f'select * from "{text}"'
     return text
-
-
-def _check_arguments(fmt: str, test_size: float, limit: int | None, dedup: str, shard_bytes: int,
-                     pii: str = "keep") -> None:
-    if fmt not in formats.FORMATS:
-        raise ExportError(f"--format {fmt}: expected one of {', '.join(formats.FORMATS)}")
-    if not 0 <= test_size < 1:
-        raise ExportError(f"--test-size {test_size}: expected a fraction from 0 (no test split) to below 1")
-    if limit is not None and limit < 1:
-        raise ExportError(f"--limit {limit}: expected a positive number of rows")
-    if dedup not in DEDUP:
-        raise ExportError(f"--dedup {dedup}: expected one of {', '.join(DEDUP)}")
-    if pii not in PII:
-        raise ExportError(f"--pii {pii}: expected one of {', '.join(PII)}")
-    if shard_bytes < 1:
-        raise ExportError("shard_bytes must be positive")
 
 
 def _check_folder(folder: Path) -> str | None:
@@ -182,10 +238,8 @@ def _describe(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, str]:
     return columns
 
 
-def _read_source(
-    con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], *, fmt: str, where: str | None,
-    split_by: str | None, seed: int, test_size: float,
-) -> None:
+def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions) -> None:
+    fmt, where, split_by, seed, test_size = options.fmt, options.where, options.split_by, options.seed, options.test_size
     optional = ",\n".join(
         f"source.{name}::{kind} as {name}" if name in columns else f"null::{kind} as {name}"
         for name, kind in _OPTIONAL.items()
@@ -275,7 +329,7 @@ def _fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
     return hashlib.sha256(f"{count}:{xor}".encode()).hexdigest()[:16], int(count)
 
 
-def _view_sql(store: Store, source: str) -> str | None:
+def _view_sql(store: ReadableStore, source: str) -> str | None:
     """The file of the view SOURCE names, as its author wrote it (None for a SELECT)."""
     views = {v.name: v for v in store.view_files()}
     view = views.get(source.strip())
@@ -353,9 +407,8 @@ def _drop_unseen(con: duckdb.DuckDBPyConnection, counts: dict[str, int], step: s
         counts[step] = _drop(con, unseen)
 
 
-def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pii: str = "keep",
-            exclude_contaminated: bool = False, passes: _Passes | None = None) -> _Decisions:
-    passes = passes or _Passes()
+def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes) -> _Decisions:
+    limit, dedup, pii = options.limit, options.dedup, options.pii
     source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
         # A seeded sample: the first N matching rows in the stored (shuffled) order.
@@ -384,7 +437,7 @@ def _decide(con: duckdb.DuckDBPyConnection, *, limit: int | None, dedup: str, pi
     if dedup == "near":  # one row per cluster: its representative
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
         counts["near-deduplicated"] = _drop(con, "select id from work.near where id <> cluster_id")
-    if exclude_contaminated:
+    if options.exclude_contaminated:
         _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
         removed["eval sets"] = dict(con.execute("""
             select eval_set, count(*) from (
@@ -476,10 +529,11 @@ def _write_lineage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size 100000)""")
 
 
-# ---------------------------------------------------------------- the card
+# ---------------------------------------------------------------- what the card states of the rows
 
 
-def _stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def _stats(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The card's tables of the rows kept: (model, split, rows), and each split's token counts."""
     models = con.execute("""
         select coalesce(model, '(none)'), split, count(*) from work.export_rows where keep
         group by all order by 1, 2 desc""").fetchall()
@@ -489,155 +543,7 @@ def _stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                count(completion_tokens), sum(completion_tokens), round(avg(completion_tokens)),
                quantile_disc(completion_tokens, 0.5), quantile_disc(completion_tokens, 0.9), max(completion_tokens)
         from work.export_rows where keep group by split order by split desc""").fetchall()
-    return {"models": models, "tokens": tokens}
-
-
-def _feature(name: str | None, kind: pa.DataType) -> dict[str, Any]:
-    """A column's Hugging Face feature in the card's YAML form (what ``datasets`` writes itself)."""
-    out: dict[str, Any] = {} if name is None else {"name": name}
-    if isinstance(kind, pa.JsonType):
-        out["dtype"] = "json"
-    elif pa.types.is_list(kind):
-        item = _feature(None, kind.value_type)
-        out["list"] = item.get("struct", item.get("dtype"))
-    elif pa.types.is_struct(kind):
-        out["struct"] = [_feature(kind.field(i).name, kind.field(i).type) for i in range(kind.num_fields)]
-    else:
-        out["dtype"] = str(kind)
-    return out
-
-
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
-        if n < limit:
-            return name
-    return "10M<n<100M"
-
-
-_FORMAT_PROSE = {
-    "messages": "Hugging Face conversational: a `messages` list (role, content, content_parts, tool_calls, "
-                "tool_call_id, name) and `tools`. Content is text in `content`, or a list of text/image parts in "
-                "`content_parts`. Tool-call `arguments` and `tools` are JSON (`datasets`' `Json()` feature: "
-                "they load as Python objects, whatever their shapes).",
-    "prompt-completion": "Hugging Face conversational prompt-completion: `prompt` (the messages before the "
-                         "answer), `completion` (the answer) and `tools`, typed as in the `messages` format.",
-    "openai": "OpenAI chat fine-tuning JSONL: one `{\"messages\": [...], \"tools\": [...]}` per line, tool-call "
-              "arguments as JSON strings, only the keys OpenAI accepts (a null content outside an assistant "
-              "turn is written as empty text). Every line passed OpenAI's published rules before it was written.",
-    "sharegpt": "ShareGPT: `conversations` of `{from, value}` (human, gpt, system). Rows with tool calls or "
-                "images do not fit and were dropped.",
-    "alpaca": "Alpaca: `instruction`, `input` (empty), `output`, and `system`. Single-turn rows only.",
-    "catalyst": "inference.net's dataset format: one `{\"request\": ..., \"response\": ...}` per line, the "
-                "request the messages before the answer (with model and tools), the response a chat completion.",
-}
-
-
-def _render_card(
-    *, name: str, fmt: str, query: str, view_sql: str | None, when: str, fingerprint: str, generations: int,
-    store: str, decisions: _Decisions, files: dict[str, list[Path]], sizes: dict[str, int], folder: Path,
-    stats: dict[str, Any],
-    seed: int, test_size: float, split_by: str | None, dedup: str, license_id: str, passes: _Passes | None = None,
-) -> str:
-    from curate._version import __version__
-
-    jsonl = fmt in formats.JSONL_FORMATS
-    data_files = [
-        {"split": split, "path": f"data/{split}.jsonl" if jsonl else f"data/{split}-*"} for split in decisions.splits
-    ]
-    features = formats.FEATURES[fmt] if jsonl else [_feature(f.name, f.type) for f in formats.SCHEMAS[fmt]]
-    header: dict[str, Any] = {
-        "license": license_id,
-        "task_categories": ["text-generation"],
-        "tags": ["curate", "inference.net", "fine-tuning", fmt],
-        "size_categories": [_size_category(decisions.counts["deduplicated"])],
-        "configs": [{"config_name": "default", "data_files": data_files}],
-        "dataset_info": {
-            "features": features,
-            # datasets wants num_bytes beside num_examples; it is meant as the split's size in
-            # Arrow, which no one computes here: the files' bytes are the honest nearest figure.
-            "splits": [{"name": split, "num_bytes": sizes[split], "num_examples": n}
-                       for split, n in decisions.splits.items()],
-            "download_size": sum(sizes.values()),
-        },
-    }
-    c = decisions.counts
-    split_rule = f"`{split_by}`" if split_by else "the conversation (its messages up to and including the first user message)"
-    lines = [
-        card.START,
-        f"# {name}",
-        "",
-        f"A fine-tuning dataset exported by curate from inference.net generations, in the `{fmt}` format. "
-        + _FORMAT_PROSE[fmt],
-        "",
-        "## How it was made",
-        "",
-        f"- Exported {when} by curate {__version__} (DuckDB {duckdb.__version__}).",
-        f"- Store: `{store}`, fingerprint `{fingerprint}` ({generations:,} generations).",
-        f"- Split: test fraction {test_size:g}, seed {seed}, by {split_rule}; duplicates: {dedup}.",
-        "- Query:",
-        "",
-        "```sql",
-        query,
-        "```",
-    ]
-    if view_sql:
-        lines += ["", "<details><summary>The view it reads</summary>", "", "```sql", view_sql.strip(), "```", "",
-                  "</details>"]
-    if passes is not None and passes.notes:
-        lines += ["", "## Curation passes", ""] + [f"- {note}" for note in passes.notes]
-    lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
-    lines += [f"| {step} | {n:,} |" for step, n in c.items() if step not in decisions.splits]
-    lines += [f"| {split} | {n:,} |" for split, n in decisions.splits.items()]
-    for what, counts in decisions.removed.items():
-        lines += ["", f"Rows removed as found in {what}:", "", "| name | rows |", "|---|---:|"]
-        lines += [f"| {name} | {n:,} |" for name, n in counts.items()] or ["| (none) | 0 |"]
-    if decisions.invalid:
-        lines += ["", "Rows dropped as invalid for this format:", "", "| reason | rows |", "|---|---:|"]
-        lines += [f"| {reason} | {n:,} |" for reason, n in decisions.invalid.items()]
-    lines += [
-        "",
-        "## Split check",
-        "",
-        f"- Split-key values found in more than one split: **{decisions.shared_keys}**.",
-        ("- Near-duplicate clusters (`curate dedup near`) found in more than one split: "
-         f"**{decisions.straddling_clusters}**."),
-        ("- Identical prompts (the messages before the answer) found in more than one split: "
-         f"**{decisions.shared_prompts}**."),
-    ]
-    if stats["models"]:
-        split_names = list(decisions.splits)
-        lines += ["", "## Models", "", "| model | " + " | ".join(split_names) + " |",
-                  "|---|" + "---:|" * len(split_names)]
-        per_model: dict[str, dict[str, int]] = {}
-        for model, split, n in stats["models"]:
-            per_model.setdefault(model, {})[split] = n
-        lines += [f"| {model} | " + " | ".join(f"{by.get(s, 0):,}" for s in split_names) + " |"
-                  for model, by in per_model.items()]
-    if any(row[1] for row in stats["tokens"]):
-        lines += ["", "## Tokens", "", "As reported by the API's `usage`, per row (the last call of a conversation).",
-                  "", "| split | tokens | rows | total | mean | p50 | p90 | max |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for split, *vals in stats["tokens"]:
-            for label, (n, total, mean, p50, p90, top) in (("prompt", vals[0:6]), ("completion", vals[6:12])):
-                if n:
-                    lines.append(f"| {split} | {label} | {n:,} | {total:,} | {int(mean):,} | {p50:,} | {p90:,} | {top:,} |")
-    lines += ["", "## Files", ""]
-    for split, paths in files.items():
-        lines += [f"- `{p.relative_to(folder).as_posix()}`" for p in paths]
-    lines += [
-        ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
-         "`generation_ids` (the inference.net generations it was made from) and `duplicate_ids` (exact "
-         "duplicates dropped in its favour)."),
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "",
-        'ds = load_dataset("path/to/this/folder")  # or "ORG/NAME" once published',
-        "```",
-        card.END,
-        "",
-    ]
-    return card.compose(header, "\n".join(lines))
+    return models, tokens
 
 
 # ---------------------------------------------------------------- the passes an export acts on
@@ -660,20 +566,17 @@ def _refuse_or_run(rescan: bool, flag: str, what: str, command: str) -> None:
         raise ExportError(f"{flag} --no-rescan: {what}; run `{command}` first (or export without --no-rescan).")
 
 
-def _bring_passes_up_to_date(
-    store: Store, *, pii: str, dedup: str, near_on: str, exclude_contaminated: bool, rescan: bool,
-    say: Callable[[str], None],
-) -> _Passes:
+def _bring_passes_up_to_date(store: ReadableStore, options: ExportOptions, say: Callable[[str], None]) -> _Passes:
     """Run each pass the export acts on over the chat rows it has not seen (a writer, before the
-    export reads), or refuse when ``rescan`` is False; what the export then relies on."""
+    export reads), or refuse when ``options.rescan`` is False; what the export then relies on."""
+    pii, dedup, near_on = options.pii, options.dedup, options.near_on
+    exclude_contaminated, rescan = options.exclude_contaminated, options.rescan
     passes = _Passes(near_on=near_on)
     acting = [flag for flag, on in ((f"--pii {pii}", pii != "keep"), ("--dedup near", dedup == "near"),
                                     ("--exclude-contaminated", exclude_contaminated)) if on]
     if not acting:
         return passes
-    from curate.lake.reader import LakeStore
-
-    if isinstance(store, LakeStore):
+    if not isinstance(store, Store):  # the lake read as a store (LakeStore): nothing writes there
         raise ExportError(f"{acting[0]}: the lake is read-only, so no curation pass has run on it; pull it into a "
                           "store (`curate lake pull --db work.duckdb`), and export from that store.")
     if pii != "keep":
@@ -760,57 +663,35 @@ def _eval_sets_up_to_date(store: Store, passes: _Passes, rescan: bool, say: Call
 
 
 def export(
-    store: Store,
+    store: ReadableStore,
     source: str,
     folder: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
-    fmt: str = "messages",
-    where: str | None = None,
-    limit: int | None = None,
-    test_size: float = 0.1,
-    split_by: str | None = None,
-    seed: int = 0,
-    dedup: str = "exact",
-    near_on: str = "prompt",
-    exclude_contaminated: bool = False,
-    pii: str = "keep",
-    strict: bool = False,
-    license_id: str = card.PLACEHOLDER_LICENSE,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[str], None] | None = None,
-    rescan: bool = True,
+    **changes: Any,
 ) -> ExportSummary:
-    """Export ``source`` (a view name or a SELECT with ``id`` and ``messages``) to ``folder`` in ``fmt``.
+    """Export ``source`` (a view name or a SELECT with ``id`` and ``messages``) to ``folder``.
 
-    ``where``: a SQL condition over the source's columns; ``limit``: keep a seeded sample of N
-    matching rows; ``test_size``: the fraction for the test split (0: train only); ``split_by``:
-    a SQL expression whose rows stay on one side (default: the conversation's opening);
-    ``dedup``: ``exact`` keeps one row per identical messages+tools, ``near`` also one row per
-    near-duplicate cluster (``curate dedup near``, on ``near_on``), ``none`` keeps all;
-    ``exclude_contaminated``: drop rows ``curate decontaminate`` found in an eval set;
-    ``pii``: ``drop`` rows in which ``curate scan pii`` found personal data or secrets;
-    ``strict``: refuse to write anything if a row is invalid for ``fmt``; ``rescan``: bring the
-    passes acted on up to date first (False: refuse, naming the command, when one is not).
+    ``options`` says how (:class:`ExportOptions`; default: its defaults); keyword arguments are its
+    fields, overriding it: ``export(db, "conversations", "out/", fmt="openai", test_size=0.2)``. An
+    unknown keyword raises TypeError naming it. ``progress`` is told each step as it starts.
     """
+    # progress is not an option: it changes nothing written, and a callback in ExportOptions would make
+    # two option objects asking for the same export compare unequal.
     started = time.perf_counter()
     say = progress or (lambda _message: None)
-    _check_arguments(fmt, test_size, limit, dedup, shard_bytes, pii)
+    options = _options(options, changes)
     query = _source_query(source)
     out = Path(folder)
     existing_card = _check_folder(out)
-    passes = _bring_passes_up_to_date(store, pii=pii, dedup=dedup, near_on=near_on,
-                                      exclude_contaminated=exclude_contaminated, rescan=rescan, say=say)
+    passes = _bring_passes_up_to_date(store, options, say)
     scratch = out / SCRATCH
     created = not out.exists()
     shutil.rmtree(scratch, ignore_errors=True)  # left by an export that crashed
     (scratch / "data").mkdir(parents=True)
     try:
-        decisions, files, fingerprint, text = _export_into(
-            store, source, query, out, scratch, fmt=fmt, where=where, limit=limit, test_size=test_size,
-            split_by=split_by, seed=seed, dedup=dedup, strict=strict, license_id=license_id,
-            shard_bytes=shard_bytes, say=say, near_on=near_on, exclude_contaminated=exclude_contaminated, pii=pii,
-            passes=passes,
-        )
+        decisions, files, fingerprint, text = _export_into(store, source, query, out, scratch, options, passes, say)
         if existing_card is not None:
             text = card.merge(existing_card, text)
         (scratch / "README.md").write_text(text, encoding="utf-8")
@@ -820,7 +701,7 @@ def export(
         if created and out.exists() and not any(out.iterdir()):
             out.rmdir()
     return ExportSummary(
-        folder=out, format=fmt, query=_full_query(query, where, limit), counts=decisions.counts,
+        folder=out, format=options.fmt, query=_full_query(query, options), counts=decisions.counts,
         splits=decisions.splits, invalid=decisions.invalid, invalid_examples=decisions.invalid_examples,
         files=[p for paths in files.values() for p in paths], shared_keys=decisions.shared_keys,
         shared_prompts=decisions.shared_prompts, fingerprint=fingerprint,
@@ -829,12 +710,11 @@ def export(
 
 
 def _export_into(
-    store: Store, source: str, query: str, out: Path, scratch: Path, *, fmt: str, where: str | None,
-    limit: int | None, test_size: float, split_by: str | None, seed: int, dedup: str, strict: bool,
-    license_id: str, shard_bytes: int, say: Callable[[str], None], near_on: str = "prompt",
-    exclude_contaminated: bool = False, pii: str = "keep", passes: _Passes | None = None,
+    store: ReadableStore, source: str, query: str, out: Path, scratch: Path, options: ExportOptions, passes: _Passes,
+    say: Callable[[str], None],
 ) -> tuple[_Decisions, dict[str, list[Path]], str, str]:
     """Everything but the final move: data, lineage and card written into ``scratch``."""
+    fmt = options.fmt
     # A scratch database file: DuckDB compresses what it keeps there, and spills past the limit.
     con = duckdb.connect(str(scratch / "work.duckdb"), config={"memory_limit": store.memory_limit})
     try:
@@ -846,16 +726,14 @@ def _export_into(
             try:
                 columns = _describe(con, query)
                 fingerprint, generations = _fingerprint(con)
-                _copy_curation(con, near_on, passes or _Passes())
-                _read_source(con, query, columns, fmt=fmt, where=where, split_by=split_by, seed=seed,
-                             test_size=test_size)
+                _copy_curation(con, options.near_on, passes)
+                _read_source(con, query, columns, options)
             finally:
                 con.execute("use work")
         view_sql = _view_sql(store, source)
         say("validating, deduplicating and splitting")
-        decisions = _decide(con, limit=limit, dedup=dedup, pii=pii, exclude_contaminated=exclude_contaminated,
-                            passes=passes or _Passes())
-        if strict and decisions.invalid:
+        decisions = _decide(con, options, passes)
+        if options.strict and decisions.invalid:
             detail = "; ".join(f"{reason}: {n} (e.g. {', '.join(decisions.invalid_examples[reason])})"
                                for reason, n in decisions.invalid.items())
             raise ExportError(f"--strict: {sum(decisions.invalid.values())} rows do not fit {fmt}: {detail}")
@@ -872,24 +750,28 @@ def _export_into(
                 files[split] = _write_jsonl(con, fmt, split, scratch / "data")
             else:
                 nbytes = _one(con, f"select sum(nbytes) from work.export_rows where keep and split = {_sql_text(split)}")
-                files[split] = _write_parquet(con, fmt, split, rows, nbytes, scratch / "data", shard_bytes)
+                files[split] = _write_parquet(con, fmt, split, rows, nbytes, scratch / "data", options.shard_bytes)
         _write_lineage(con, scratch / "lineage.parquet")
         con.execute("reset threads")
         final_files = {s: [out / "data" / p.name for p in paths] for s, paths in files.items()}
-        text = _render_card(
-            name=out.resolve().name, fmt=fmt, query=_full_query(query, where, limit), view_sql=view_sql,
-            when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), fingerprint=fingerprint,
-            generations=generations, store=store.label, decisions=decisions, files=final_files, folder=out,
+        models, tokens = _stats(con)
+        text = card.render(options, card.Facts(
+            name=out.resolve().name, query=_full_query(query, options), view_sql=view_sql,
+            when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), store=store.label, fingerprint=fingerprint,
+            generations=generations, counts=decisions.counts, splits=decisions.splits, invalid=decisions.invalid,
+            removed=decisions.removed, shared_keys=decisions.shared_keys,
+            straddling_clusters=decisions.straddling_clusters, shared_prompts=decisions.shared_prompts,
+            models=models, tokens=tokens, notes=passes.notes,
+            files=[p.relative_to(out).as_posix() for paths in final_files.values() for p in paths],
             sizes={split: sum(p.stat().st_size for p in paths) for split, paths in files.items()},
-            stats=_stats(con), seed=seed, test_size=test_size, split_by=split_by, dedup=dedup,
-            license_id=license_id, passes=passes or _Passes(),
-        )
+        ))
     finally:
         con.close()
     return decisions, final_files, fingerprint, text
 
 
-def _full_query(query: str, where: str | None, limit: int | None) -> str:
+def _full_query(query: str, options: ExportOptions) -> str:
+    where, limit = options.where, options.limit
     text = f"select * from ({query}) as source" if where or limit else query
     if where:
         text += f"\nwhere {where}"

@@ -11,25 +11,24 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from curate import formats
 from curate.cli._shared import DbOption, LakeOption, QueriesOption, err, lake_uri, open_store, out, user_errors
-from curate.exporter import export
 
 __all__ = ["export_command"]
 
-Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # type: ignore[misc]
+# curate.formats.FORMATS, for --help without importing duckdb and pyarrow (tests/test_imports.py
+# checks that the two agree).
+EXPORT_FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst")
+
+Format = Enum("Format", {name: name for name in EXPORT_FORMATS}, type=str)  # type: ignore[misc]
 
 
-class Dedup(str, Enum):
-    exact = "exact"
-    near = "near"
-    none = "none"
+# curate.exporter.DEDUP and PII, restated for the same reason (tests/test_export_options.py checks that
+# the choices, and every default below, are the library's).
+DEDUP_MODES = ("exact", "near", "none")
+PII_MODES = ("keep", "drop", "redact")
 
-
-class Pii(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    redact = "redact"
+Dedup = Enum("Dedup", {name: name for name in DEDUP_MODES}, type=str)  # type: ignore[misc]
+Pii = Enum("Pii", {name: name for name in PII_MODES}, type=str)  # type: ignore[misc]
 
 
 def export_command(
@@ -51,11 +50,11 @@ def export_command(
     seed: Annotated[int, typer.Option(help="The seed of the split and of the row order.")] = 0,
     dedup: Annotated[Dedup, typer.Option(
         help="exact: one row per identical messages and tools; near: also one per near-duplicate "
-             "cluster (curate dedup near, brought up to date first).")] = Dedup.exact,
+             "cluster (curate dedup near, brought up to date first).")] = Dedup["exact"],
     exclude_contaminated: Annotated[bool, typer.Option(
         "--exclude-contaminated", help="Drop rows curate decontaminate found in an eval set.")] = False,
     pii: Annotated[Pii, typer.Option(help="What to do with what curate scan pii found: drop the rows, or redact the spans "
-                                    "([EMAIL], [PHONE], [SECRET], ...).")] = Pii.keep,
+                                    "([EMAIL], [PHONE], [SECRET], ...).")] = Pii["keep"],
     no_rescan: Annotated[bool, typer.Option(
         "--no-rescan", help="Refuse, rather than first run them, when a pass acted on (--pii, --dedup near, "
                             "--exclude-contaminated) has not seen every chat row as it is now.")] = False,
@@ -71,16 +70,18 @@ def export_command(
     The folder loads with datasets.load_dataset(FOLDER) and publishes with curate publish.
     The same store and arguments write the same bytes.
     """
+    from curate.exporter import ExportOptions, export
+
     started = time.perf_counter()
     with user_errors():
         store = open_store(db, queries, lake_uri(lake, db))
-        result = export(
-            store, source, out_dir, fmt=fmt.value, where=where, limit=limit, test_size=test_size,
-            split_by=split_by, seed=seed, dedup=dedup.value, strict=strict, license_id=license_id,
-            exclude_contaminated=exclude_contaminated, pii=pii.value, rescan=not no_rescan,
-            progress=None if as_json else lambda message: err.print(
-                f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False),
+        options = ExportOptions(
+            fmt=fmt.value, where=where, limit=limit, test_size=test_size, split_by=split_by, seed=seed,
+            dedup=dedup.value, exclude_contaminated=exclude_contaminated, pii=pii.value, strict=strict,
+            license_id=license_id, rescan=not no_rescan,
         )
+        result = export(store, source, out_dir, options, progress=None if as_json else lambda message: err.print(
+            f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False))
     if as_json:
         typer.echo(json.dumps({
             "folder": str(result.folder), "format": result.format, "counts": result.counts,
