@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from curate import ledger, spool, submissions
-from curate.store import Store
+from curate.store import ReadableStore
 
 __all__ = ["OTHER_MODELS", "STATES", "TOP_MODELS", "TOP_REASONS", "Counts", "Stats", "stats"]
 
@@ -136,7 +136,7 @@ def _view_rows(con: duckdb.DuckDBPyConnection, view: str) -> int | None:
         return None
 
 
-def stats(store: Store) -> Stats:
+def stats(store: ReadableStore) -> Stats:
     """The store's overview, read in one read-only connection."""
     with store.read() as con:
         (generations, first_dispatched, last_dispatched, first_finished, last_finished,

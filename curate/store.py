@@ -2,16 +2,23 @@
 
 DuckDB lets one process hold a file read-write, or many hold it read-only, never both
 (../shared/docs/duckdb-and-datasets.md, B.1). So nothing here keeps a connection open for long,
-and the two doors differ:
+and the two doors are two classes:
 
-* a reader (``read``, ``sql``, ``views``, ``snapshot``, ``attached``) opens read-only and never
-  changes the file: the views are temporary views of its own connection (``curate.views``), and a
-  store whose schema is behind is refused with the command that migrates it. Readers never wait for
-  readers; one waits for a writer for at most ``lock_timeout``, then says who holds the file.
-* a writer (``write``, ``session``, ``migrate``) brings the schema up to date on its first
-  connection and waits for the file as long as it takes, saying every few seconds who holds it.
-  The writers that must not wait (a listener acknowledging deliveries, a harvest polling) put
-  what they learn in the spool first (``curate.spool``) and merge it when the file is free.
+* ``ReadableStore`` is every door that only reads (``read``, ``sql``, ``arrow``, ``table``,
+  ``views``, ``snapshot``, ``unload``, ``attached``): it opens read-only and never changes the
+  file: the views are temporary views of its own connection (``curate.views``), and a store whose
+  schema is behind is refused with the command that migrates it. Readers never wait for readers;
+  one waits for a writer for at most ``lock_timeout``, then says who holds the file. Code that
+  only reads takes a ``ReadableStore``, so it reads the lake (``curate.lake.reader.LakeStore``,
+  also a ``ReadableStore``) as well as a file.
+* ``Store`` is a ``ReadableStore`` with the writers (``write``, ``session``, ``migrate``,
+  ``ingest``): a writer brings the schema up to date on its first connection and waits for the
+  file as long as it takes, saying every few seconds who holds it. The writers that must not wait
+  (a listener acknowledging deliveries, a harvest polling) put what they learn in the spool first
+  (``curate.spool``) and merge it when the file is free.
+
+A query the reading doors are given that DuckDB refuses (its SQL, its parameters, or the values it
+met) is a ``QueryError`` carrying DuckDB's message; the file is as it was.
 
 This module is only the file: the records' merge is ``curate.merge``.
 """
@@ -29,18 +36,29 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from curate import merge, migrations, views
 from curate.config import Settings
-from curate.errors import CurateError, MissingFile, NoSuchName
+from curate.errors import CurateError, MissingFile, NoSuchName, UsageError
 from curate.records import WriteCounts
 
 __all__ = [
-    "FOREVER", "Result", "Store", "StoreBehind", "StoreLocked", "ViewInfo", "WriteCounts", "WriteSession", "holder",
+    "FOREVER",
+    "QueryError",
+    "ReadableStore",
+    "Result",
+    "Store",
+    "StoreBehind",
+    "StoreLocked",
+    "StoreUnreadable",
+    "ViewInfo",
+    "WriteCounts",
+    "WriteSession",
+    "holder",
     "no_progress_bar",
 ]
 
@@ -84,6 +102,47 @@ class StoreLocked(CurateError, RuntimeError):
 
 class StoreBehind(CurateError, RuntimeError):
     """A reader found a store whose schema an older curate wrote: a writer must migrate it first."""
+
+
+class StoreUnreadable(CurateError):
+    """The store's file could not be opened for a reason other than a writer holding it: it is
+    not a DuckDB database, or not readable (DuckDB's message says which)."""
+
+
+class QueryError(UsageError):
+    """DuckDB refused a query a reading door was given: its SQL, its parameters, or a value it met.
+
+    The message is DuckDB's own ("Parser Error: syntax error at or near ..."), and the DuckDB
+    error is its ``__cause__``. Nothing was changed: the query ran read-only.
+    """
+
+    # The exit code `curate sql` has always given a query DuckDB refused (tests/test_cli.py), not
+    # UsageError's 2: scripts may test for it.
+    exit_code: ClassVar[int] = 1
+
+
+# The DuckDB errors a query itself causes, or that the user can act on: ProgrammingError is its
+# SQL or parameters (Parser, Binder, Catalog, InvalidInput: a syntax error, a missing column, view
+# or function, a write on the read-only connection, a wrong number of parameters); DataError is a
+# value it met (Conversion, OutOfRange, TypeMismatch: '1x'::int, an overflow); IOException a file
+# the query reads (read_parquet of a missing path); OutOfMemory a query too big for the memory
+# limit (CURATE_MEMORY_LIMIT); NotImplemented a feature DuckDB lacks. Internal and fatal errors
+# are DuckDB's bugs, not the user's, and stay as DuckDB raised them (a traceback).
+_QUERY_ERRORS: tuple[type[duckdb.Error], ...] = (
+    duckdb.ProgrammingError, duckdb.DataError, duckdb.IOException, duckdb.OutOfMemoryException,
+    duckdb.NotImplementedException,
+)
+
+
+@contextmanager
+def _user_query() -> Iterator[None]:
+    """Run a query the caller was given: what it got wrong becomes a ``QueryError``."""
+    try:
+        yield
+    except _QUERY_ERRORS as exc:
+        hint = (" (raise CURATE_MEMORY_LIMIT, or select fewer rows or columns)"
+                if isinstance(exc, duckdb.OutOfMemoryException) else "")
+        raise QueryError(f"{exc}{hint}") from exc
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -150,17 +209,18 @@ class ViewInfo:
     rows: int | None
 
 
-class Store:
-    """A curate store in one DuckDB file.
+class ReadableStore:
+    """A curate store in one DuckDB file, as read: every door that only reads.
 
-    ``lock_timeout`` bounds how long a reader waits for a writer to let go of the file (writers
-    wait as long as it takes); ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps
-    DuckDB's memory; ``queries`` are folders of view files added to (or overriding) the shipped
-    ones (default ``$CURATE_QUERIES``, folders separated by ``os.pathsep``), for this object's
-    connections only.
+    ``lock_timeout`` bounds how long a reader waits for a writer to let go of the file;
+    ``memory_limit`` (default ``$CURATE_MEMORY_LIMIT``, else 1GB) caps DuckDB's memory; ``queries``
+    are folders of view files added to (or overriding) the shipped ones (default
+    ``$CURATE_QUERIES``, folders separated by ``os.pathsep``), for this object's connections only.
 
-    Creating a ``Store`` changes nothing in an existing file; a path with no file yet gets a new,
-    migrated store. A broken view file does not stop reading: its error is in ``view_errors``.
+    Creating one changes nothing and creates nothing: a path with no file yet is a store to read
+    once a writer has made it (``Store`` makes it). A broken view file does not stop reading: its
+    error is in ``view_errors``. Code that only reads takes this type, so that it reads the lake
+    (``curate.lake.reader.LakeStore``) as well as a ``Store``.
     """
 
     def __init__(
@@ -180,12 +240,9 @@ class Store:
         if self.path.parent and not self.path.parent.exists():
             raise MissingFile(f"{self.path}: the folder {self.path.parent} does not exist")
         self._views = views.load([views.QUERIES_DIR, *self.queries])
-        self._migrated = False
-        if not self.path.exists():
-            self.migrate()  # a new file: nobody can be reading it yet
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     @property
     def label(self) -> str:
@@ -194,11 +251,17 @@ class Store:
 
     @property
     def spool_dir(self) -> Path:
-        """Where writers make what they learn durable before it is merged (``curate.spool``)."""
+        """Where the store's writers make what they learn durable before it is merged (``curate.spool``).
+
+        Here, not on ``Store`` alone: a reader reports what waits there (``curate stats``).
+        """
         real = self.path.resolve()  # one spool per file, whatever path or link named it
         return real.with_name(real.name + ".spool")
 
     def _connect(self, *, read_only: bool, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+        """A connection to the file. Read-write is for ``Store``'s writers and for a subclass's own
+        private file (``LakeStore`` builds one); every reading door opens read-only."""
+
         def connect() -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(self.path), read_only=read_only, config={"memory_limit": self.memory_limit})
             no_progress_bar(con)
@@ -220,8 +283,8 @@ class Store:
             try:
                 return opening()
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                if not _is_lock_error(exc):
-                    raise
+                if not _is_lock_error(exc):  # not a DuckDB file, a folder, no permission, a full disk
+                    raise StoreUnreadable(f"{self.path}: {exc}") from exc
                 now = time.monotonic()
                 if wait is not None and now - started >= wait:
                     if reader:
@@ -262,6 +325,137 @@ class Store:
         finally:
             con.execute(f'detach "{alias}"')
 
+    def _prepare_reader(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a store whose schema is behind, then create the views in ``con`` alone."""
+        behind = migrations.pending(con)
+        if behind:
+            raise StoreBehind(
+                f"{self.path} was written by an older curate and lacks {len(behind)} schema "
+                f"migration(s) ({', '.join(m.__name__ for m in behind)}): run `curate migrate --db "
+                f"{self.path}` (or any writer: import, harvest, listen, submit) to apply them."
+            )
+        self.view_errors = views.install(con, self._views)
+
+    def view_files(self) -> list[views.View]:
+        """The view files in force: the shipped ones, then the ``queries`` folders' (later wins)."""
+        return list(self._views)
+
+    @contextmanager
+    def read(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection with the views, closed on exit. Changes nothing in the file.
+
+        Waits for a writer to let go for ``wait`` seconds (default ``lock_timeout``), then
+        ``StoreLocked``; never for another reader. ``wait=FOREVER`` waits as long as it takes,
+        saying who holds the file, for reads that are a step of a writer's work. What the
+        connection's queries raise is DuckDB's own: the caller ran them.
+        """
+        if not self.path.exists():
+            raise MissingFile(f"{self.path}: no store here (a writer such as curate import creates one)")
+        con = self._connect(read_only=True, wait=wait)
+        try:
+            self._prepare_reader(con)
+            yield con
+        finally:
+            con.close()
+
+    def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """Run one read-only query and return its rows as an Arrow table (``QueryError`` if DuckDB refuses it)."""
+        with self.read() as con, _user_query():
+            return con.sql(sql, params=params).to_arrow_table()
+
+    query = arrow  # the name ``arrow`` had before; ``sql`` is the one that returns a ``Result``
+
+    def unload(self, sql: str, path: str | os.PathLike[str], *, row_group_rows: int = 5000) -> int:
+        """Copy the rows of ``sql`` (which may read the views) to the Parquet file ``path``, and let go.
+
+        For a pass that computes in Python: the store is held read-only for the copy alone, which
+        DuckDB does by itself; the pass then reads ``path`` (``pyarrow.parquet.ParquetFile``) one
+        row group of ``row_group_rows`` rows at a time with nothing held, so its memory does not
+        grow with the store. Rows keep the query's order. Returns the number of rows written.
+        ``QueryError`` if DuckDB refuses ``sql``.
+        """
+        quoted = "'" + str(path).replace("'", "''") + "'"
+        with self.read(wait=FOREVER) as con, _user_query():  # a pass's first step: it then writes, and writers wait
+            ((written,),) = con.execute(
+                f"copy ({sql}) to {quoted} (format parquet, compression zstd, row_group_size {int(row_group_rows)})"
+            ).fetchall()
+        return int(written)
+
+    def scratch(self) -> tempfile.TemporaryDirectory[str]:
+        """A temporary folder beside the store, removed on exit, for the files of ``unload``.
+
+        Beside the store rather than in the system's temporary folder: what is unloaded can be as
+        large as the store's messages, and /tmp is often a small in-memory file system.
+        """
+        return tempfile.TemporaryDirectory(prefix=f".{self.path.name}.", suffix=".unload", dir=self.path.parent)
+
+    # -- the analyst's API: each call opens read-only, fetches, and lets go -----------------
+
+    def sql(self, sql: str, params: list[Any] | None = None) -> Result:
+        """Run one read-only query; ``.df()``, ``.pl()`` or ``.arrow()`` the result (``QueryError`` if refused)."""
+        return Result(self.arrow(sql, params))
+
+    def table(self, name: str) -> Result:
+        """Every row of a view or table (``db.table("chat")``); ``QueryError`` if there is none."""
+        return self.sql(f'select * from "{name.replace(chr(34), chr(34) * 2)}"')
+
+    def views(self, *, count: bool = True) -> list[ViewInfo]:
+        """The views, with what one row is and (``count``) how many rows each has now."""
+        files = self.view_files()
+        if not count:
+            return [ViewInfo(v.name, v.description, v.path, None) for v in files]
+        with self.read() as con:
+            described = views.describe(con, files)
+        return [ViewInfo(v.name, d, v.path, rows) for v, (_, d, rows) in zip(files, described, strict=True)]
+
+    def snapshot(self, folder: str | os.PathLike[str], names: Sequence[str] | None = None) -> list[Path]:
+        """Write views (default: every one) as ``FOLDER/NAME.parquet``, to read with no lock at all.
+
+        For long notebook sessions: read the files with pandas, polars or DuckDB while harvests
+        and listeners keep writing the store. Each file is written aside and renamed into place,
+        so a reader sees the old snapshot or the new one, never half of one. ``NoSuchName`` for a
+        view that is not there; ``QueryError`` if DuckDB refuses a view's query as it runs.
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        wanted = list(names) if names is not None else [v.name for v in self.view_files()]
+        written = []
+        with self.read() as con:
+            present = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
+            for name in wanted:
+                if name not in present:
+                    raise NoSuchName(f"{name}: no such view in {self.path}")
+                target = out / f"{name}.parquet"
+                partial = out / f".{name}.parquet.partial"
+                quoted = str(partial).replace("'", "''")
+                with _user_query():
+                    con.execute(f"copy (select * from \"{name}\") to '{quoted}' (format parquet, compression zstd)")
+                os.replace(partial, target)
+                written.append(target)
+        return written
+
+
+class Store(ReadableStore):
+    """A curate store in one DuckDB file, read (``ReadableStore``) and written.
+
+    Writers wait for the file as long as it takes (``lock_timeout`` bounds only the readers).
+    Creating a ``Store`` changes nothing in an existing file; a path with no file yet gets a new,
+    migrated store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 30.0,
+        memory_limit: str | None = None,
+        queries: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> None:
+        super().__init__(path, lock_timeout=lock_timeout, memory_limit=memory_limit, queries=queries)
+        self._migrated = False
+        if not self.path.exists():
+            self.migrate()  # a new file: nobody can be reading it yet
+
     def migrate(self) -> list[str]:
         """Apply pending migrations (creating the file if need be); return the migrations that ran.
 
@@ -278,21 +472,6 @@ class Store:
         applied = migrations.apply(con)
         self._migrated = True
         return applied
-
-    def _prepare_reader(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Refuse a store whose schema is behind, then create the views in ``con`` alone."""
-        behind = migrations.pending(con)
-        if behind:
-            raise StoreBehind(
-                f"{self.path} was written by an older curate and lacks {len(behind)} schema "
-                f"migration(s) ({', '.join(m.__name__ for m in behind)}): run `curate migrate --db "
-                f"{self.path}` (or any writer: import, harvest, listen, submit) to apply them."
-            )
-        self.view_errors = views.install(con, self._views)
-
-    def view_files(self) -> list[views.View]:
-        """The view files in force: the shipped ones, then the ``queries`` folders' (later wins)."""
-        return list(self._views)
 
     @contextmanager
     def write(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -328,23 +507,6 @@ class Store:
         """
         return WriteSession(self)
 
-    @contextmanager
-    def read(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection with the views, closed on exit. Changes nothing in the file.
-
-        Waits for a writer to let go for ``wait`` seconds (default ``lock_timeout``), then
-        ``StoreLocked``; never for another reader. ``wait=FOREVER`` waits as long as it takes,
-        saying who holds the file, for reads that are a step of a writer's work.
-        """
-        if not self.path.exists():
-            raise MissingFile(f"{self.path}: no store here (a writer such as curate import creates one)")
-        con = self._connect(read_only=True, wait=wait)
-        try:
-            self._prepare_reader(con)
-            yield con
-        finally:
-            con.close()
-
     def ingest(self, batch: pa.Table, *, source: str) -> WriteCounts:
         """Store one batch of raw records in one transaction.
 
@@ -359,79 +521,6 @@ class Store:
         """Store raw records (HTTP bodies, say), numbered from 1 in the order given."""
         with self.write() as con:
             return merge.ingest_texts(con, texts, source=source)
-
-    def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
-        """Run one read-only query and return its rows as an Arrow table."""
-        with self.read() as con:
-            return con.sql(sql, params=params).to_arrow_table()
-
-    query = arrow  # the name ``arrow`` had before; ``sql`` is the one that returns a ``Result``
-
-    def unload(self, sql: str, path: str | os.PathLike[str], *, row_group_rows: int = 5000) -> int:
-        """Copy the rows of ``sql`` (which may read the views) to the Parquet file ``path``, and let go.
-
-        For a pass that computes in Python: the store is held read-only for the copy alone, which
-        DuckDB does by itself; the pass then reads ``path`` (``pyarrow.parquet.ParquetFile``) one
-        row group of ``row_group_rows`` rows at a time with nothing held, so its memory does not
-        grow with the store. Rows keep the query's order. Returns the number of rows written.
-        """
-        quoted = "'" + str(path).replace("'", "''") + "'"
-        with self.read(wait=FOREVER) as con:  # a pass's first step: it then writes, and writers wait
-            ((written,),) = con.execute(
-                f"copy ({sql}) to {quoted} (format parquet, compression zstd, row_group_size {int(row_group_rows)})"
-            ).fetchall()
-        return int(written)
-
-    def scratch(self) -> tempfile.TemporaryDirectory[str]:
-        """A temporary folder beside the store, removed on exit, for the files of ``unload``.
-
-        Beside the store rather than in the system's temporary folder: what is unloaded can be as
-        large as the store's messages, and /tmp is often a small in-memory file system.
-        """
-        return tempfile.TemporaryDirectory(prefix=f".{self.path.name}.", suffix=".unload", dir=self.path.parent)
-
-    # -- the analyst's API: each call opens read-only, fetches, and lets go -----------------
-
-    def sql(self, sql: str, params: list[Any] | None = None) -> Result:
-        """Run one read-only query; ``.df()``, ``.pl()`` or ``.arrow()`` the result."""
-        return Result(self.arrow(sql, params))
-
-    def table(self, name: str) -> Result:
-        """Every row of a view or table (``db.table("chat")``)."""
-        return self.sql(f'select * from "{name.replace(chr(34), chr(34) * 2)}"')
-
-    def views(self, *, count: bool = True) -> list[ViewInfo]:
-        """The views, with what one row is and (``count``) how many rows each has now."""
-        files = self.view_files()
-        if not count:
-            return [ViewInfo(v.name, v.description, v.path, None) for v in files]
-        with self.read() as con:
-            described = views.describe(con, files)
-        return [ViewInfo(v.name, d, v.path, rows) for v, (_, d, rows) in zip(files, described, strict=True)]
-
-    def snapshot(self, folder: str | os.PathLike[str], names: Sequence[str] | None = None) -> list[Path]:
-        """Write views (default: every one) as ``FOLDER/NAME.parquet``, to read with no lock at all.
-
-        For long notebook sessions: read the files with pandas, polars or DuckDB while harvests
-        and listeners keep writing the store. Each file is written aside and renamed into place,
-        so a reader sees the old snapshot or the new one, never half of one.
-        """
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        wanted = list(names) if names is not None else [v.name for v in self.view_files()]
-        written = []
-        with self.read() as con:
-            present = {r[0] for r in con.execute("select view_name from duckdb_views() where not internal").fetchall()}
-            for name in wanted:
-                if name not in present:
-                    raise NoSuchName(f"{name}: no such view in {self.path}")
-                target = out / f"{name}.parquet"
-                partial = out / f".{name}.parquet.partial"
-                quoted = str(partial).replace("'", "''")
-                con.execute(f"copy (select * from \"{name}\") to '{quoted}' (format parquet, compression zstd)")
-                os.replace(partial, target)
-                written.append(target)
-        return written
 
 
 class WriteSession:

@@ -12,20 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, overload
 
-import duckdb
-import httpx
-import pyarrow as pa
-import pyarrow.csv as pa_csv
+import click
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from curate.config import Settings
 from curate.errors import CurateError
-from curate.lake import reader as lake_reader
-from curate.store import Store
+
+# Every command imports this module, `curate --help` and `curate version` too: the stages and the
+# libraries they need (duckdb, pyarrow, pydantic, httpx) are imported by the functions that use them.
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from curate.config import Settings
+    from curate.store import ReadableStore, Store
 
 __all__ = [
     "DbOption", "LakeOption", "OutputFormat", "QueriesOption", "app", "err", "lake_uri", "lock_timeout", "open_api",
@@ -70,6 +71,8 @@ def lake_uri(lake: str | None, db: Path | None = None) -> str | None:
         return lake
     if db is not None:
         return None
+    from curate.config import Settings
+
     return Settings.from_env().lake
 
 
@@ -79,7 +82,7 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
-_opened: list[Store] = []  # the stores open_store gave out, whose broken views are yet to be told
+_opened: list[ReadableStore] = []  # the stores open_store gave out, whose broken views are yet to be told
 
 
 def _warn_view_errors() -> None:
@@ -107,11 +110,13 @@ def user_errors() -> Iterator[None]:
     except CurateError as exc:  # each says its own exit code (curate.errors)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    # Not yet CurateErrors: a query DuckDB refused, a network failure the client did not wrap.
-    # Each should become one where it is raised (issue 18).
-    except (duckdb.Error, httpx.HTTPError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # typer's own ways out: an exit code a command chose, a bad option
+    except Exception:
+        # Not an error a user can act on, so not one line: the traceback is what a fix needs.
+        typer.echo("curate stopped on an error it did not expect, a bug in curate or in a library it uses; "
+                   "the traceback follows. Please report it with the command you ran.", err=True)
+        raise
 
 
 QueriesOption = Annotated[
@@ -125,19 +130,39 @@ QueriesOption = Annotated[
 ]
 
 
-def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | None = None) -> Store:
-    """The store (or with ``lake``, the lake read as one).
+@overload
+def open_store(db: Path | None, queries: list[Path] | None = None, lake: None = None) -> Store: ...
+
+
+@overload
+def open_store(db: Path | None, queries: list[Path] | None, lake: str | None) -> ReadableStore: ...
+
+
+def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | None = None) -> ReadableStore:
+    """The store (or with ``lake``, the lake read as one, which only reads: a ``ReadableStore``).
 
     Any view file that fails to create when the store is read is reported on stderr as the
     enclosing ``user_errors`` block ends.
     """
-    store = lake_reader.open_store(db, lake=lake or None, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
+    store: ReadableStore
+    if not lake:  # what lake_reader.open_store does for a file, without importing the lake's modules
+        from curate.config import Settings
+        from curate.store import Store
+
+        store = Store(Settings.from_env(db=db).db, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
+    else:
+        from curate.lake import reader as lake_reader
+
+        store = lake_reader.open_store(db, lake=lake, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
     _opened.append(store)
     return store
 
 
 def open_api(db: Path | None) -> tuple[Settings, Store]:
     """Settings with an API key (or MissingApiKey, exit 2) and the store, for API commands."""
+    from curate.config import Settings
+    from curate.store import Store
+
     settings = Settings.from_env(db=db)
     settings.require_api_key()
     return settings, Store(settings.db, lock_timeout=lock_timeout())
@@ -145,17 +170,23 @@ def open_api(db: Path | None) -> tuple[Settings, Store]:
 
 def lock_timeout() -> float:
     """How long a command's reader waits for another process to let go of the store."""
+    from curate.config import Settings
+
     return Settings.from_env().lock_timeout
 
 
 def print_table(result: pa.Table, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.csv:
+        import pyarrow.csv as pa_csv
+
         pa_csv.write_csv(result, sys.stdout.buffer)
         return
     rows = result.to_pylist()
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str, indent=None) + "\n")
         return
+    from rich.table import Table
+
     table = Table(*result.column_names)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row.values()))

@@ -1,14 +1,16 @@
 """Reading the lake as a store: every view, query, snapshot and export, on the Iceberg table.
 
-``LakeStore`` is a ``Store`` whose DuckDB file is private to this process and holds no data:
+``LakeStore`` is a ``ReadableStore`` (``curate.store``) whose DuckDB file is private to this
+process and holds no data:
 the schema's tables (empty) and, in place of the ``generation_rows`` table, a view over the
 Parquet files of the lake's current snapshot (planned by pyiceberg) that keeps one row per id,
 the one ``lake.DEDUP_ORDER`` prefers. The shipped views and the user's own then run unchanged,
 made by each read as temporary views of its own connection, as for any store.
 Each read checks the lake's current snapshot first and re-plans when writers have committed since.
 
-The lake is read-only here: the curation passes, which write their findings into the store,
-run on a local store, which ``pull`` fills with the lake's generations.
+The lake is read-only here: a ``LakeStore`` has none of ``Store``'s writers, and what takes a
+``Store`` refuses it. The curation passes, which write their findings into the store, run on a
+local store, which ``pull`` fills with the lake's generations.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self, overload
 
 import duckdb
 import pyarrow as pa
@@ -32,7 +34,7 @@ from curate.config import Settings
 from curate.importer import ImportSummary
 from curate.lake.table import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
-from curate.store import Store, WriteSession
+from curate.store import ReadableStore, Store
 
 __all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "open_store", "pull"]
 
@@ -40,8 +42,15 @@ _EMPTY = "_lake_empty_rows"
 _UNPLANNED = object()
 
 
-class LakeReadOnly(LakeError):
-    """A write was asked of the lake's read view."""
+class LakeReadOnly(LakeError, AttributeError):
+    """A write was asked of the lake's read view: one of ``Store``'s writers, which it has not.
+
+    Still an AttributeError, which is what it is: ``hasattr(lake, "write")`` is False.
+    """
+
+
+# What ``Store`` adds to ``ReadableStore``: the writers a ``LakeStore`` has not.
+_WRITERS = frozenset(name for name in dir(Store) if not hasattr(ReadableStore, name))
 
 
 def lake_rows_view_sql(files: Sequence[str]) -> str:
@@ -65,7 +74,7 @@ def lake_rows_view_sql(files: Sequence[str]) -> str:
     )
 
 
-class LakeStore(Store):
+class LakeStore(ReadableStore):
     """The lake, read through DuckDB with the store's views (``curate.open(lake=...)``)."""
 
     def __init__(
@@ -92,14 +101,11 @@ class LakeStore(Store):
     def label(self) -> str:
         return f"lake {self.lake.config.identity}"
 
-    def migrate(self) -> list[str]:
-        """Nothing to do: the private file is made at the current schema when the ``LakeStore`` is."""
-        return []
-
     def _build(self) -> None:
         """The private file: the schema's tables, empty, and ``generation_rows`` as the lake's rows.
 
-        The views are made by each read, as temporary views of its connection (``Store.read``).
+        Made at the current schema, so it never needs migrating. The views are made by each read,
+        as temporary views of its connection (``ReadableStore.read``).
         """
         con = self._connect(read_only=False)
         try:
@@ -109,7 +115,6 @@ class LakeStore(Store):
             self._plan(con)
         finally:
             con.close()
-        self._migrated = True
 
     def _plan(self, con: duckdb.DuckDBPyConnection) -> None:
         snapshot, files = self.lake.plan()
@@ -140,19 +145,20 @@ class LakeStore(Store):
         with super().attached(con, alias) as name:
             yield name
 
-    def _refuse(self) -> NoReturn:
-        raise LakeReadOnly(
-            f"{self.label} is read-only here: write to a local store with --db and push with --lake "
-            "(curate import/harvest/listen --lake), and run curation passes on a local store"
-        )
+    # Hidden from mypy: a __getattr__ it saw would make any name of a LakeStore type-check, and to
+    # mypy a LakeStore has no writers at all.
+    if not TYPE_CHECKING:
 
-    @contextmanager
-    def write(self, *, wait: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        self._refuse()
-        yield  # pragma: no cover
-
-    def session(self) -> WriteSession:
-        self._refuse()
+        def __getattr__(self, name: str) -> NoReturn:
+            # Only for names nothing else defines. A notebook that hands the lake to a writer
+            # (curate.import_files(lake, ...)) learns where to write instead of reading
+            # "'LakeStore' object has no attribute 'write'".
+            if name in _WRITERS:
+                raise LakeReadOnly(
+                    f"{self.label} is read-only here: write to a local store with --db and push with --lake "
+                    "(curate import/harvest/listen --lake), and run curation passes on a local store"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
     def close(self) -> None:
         """Let go of the catalog's connections and remove the private file."""
@@ -185,18 +191,49 @@ def pull(lake: Lake | LakeConfig | str, store: Store, *, batch_rows: int = 50_00
     return summary
 
 
+@overload
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    lake: None = None,
+    queries: list[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> Store: ...
+
+
+@overload
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    lake: str | os.PathLike[str],
+    queries: list[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> LakeStore: ...
+
+
+@overload
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    lake: str | os.PathLike[str] | None,
+    queries: list[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> ReadableStore: ...
+
+
 def open_store(
     path: str | os.PathLike[str] | None = None,
     *,
     lake: str | os.PathLike[str] | None = None,
     queries: list[str | os.PathLike[str]] | None = None,
     lock_timeout: float = 30.0,
-) -> Store:
+) -> ReadableStore:
     """The store at ``path``, else ``$CURATE_DB``: a new one if there is no file, else the file untouched.
 
     ``lake``: read an Iceberg lake instead (a folder, or ``postgresql://...?warehouse=DIR``; see
     ``curate.lake.table.LakeConfig``): the same views and exports, on one row per generation id.
     ``queries``: folders of your own view files (default ``$CURATE_QUERIES``).
+    Without ``lake`` it is a ``Store``, to write as well as read; with one, a ``LakeStore``, to read.
     """
     if lake is not None:
         return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
