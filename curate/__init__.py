@@ -26,31 +26,74 @@ in each reading connection. A store an older curate wrote is refused until a wri
 
 from __future__ import annotations
 
-from curate._version import __version__
-from curate.api_types import GenerationForClient, WebhookEnvelope
-from curate.client import InferenceClient
-from curate.config import MissingApiKey, Settings
-from curate.errors import CurateError, UsageError
-from curate.exporter import ExportError, ExportSummary, export
-from curate.harvester import HarvestSummary, harvest
-from curate.importer import ImportSummary, import_file, import_files
-from curate.lake.reader import open_store as open  # the notebook's front door: a store, or the lake read as one
-from curate.publisher import PublishError, PublishSummary, publish
-from curate.records import WriteCounts
-from curate.store import Result, Store, StoreBehind, StoreLocked, ViewInfo
-from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
-from curate.views import ViewError
+import typing as _typing
 
-# The names these had before the result types were named by one rule (<Operation>Summary).
-ExportResult = ExportSummary
-PublishResult = PublishSummary
+from curate._version import __version__
+
+if _typing.TYPE_CHECKING:  # what mypy and editors see; at run time each name is imported on first use (__getattr__)
+    from curate.client import InferenceClient
+    from curate.config import MissingApiKey, Settings
+    from curate.errors import CurateError, UsageError
+    from curate.exporter import ExportError, ExportOptions, ExportSummary, export
+    from curate.harvester import HarvestSummary, harvest
+    from curate.importer import ImportSummary, import_file, import_files
+    from curate.lake.reader import open_store as open  # the notebook's front door: a store, or the lake read as one
+    from curate.publisher import PublishError, PublishSummary, publish
+    from curate.records import WriteCounts
+    from curate.store import QueryError, ReadableStore, Result, Store, StoreBehind, StoreLocked, ViewInfo
+    from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
+    from curate.views import ViewError
+
+    # The names these had before the result types were named by one rule (<Operation>Summary).
+    ExportResult = ExportSummary
+    PublishResult = PublishSummary
+
+# Each public name: the module it lives in, and its name there. `import curate` (and so every
+# `curate` command, which imports curate.cli inside this package) loads none of the stages until
+# a name is used: the exporter alone brings pyarrow and numpy, the client httpx
+# (tests/test_imports.py; docs/benchmarks.md, "CLI start-up").
+_LAZY: dict[str, tuple[str, str]] = {
+    "CurateError": ("curate.errors", "CurateError"),
+    "ExportError": ("curate.exporter", "ExportError"),
+    "ExportOptions": ("curate.exporter", "ExportOptions"),
+    "ExportResult": ("curate.exporter", "ExportSummary"),
+    "ExportSummary": ("curate.exporter", "ExportSummary"),
+    "HarvestSummary": ("curate.harvester", "HarvestSummary"),
+    "ImportSummary": ("curate.importer", "ImportSummary"),
+    "InferenceClient": ("curate.client", "InferenceClient"),
+    "InvalidRequests": ("curate.submit", "InvalidRequests"),
+    "MissingApiKey": ("curate.config", "MissingApiKey"),
+    "PublishError": ("curate.publisher", "PublishError"),
+    "PublishResult": ("curate.publisher", "PublishSummary"),
+    "PublishSummary": ("curate.publisher", "PublishSummary"),
+    "QueryError": ("curate.store", "QueryError"),
+    "ReadableStore": ("curate.store", "ReadableStore"),
+    "Result": ("curate.store", "Result"),
+    "Settings": ("curate.config", "Settings"),
+    "Store": ("curate.store", "Store"),
+    "StoreBehind": ("curate.store", "StoreBehind"),
+    "StoreLocked": ("curate.store", "StoreLocked"),
+    "SubmitOptions": ("curate.submit", "SubmitOptions"),
+    "SubmitSummary": ("curate.submit", "SubmitSummary"),
+    "UsageError": ("curate.errors", "UsageError"),
+    "ViewError": ("curate.views", "ViewError"),
+    "ViewInfo": ("curate.store", "ViewInfo"),
+    "WriteCounts": ("curate.records", "WriteCounts"),
+    "export": ("curate.exporter", "export"),
+    "harvest": ("curate.harvester", "harvest"),
+    "import_file": ("curate.importer", "import_file"),
+    "import_files": ("curate.importer", "import_files"),
+    "open": ("curate.lake.reader", "open_store"),
+    "publish": ("curate.publisher", "publish"),
+    "submit_file": ("curate.submit", "submit_file"),
+}
 
 __all__ = [
     "CurateError",
     "ExportError",
+    "ExportOptions",
     "ExportResult",
     "ExportSummary",
-    "GenerationForClient",
     "HarvestSummary",
     "ImportSummary",
     "InferenceClient",
@@ -59,6 +102,8 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "PublishSummary",
+    "QueryError",
+    "ReadableStore",
     "Result",
     "Settings",
     "Store",
@@ -69,7 +114,6 @@ __all__ = [
     "UsageError",
     "ViewError",
     "ViewInfo",
-    "WebhookEnvelope",
     "WriteCounts",
     "__version__",
     "export",
@@ -80,3 +124,22 @@ __all__ = [
     "publish",
     "submit_file",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """A public name, imported from its module the first time it is used (PEP 562)."""
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        # Not a public name: `from curate import ledger` then imports the submodule.
+        raise AttributeError(f"module 'curate' has no attribute {name!r}") from None
+    from importlib import import_module
+
+    value = getattr(import_module(module_name), attribute)
+    globals()[name] = value  # later uses find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names whether or not they have been used yet, and what the module holds."""
+    return sorted(set(globals()) | set(__all__))

@@ -1,22 +1,97 @@
-"""The house's imports: the command line starts without the heavy libraries its other commands use."""
+"""The house's imports: the command line starts without the heavy libraries its other commands use.
+
+Every ``curate`` command imports ``curate`` (the package facade) and ``curate.cli``, so neither may
+import a stage: each command imports what it runs (docs/benchmarks.md, "CLI start-up").
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("huggingface_hub", "datasets", "pyiceberg", "rensa", "starlette")
+# What the command line once imported as it started, and imports now only in the commands that use it.
+LAZY = ("duckdb", "pyarrow", "numpy", "httpx", "pydantic", "tenacity", "yaml", "asyncio")
+# curate's modules a bare `import curate` or `import curate.cli` may load: no stage.
+LIGHT = ("curate", "curate._version", "curate.errors")
+
+
+def _fresh(code: str) -> object:
+    """What ``code`` prints as JSON, run in a fresh interpreter (this one has long imported everything)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
 
 
 def test_importing_the_command_line_loads_none_of_the_heavy_libraries() -> None:
-    # A fresh interpreter: this test process has long imported them all.
-    done = subprocess.run(
-        [sys.executable, "-c",
-         f"import sys, json, curate.cli; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"],
-        capture_output=True, text=True, timeout=60, check=True,
+    assert _fresh(f"import sys, json, curate.cli; print(json.dumps([m for m in {HEAVY + LAZY!r} if m in sys.modules]))") == []
+
+
+def test_importing_the_command_line_loads_no_stage() -> None:
+    loaded = _fresh("import sys, json, curate.cli; print(json.dumps(sorted(sys.modules)))")
+    assert isinstance(loaded, list)
+    assert [m for m in loaded if m.startswith("curate") and not m.startswith("curate.cli") and m not in LIGHT] == []
+
+
+def test_import_curate_alone_loads_no_stage_until_a_name_is_used() -> None:
+    loaded = _fresh(
+        "import sys, json, curate; before = sorted(m for m in sys.modules if m.startswith('curate')); "
+        f"heavy = [m for m in {HEAVY + LAZY!r} if m in sys.modules]; curate.Store; "
+        "print(json.dumps([before, heavy, 'curate.store' in sys.modules, 'curate.exporter' in sys.modules]))"
     )
-    assert json.loads(done.stdout) == []
+    assert loaded == [["curate", "curate._version"], [], True, False]
+
+
+def test_every_public_name_of_the_facade_resolves() -> None:
+    import curate
+    from curate import exporter, publisher
+    from curate.lake import reader
+
+    assert len(set(curate.__all__)) == len(curate.__all__)
+    assert set(curate.__all__) == {"__version__", *curate._LAZY}  # no name left out of either list
+    for name in curate.__all__:
+        assert getattr(curate, name) is not None, name
+    assert set(curate.__all__) <= set(dir(curate))
+    assert curate.open is reader.open_store
+    assert curate.ExportResult is curate.ExportSummary is exporter.ExportSummary
+    assert curate.PublishResult is curate.PublishSummary is publisher.PublishSummary
+    assert curate.export is exporter.export
+    # A submodule is still a submodule, and a name that is neither is an AttributeError.
+    from curate import ledger
+
+    assert ledger.__name__ == "curate.ledger"
+    try:
+        curate.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("curate.no_such_name resolved")
+
+
+def test_the_command_lines_copies_of_stage_constants_agree() -> None:
+    # --help shows these, so the command line keeps copies rather than import their stages.
+    from curate import decontaminate, formats, submissions
+    from curate.cli import api_commands, decontaminate_commands, export_commands
+
+    assert api_commands.SUBMISSION_STATES == submissions.STATES
+    assert export_commands.EXPORT_FORMATS == formats.FORMATS
+    assert decontaminate_commands.DEFAULT_NGRAM == decontaminate.DEFAULT_NGRAM
+
+
+def test_curate_sql_on_a_store_file_loads_no_lake_export_or_api_module(tmp_path: Path) -> None:
+    code = (
+        "import sys, json\n"
+        f"sys.argv = ['curate', 'sql', '--db', {str(tmp_path / 'store.duckdb')!r}, '--format', 'json', 'select 1 as one']\n"
+        "from curate.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(json.dumps([m for m in sys.modules if m.startswith(('curate.lake', 'curate.exporter', 'curate.client', "
+        "'curate.importer', 'httpx', 'tenacity', 'pyiceberg'))]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    first, last = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert json.loads(first) == [{"one": 1}]
+    assert json.loads(last) == []
 
 
 def test_no_module_of_curate_imports_the_package_facade() -> None:

@@ -3,28 +3,27 @@ its lines), ``curate harvest``, ``curate fetch``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from curate import submissions
 from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_api, open_store, out, user_errors
-from curate.client import Fetched, InferenceClient
-from curate.config import Settings
-from curate.harvester import HarvestSummary, harvest
-from curate.lake.table import LakePusher
-from curate.records import WriteCounts
-from curate.store import FOREVER
-from curate.submit import SubmitOptions, submit_file
+
+if TYPE_CHECKING:
+    from curate.client import Fetched
+    from curate.config import Settings
+    from curate.harvester import HarvestSummary
 
 __all__ = ["fetch_command", "harvest_command", "submissions_command", "submit_command"]
+
+# curate.submissions.STATES, for --help without importing duckdb and pyarrow (tests/test_imports.py
+# checks that the two agree).
+SUBMISSION_STATES = ("claimed", "sending", "submitted", "uncertain", "failed")
 
 
 def fetch_command(
@@ -32,6 +31,10 @@ def fetch_command(
     db: DbOption = None,
 ) -> None:
     """Fetch generations by id from inference.net once and store them (needs INFERENCE_API_KEY)."""
+    import asyncio
+
+    from curate.records import WriteCounts
+
     with user_errors():
         settings, store = open_api(db)
         fetched = asyncio.run(_fetch_all(settings, generation_ids))
@@ -68,6 +71,8 @@ def submit_command(
     lines are uncertain or failed (`curate submissions` lists them) or reuse a custom_id sent
     before with another request; 2 the file or an option is wrong (nothing was sent).
     """
+    from curate.submit import SubmitOptions, submit_file
+
     with user_errors():
         settings, store = open_api(db)
         options = SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm, concurrency=concurrency,
@@ -104,11 +109,14 @@ def submissions_command(
     db: DbOption = None,
     state: Annotated[
         list[str] | None,
-        typer.Option(help=f"Only lines in this state ({', '.join(submissions.STATES)}); repeatable."),
+        typer.Option(help=f"Only lines in this state ({', '.join(SUBMISSION_STATES)}); repeatable."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line.")] = False,
 ) -> None:
     """List submitted request lines by state, with the file and line they came from and why."""
+    from curate import submissions
+    from curate.store import FOREVER
+
     with user_errors():
         store = open_store(db)
         with store.read(wait=FOREVER) as con:
@@ -139,6 +147,11 @@ def harvest_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Fetch every generation the ledger waits for, until all are done (groups with one GET each)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from curate.harvester import harvest
+    from curate.lake.table import LakePusher
+
     with user_errors():
         settings, store = open_api(db)
         with Progress(
@@ -175,5 +188,7 @@ def harvest_command(
 
 
 async def _fetch_all(settings: Settings, generation_ids: list[str]) -> list[Fetched]:
+    from curate.client import InferenceClient
+
     async with InferenceClient(settings) as client:
         return [await client.get_generation(generation_id) for generation_id in generation_ids]

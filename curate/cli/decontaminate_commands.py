@@ -10,9 +10,12 @@ import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
-from curate.decontaminate import DEFAULT_NGRAM, decontaminate
 
 __all__ = ["decontaminate_command"]
+
+# curate.decontaminate.DEFAULT_NGRAM, for --help without importing duckdb and pyarrow
+# (tests/test_imports.py checks that the two agree).
+DEFAULT_NGRAM = 13
 
 
 def decontaminate_command(
@@ -35,6 +38,8 @@ def decontaminate_command(
     changed rows); when its items, --ngram or --min-shared change, every row is checked again and
     the set's rows replaced. The generations are never modified.
     """
+    from curate.decontaminate import decontaminate
+
     with user_errors():
         try:
             result = decontaminate(open_store(db, queries), eval_files, ngram=ngram, min_shared=min_shared, full=full)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, LakeOption, err, lake_uri, open_store, out, user_errors
-from curate.lake.table import Lake, LakeError, masked, push
+
+if TYPE_CHECKING:
+    from curate.lake.table import Lake
 
 __all__ = ["lake_app"]
 
@@ -26,6 +28,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 
 
 def _require(lake: str | None) -> str:
+    from curate.lake.table import LakeError
+
     uri = lake_uri(lake)
     if not uri:
         raise LakeError("give --lake (or set CURATE_LAKE): a folder, or postgresql://USER@HOST/DB?warehouse=DIR")
@@ -48,6 +52,8 @@ def push_command(
     harvest, listen and import push by themselves with --lake; this sends what a stopped or
     killed writer left, and settles its unfinished commits (found in the lake, or sent again).
     """
+    from curate.lake.table import push
+
     with user_errors():
         uri = _require(lake)
         summary = push(open_store(db), uri, batch_rows=batch_rows)
@@ -127,6 +133,8 @@ def maintain_command(
 @lake_app.command("info")
 def info_command(lake: LakeOption = None, as_json: JsonOption = False) -> None:
     """The lake's table: snapshots, data files, rows (copies included) and bytes."""
+    from curate.lake.table import Lake
+
     with user_errors():
         handle = Lake(_require(lake))
         try:
@@ -145,6 +153,8 @@ def info_command(lake: LakeOption = None, as_json: JsonOption = False) -> None:
 
 
 def _info(handle: Lake) -> dict[str, object]:
+    from curate.lake.table import masked
+
     table = handle.load()
     if table is None:
         return {"table": handle.config.table, "snapshots": 0, "data_files": 0, "rows": 0, "bytes": 0}

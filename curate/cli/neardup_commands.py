@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
-from curate.neardup import near_duplicates
 
 __all__ = ["dedup_app"]
 
@@ -43,6 +42,8 @@ def near_command(
     curate sql "select * from near_duplicates". A run with the settings of the last one does
     nothing when no chat row is new, changed or gone since; otherwise every row is compared again.
     """
+    from curate.neardup import near_duplicates
+
     if not 0 < threshold <= 1:
         typer.echo(f"error: --threshold must be in (0, 1], not {threshold:g}", err=True)
         raise typer.Exit(2)

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from curate import pii
 from curate.cli._shared import DbOption, QueriesOption, open_store, out, user_errors
 
 __all__ = ["scan_app"]
@@ -40,6 +39,8 @@ def pii_command(
     pii_findings holds one row per span found; the view pii lists the chat rows with findings.
     The stored bodies are never modified.
     """
+    from curate import pii
+
     with user_errors():
         store = open_store(db, queries)
         result = pii.scan(store, full=full)

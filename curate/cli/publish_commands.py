@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from curate.cli._shared import user_errors
-from curate.publisher import publish
 
 __all__ = ["publish_command"]
 
@@ -34,6 +33,8 @@ def publish_command(
     there by hand are kept), and deletes data files an earlier export left that this one has not.
     Log in first with `hf auth login`, or set HF_TOKEN.
     """
+    from curate.publisher import publish
+
     with user_errors():
         result = publish(folder, repo, private=private, revision=revision, message=message)
     # Plain lines, not rich: paths and URLs stay whole and unstyled for scripts that read them.

@@ -11,12 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from curate.cli._shared import DbOption, LakeOption, lake_uri, lock_timeout, out, user_errors
-from curate.config import Settings
-from curate.lake.table import LakePusher
-from curate.store import Store
 
 __all__ = ["listen_command", "sandbox_command"]
 
@@ -55,7 +51,12 @@ def listen_command(
     waits (no paths or process details without --health-details). One JSON line per delivery goes
     to stderr.
     """
+    from pydantic import ValidationError
+
+    from curate.config import Settings
+    from curate.lake.table import LakePusher
     from curate.listen import Listener, ListenerConfig, run_forever
+    from curate.store import Store
 
     ids = [*(webhook_id or []), *_env_ids()]
     if not ids:
@@ -94,6 +95,8 @@ def listen_command(
 
 
 def _env_ids() -> list[str]:
+    from curate.config import Settings
+
     return list(Settings.from_env().webhook_ids)
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from curate.cli._shared import DbOption, LakeOption, QueriesOption, lake_uri, open_store, out, user_errors
-from curate.stats import Counts, Stats, stats
+
+if TYPE_CHECKING:
+    from curate.stats import Counts, Stats
 
 __all__ = ["stats_command"]
 
@@ -27,6 +29,8 @@ def stats_command(
     reasons, the dates the generations span, the tokens they used, and the rows of chat and
     conversations.
     """
+    from curate.stats import stats
+
     with user_errors():
         overview = stats(open_store(db, queries, lake_uri(lake, db)))
     if as_json:

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curate import migrations
 from curate.cli._shared import (
     DbOption,
     LakeOption,
@@ -26,11 +24,7 @@ from curate.cli._shared import (
     print_table,
     user_errors,
 )
-from curate.config import Settings
 from curate.errors import MissingFile
-from curate.importer import import_files
-from curate.lake.table import Lake, push
-from curate.store import Store
 
 __all__ = ["import_command", "migrate_command", "sql_command"]
 
@@ -47,6 +41,11 @@ def import_command(
     {messages} dataset row, or an OpenAI batch output line. Lines that are none of these are kept
     in the rejects table with their line number; the import goes on.
     """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from curate.importer import import_files
+    from curate.lake.table import Lake, push
+
     with user_errors():
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -111,6 +110,10 @@ def migrate_command(db: DbOption = None) -> None:
     listen, submit) migrate it themselves. Waits for the file as long as another process
     writes it, saying every few seconds who holds it.
     """
+    from curate import migrations
+    from curate.config import Settings
+    from curate.store import Store
+
     with user_errors():
         path = Settings.from_env(db=db).db
         if not path.exists():
