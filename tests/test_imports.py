@@ -112,3 +112,70 @@ def test_no_module_of_curate_imports_the_package_facade() -> None:
             if isinstance(node, ast.ImportFrom) and node.module == "curate":
                 offenders += [f"{path.name}: from curate import {a.name}" for a in node.names if a.name not in modules]
     assert offenders == []
+
+
+# The house's floors, from the bottom: each module imports only from its own floor or below, the
+# command line (curate.cli) from every floor, and nothing from the command line.
+FOUNDATION = {"errors", "config", "_version", "api_types", "messages"}
+STORE_FLOOR = {"store", "merge", "migrations", "records", "views", "spool", "ledger", "submissions"}
+CURATION = {"neardup", "pii", "decontaminate"}
+EXPORT = {"exporter", "formats", "card", "publisher"}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of curate (``store``, ``lake.table``, ``cli.store_commands``...) and the
+    modules of curate it imports anywhere in its text, a command's lazy imports included."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "curate"
+    names = {".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+             for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name in names - {"__init__"}:
+        path = package / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = package / name.replace(".", "/") / "__init__.py"
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+                       if isinstance(node, ast.ImportFrom) else [])
+            edges |= {t.removeprefix("curate.") for t in targets if t.startswith("curate.")} & names
+        graph[name] = edges - {name}
+    return graph
+
+
+def _floor(module: str) -> int:
+    if module in FOUNDATION:
+        return 0
+    if module in STORE_FLOOR:
+        return 1
+    return 3 if module == "cli" or module.startswith("cli.") else 2
+
+
+def test_the_imports_have_no_circle() -> None:
+    graph, done, path = _import_graph(), set(), []
+
+    def visit(module: str) -> None:
+        path.append(module)
+        for target in sorted(graph[module]):
+            assert target not in path, " -> ".join([*path[path.index(target):], target])
+            if target not in done:
+                visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
+
+
+def test_imports_flow_down_the_house_cli_then_stages_then_store() -> None:
+    graph = _import_graph()
+    upward = [f"{m} -> {t}" for m, targets in graph.items() for t in targets if _floor(t) > _floor(m)]
+    assert upward == []
+
+
+def test_curation_does_not_import_export() -> None:
+    graph = _import_graph()
+    assert [f"{m} -> {t}" for m in CURATION for t in graph[m] if t in EXPORT] == []
