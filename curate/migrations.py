@@ -403,11 +403,27 @@ def pending(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None =
 
 
 def apply(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None = None) -> list[str]:
-    """Run every pending migration, each in its own transaction; return the names it ran."""
+    """Run every pending migration, each in its own transaction; return the names it ran.
+
+    A new store's migrations run in one transaction: a writer killed while it creates the store
+    leaves no schema rather than half of one, which readers would refuse as behind.
+    """
     ran: list[str] = []
     todo = pending(con, migrations)
     if not todo:
         return ran
+    if not applied(con):
+        con.execute("begin transaction")
+        try:
+            _ensure_table(con)
+            for migration in todo:
+                migration(con)
+                con.execute("insert into _curate_migrations (name) values (?)", [migration.__name__])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return [m.__name__ for m in todo]
     _ensure_table(con)
     for migration in todo:
         con.execute("begin transaction")

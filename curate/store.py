@@ -454,7 +454,40 @@ class Store(ReadableStore):
         super().__init__(path, lock_timeout=lock_timeout, memory_limit=memory_limit, queries=queries)
         self._migrated = False
         if not self.path.exists():
-            self.migrate()  # a new file: nobody can be reading it yet
+            self._create()
+
+    def _create(self) -> None:
+        """Make the new store whole beside its path, then link it into place.
+
+        A writer killed while migrating a new file would leave a store with part of its schema,
+        which every reader then refuses; a store that appears only once migrated cannot. If another
+        process links its own first, that one is kept: it is as new and as whole.
+        """
+        partial = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{threading.get_ident()}")
+        try:
+            con = duckdb.connect(str(partial), config={"memory_limit": self.memory_limit})
+            try:
+                migrations.apply(con)
+            finally:
+                con.close()
+            fd = os.open(partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(partial, self.path)
+            except FileExistsError:
+                pass
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the new name survives a crash
+            finally:
+                os.close(fd)
+        finally:
+            partial.unlink(missing_ok=True)
+            partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
+        self._migrated = True
 
     def migrate(self) -> list[str]:
         """Apply pending migrations (creating the file if need be); return the migrations that ran.

@@ -306,3 +306,35 @@ def test_pass_coverage_starts_empty_and_an_older_scans_findings_stay(tmp_path: P
     assert pii.scan(store).rows == 1
     assert store.arrow("select count(*) as n from pii_findings").to_pylist() == [{"n": 1}]
     assert store.arrow("select pass, id from pass_coverage").to_pylist() == [{"pass": "pii", "id": record["id"]}]
+
+
+def test_a_new_store_whose_first_migration_is_cut_short_is_left_with_no_schema_at_all(tmp_path: Path) -> None:
+    # A writer killed while it creates a store must not leave half a schema that every reader
+    # then refuses as "written by an older curate" (seen under load in the import kill test).
+    def cut_short(con: duckdb.DuckDBPyConnection) -> None:
+        raise KeyboardInterrupt  # stands in for the kill: nothing after it runs
+
+    cut_short.__name__ = "m999_cut_short"
+    path = tmp_path / "new.duckdb"
+    with duckdb.connect(str(path)) as con, pytest.raises(KeyboardInterrupt):
+        migrations.apply(con, [*migrations.MIGRATIONS[:5], cut_short])
+    with duckdb.connect(str(path)) as con:
+        assert migrations.applied(con) == []
+        assert con.execute("select count(*) from duckdb_tables() where database_name = current_database()"
+                           ).fetchall() == [(0,)]
+
+
+def test_a_writer_killed_while_it_creates_a_store_leaves_no_file_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_apply = migrations.apply
+
+    def killed_halfway(con: duckdb.DuckDBPyConnection, todo: list[migrations.Migration] | None = None) -> list[str]:
+        real_apply(con, migrations.MIGRATIONS[:5])  # committed, as a migration-at-a-time store would be
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(migrations, "apply", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        Store(tmp_path / "new.duckdb")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert Store(tmp_path / "new.duckdb").arrow("select count(*) as n from generations").to_pylist() == [{"n": 0}]
