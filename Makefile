@@ -19,7 +19,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	bash scripts/ensure-postgres.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=25
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
