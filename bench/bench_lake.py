@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_lake.py [--writers 1,2,4] [--rows-per-writer 100000]
         [--read-rows 1000000] [--batch-rows 5000] [--catalog postgres|sqlite]
-        [--skip-ingest] [--skip-read] [--memory-limit 1GB]
+        [--skip-ingest] [--skip-read] [--skip-lookup] [--lookup-rounds 7] [--memory-limit 1GB]
 
 Small check run (a minute or two): ``--writers 1,2 --rows-per-writer 5000 --read-rows 20000``.
 
@@ -44,6 +44,16 @@ point lookup ``select * from chat where id = ?``. The table gives the first (col
 median, and each process's peak RSS. Every lake query also pays a check of the catalog for new
 commits (``LakeStore.refresh``), and a re-plan of the files when there are some: these two are
 timed on their own as well. The answers of the lake and of the DuckDB file must be the same.
+
+**Point lookups** (issue 19). One fresh process opens both the lake and the DuckDB file (the
+same read set, the same memory limit) and looks up the same ids in each: ``LOOKUP_IDS`` Success
+generations spread over the read set, and one id that is in neither. After a warm-up lookup on
+each, ``--lookup-rounds`` rounds alternate which store goes first; in a round each store looks
+up every id once, through each of ``LOOKUPS`` (``chat`` and ``generation_rows``). Reported per
+query: the median ms of one lookup on each, and the lake / DuckDB-file ratio (of the medians,
+and the median of the rounds' ratios). Measured side by side in one process so that a busy
+machine slows both alike. Every answer must be the same on both (one row per present id, none
+for the missing one).
 """
 
 from __future__ import annotations
@@ -69,7 +79,7 @@ from bench_views import machine
 from make_generations import write_count
 
 from curate.importer import import_files
-from curate.store import Store
+from curate.store import ReadableStore, Store
 from curate.synthetic import generation_id, generation_record
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +95,14 @@ QUERIES = {
     "group by model": "select model, count(*), avg(completion_tokens) from chat group by all",
     "point lookup": "select * from chat where id = ?",
 }
+
+# Point lookups, lake against DuckDB file in one process (issue 19).
+LOOKUPS = {
+    "chat": "select * from chat where id = ?",
+    "generation_rows": "select * from generation_rows where id = ?",
+}
+LOOKUP_IDS = 5
+MISSING_ID = "no-such-generation-id"
 
 
 # -- data: JSONL of distinct generations, and stores built from them once ---------------------
@@ -272,11 +290,17 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
+def _query(store: ReadableStore, sql: str, params: list[Any] | None) -> tuple[float, Any]:
+    started = time.perf_counter()
+    table = store.arrow(sql, params)
+    return time.perf_counter() - started, table
+
+
 def read_worker(kind: str, target: str, point_id: str, memory_limit: str, runs: int, out: str) -> None:
     """Open ``target`` (a lake URI or a store file) and time each query ``runs`` times."""
     from curate.lake.reader import LakeStore
 
-    def open_store() -> Store:
+    def open_store() -> ReadableStore:
         if kind == "lake":
             return LakeStore(target, memory_limit=memory_limit)
         return Store(target, memory_limit=memory_limit)
@@ -302,12 +326,41 @@ def read_worker(kind: str, target: str, point_id: str, memory_limit: str, runs: 
         params = [point_id] if "?" in sql else None
         times[name] = []
         for _ in range(runs):
-            seconds, table = _timed(lambda sql=sql, params=params: store.arrow(sql, params))
+            seconds, table = _query(store, sql, params)
             times[name].append(seconds)
         # Small answers only (a count, a few models, one row): compared with the other store's.
         answers[name] = sorted([str(v) for v in row.values()] for row in table.to_pylist())
     if isinstance(store, LakeStore):
         store.close()
+    Path(out).write_text(json.dumps({"times": times, "answers": answers, "rss_mb": _rss_mb()}))
+
+
+def lookup_worker(lake_uri: str, db: str, ids: list[str], memory_limit: str, rounds: int, out: str) -> None:
+    """The same point lookups on the lake and on the DuckDB file, alternating, in one process."""
+    from curate.lake.reader import LakeStore
+
+    _import_pyiceberg()
+    lake = LakeStore(lake_uri, memory_limit=memory_limit)
+    stores: dict[str, ReadableStore] = {"lake": lake, "duckdb": Store(db, memory_limit=memory_limit)}
+    times: dict[str, dict[str, list[float]]] = {q: {k: [] for k in stores} for q in LOOKUPS}
+    answers: dict[str, dict[str, list[Any]]] = {q: {k: [] for k in stores} for q in LOOKUPS}
+    try:
+        for name, store in stores.items():  # warm-up: first query of each, not timed
+            store.arrow(LOOKUPS["chat"], [ids[0]])
+        for round_ in range(rounds):
+            order = list(stores) if round_ % 2 == 0 else list(reversed(stores))
+            for query, sql in LOOKUPS.items():
+                for name in order:
+                    spent = 0.0
+                    for wanted in ids:
+                        seconds, table = _query(stores[name], sql, [wanted])
+                        spent += seconds
+                        if round_ == 0:
+                            rows = table.to_pylist()
+                            answers[query][name].append(sorted(sorted(str(v) for v in r.values()) for r in rows))
+                    times[query][name].append(spent / len(ids))
+    finally:
+        lake.close()
     Path(out).write_text(json.dumps({"times": times, "answers": answers, "rss_mb": _rss_mb()}))
 
 
@@ -535,6 +588,50 @@ def read(args: argparse.Namespace, ctx: Any, lakes: Lakes, scratch: Path) -> Non
         raise SystemExit(f"the lake and the DuckDB file answer differently:\n{answers}\n{local['answers']}")
 
 
+def lookup_ids(rows: int) -> list[str]:
+    """``LOOKUP_IDS`` Success generations spread over the read set, then one id that is in neither store."""
+    found = []
+    for k in range(LOOKUP_IDS):
+        seed = rows * (2 * k + 1) // (2 * LOOKUP_IDS)
+        while generation_record(seed)["state"] != "Success":
+            seed += 1
+        found.append(generation_id(seed))
+    return [*found, MISSING_ID]
+
+
+def lookup(args: argparse.Namespace, ctx: Any, lakes: Lakes, scratch: Path) -> None:
+    rows = args.read_rows
+    db = read_data(rows)
+    metadata, built = read_lake(rows, args.batch_rows, args.memory_limit, scratch)
+    uri = lakes.register("bench_lookup", metadata)
+    ids = lookup_ids(rows)
+    result = run_one(ctx, lookup_worker, uri, str(db), ids, args.memory_limit, args.lookup_rounds)
+
+    print(f"\n## Point lookups: {len(ids) - 1} ids and a missing one over {rows:,} generations, "
+          f"lake ({built['commits']} commits of up to {args.batch_rows:,} rows) and DuckDB file in one process, "
+          f"{args.lookup_rounds} alternating rounds, memory limit {args.memory_limit}, catalog {lakes.version}\n")
+    print("| lookup | lake: ms per lookup (median of rounds) | DuckDB file: ms per lookup | "
+          "lake / DuckDB (medians) | lake / DuckDB (median of rounds' ratios, min-max) | same answer |")
+    print("|---|---|---|---|---|---|")
+    wrong = []
+    for query, sql in LOOKUPS.items():
+        lake_t, duck_t = result["times"][query]["lake"], result["times"][query]["duckdb"]
+        ratios = [a / b for a, b in zip(lake_t, duck_t, strict=True)]
+        lake_ans, duck_ans = result["answers"][query]["lake"], result["answers"][query]["duckdb"]
+        expected_rows = [1] * (len(ids) - 1) + [0]
+        same = lake_ans == duck_ans and [len(a) for a in lake_ans] == expected_rows
+        if not same:
+            wrong.append(query)
+        print(f"| `{sql}` | {_ms(statistics.median(lake_t))} | {_ms(statistics.median(duck_t))} | "
+              f"{statistics.median(lake_t) / statistics.median(duck_t):.2f}x | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | {'yes' if same else 'NO'} |")
+    print(f"(rounds, lake ms: {[_ms(t) for t in result['times']['chat']['lake']]}; "
+          f"DuckDB file ms: {[_ms(t) for t in result['times']['chat']['duckdb']]} for chat; "
+          f"peak RSS {result['rss_mb']:.0f} MiB)", flush=True)
+    if wrong:
+        raise SystemExit(f"the lake and the DuckDB file answer the lookups differently: {wrong}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", default="1,2,4", help="writer counts to run, comma-separated")
@@ -544,6 +641,8 @@ def main() -> None:
     parser.add_argument("--catalog", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-read", action="store_true")
+    parser.add_argument("--skip-lookup", action="store_true")
+    parser.add_argument("--lookup-rounds", type=int, default=7, help="alternating rounds of point lookups")
     parser.add_argument("--runs", type=int, default=3, help="runs of each read measure")
     parser.add_argument("--memory-limit", default="1GB", help="DuckDB's, for the lake and the store alike")
     args = parser.parse_args()
@@ -561,6 +660,8 @@ def main() -> None:
                 ingest(args, ctx, lakes, Path(tmp))
             if not args.skip_read:
                 read(args, ctx, lakes, Path(tmp))
+            if not args.skip_lookup:
+                lookup(args, ctx, lakes, Path(tmp))
         finally:
             lakes.close()
 
