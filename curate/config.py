@@ -75,6 +75,26 @@ class Settings(BaseModel):
     lake_batch_rows: int = Field(default=DEFAULT_LAKE_BATCH_ROWS, ge=1)
     lake_push_seconds: float = Field(default=5.0, gt=0)
 
+    @field_validator("lock_timeout")
+    @classmethod
+    def _a_wait(cls, value: float) -> float:
+        if not value >= 0:  # NaN too
+            raise ValueError("expected seconds, 0 or more (inf: wait for ever)")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_size_duckdb_reads(cls, value: str) -> str:
+        if value == DEFAULT_MEMORY_LIMIT:
+            return value
+        import duckdb  # only for a limit someone set: the command that reads it opens DuckDB anyway
+
+        try:  # DuckDB's own rule ("1GB", "512 MiB", "80%"), asked of a connection that holds nothing
+            duckdb.connect(config={"memory_limit": value}).close()
+        except duckdb.Error as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, value: str) -> str:

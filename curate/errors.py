@@ -9,9 +9,10 @@ CLI prints such an error as one line; anything else is a bug and keeps its trace
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
-__all__ = ["CurateError", "MissingFile", "NoSuchName", "UsageError"]
+__all__ = ["CurateError", "EnvironmentRefused", "MissingFile", "NoSuchName", "UsageError", "from_environment"]
 
 
 class CurateError(Exception):
@@ -35,3 +36,35 @@ class NoSuchName(CurateError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # KeyError would quote its message
+
+
+class EnvironmentRefused(CurateError):
+    """The machine refused what curate asked of it: a full disk, a path it may not write, a port
+    already taken, too little memory. Nothing is wrong with curate; the message says what to fix."""
+
+
+# What the operating system says when the fix is the user's (space, permissions, a path, a port).
+_ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR,
+    errno.ENOTDIR, errno.EEXIST, errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENAMETOOLONG,
+})
+# DuckDB's errors of the same kind: its file could not be written or read, its memory limit was met.
+# By name, so that this module (which the command line imports first) does not load DuckDB.
+_DUCKDB_ENVIRONMENT = frozenset({"IOException", "OutOfMemoryException", "PermissionException"})
+
+
+def from_environment(exc: BaseException) -> EnvironmentRefused | None:
+    """The one-line form of an error the machine raised rather than curate, or None.
+
+    The one place that knows which foreign exceptions are the environment's: the command line
+    prints these as one line instead of as a bug's traceback.
+    """
+    if isinstance(exc, OSError) and (exc.errno in _ENVIRONMENT_ERRNOS or type(exc).__name__ == "gaierror"):
+        return EnvironmentRefused(str(exc))
+    if type(exc).__module__.lstrip("_") == "duckdb":
+        names = {c.__name__ for c in type(exc).__mro__}
+        # A commit that could not write its file ("No space left on device") is a TransactionException.
+        if names & _DUCKDB_ENVIRONMENT or ("TransactionException" in names and "Could not write" in str(exc)):
+            hint = " (raise CURATE_MEMORY_LIMIT)" if "OutOfMemoryException" in names else ""
+            return EnvironmentRefused(f"{exc}{hint}")
+    return None

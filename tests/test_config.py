@@ -51,3 +51,21 @@ def test_a_base_url_that_is_not_an_http_url_is_refused_before_any_request(
     monkeypatch.setenv("INFERENCE_BASE_URL", url)
     with pytest.raises(BadSetting, match=r"^INFERENCE_BASE_URL=.*: not (a URL|an http)"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("CURATE_MEMORY_LIMIT", "lots"), ("CURATE_MEMORY_LIMIT", "100000"),
+    ("CURATE_LOCK_TIMEOUT", "-1"), ("CURATE_LOCK_TIMEOUT", "nan"),
+])
+def test_a_memory_limit_or_wait_duckdb_cannot_use_is_refused_by_name(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(BadSetting, match=rf"^{variable}='{value}': "):
+        Settings.from_env()
+
+
+def test_a_memory_limit_as_duckdb_writes_it_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATE_MEMORY_LIMIT", "512 MiB")
+    monkeypatch.setenv("CURATE_LOCK_TIMEOUT", "inf")
+    settings = Settings.from_env()
+    assert (settings.memory_limit, settings.lock_timeout) == ("512 MiB", float("inf"))

@@ -58,3 +58,54 @@ def test_an_error_curate_did_not_expect_is_a_traceback_with_a_hint_not_a_user_er
     assert run.returncode == 1
     assert "did not expect" in run.stderr and "Traceback (most recent call last)" in run.stderr
     assert "KeyError: 'a bug'" in run.stderr and not run.stderr.startswith("error:")
+
+
+def test_a_full_disk_or_a_refused_path_is_the_environments_error_not_a_bug() -> None:
+    import errno
+
+    from curate.errors import EnvironmentRefused, from_environment
+
+    full = from_environment(OSError(errno.ENOSPC, "No space left on device", "/data/curate.duckdb"))
+    assert isinstance(full, EnvironmentRefused) and "No space left on device" in str(full)
+    assert isinstance(from_environment(PermissionError(errno.EACCES, "Permission denied", "/out")), EnvironmentRefused)
+    assert from_environment(KeyError("a bug")) is None and from_environment(ValueError("a bug")) is None
+
+
+def test_duckdb_running_out_of_memory_is_the_environments_error_saying_what_to_raise() -> None:
+    import duckdb
+
+    from curate.errors import from_environment
+
+    con = duckdb.connect(config={"memory_limit": "4MB", "threads": 1})
+    with pytest.raises(duckdb.OutOfMemoryException) as raised:
+        con.execute("select list(repeat('x', 1000)) from range(1000000)").fetchall()
+    refused = from_environment(raised.value)
+    assert refused is not None and "CURATE_MEMORY_LIMIT" in str(refused)
+
+
+def test_a_port_already_taken_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = subprocess.run([CURATE, "sandbox", "--port", str(taken.getsockname()[1])],
+                             check=False, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: ") and "Address already in use" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_ctrl_c_during_a_query_stops_it_with_exit_130(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from curate.store import Store
+
+    Store(tmp_path / "s.duckdb")
+    endless = "select sum(hash(a.range * b.range)) from range(1000000) a, range(1000000) b"
+    proc = subprocess.Popen([CURATE, "sql", "--db", str(tmp_path / "s.duckdb"), endless],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr.strip()) == (130, "interrupted")

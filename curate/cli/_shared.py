@@ -18,7 +18,7 @@ import click
 import typer
 from rich.console import Console
 
-from curate.errors import CurateError
+from curate.errors import CurateError, from_environment
 
 # Every command imports this module, `curate --help` and `curate version` too: the stages and the
 # libraries they need (duckdb, pyarrow, pydantic, httpx) are imported by the functions that use them.
@@ -112,7 +112,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # typer's own ways out: an exit code a command chose, a bad option
-    except Exception:
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if str(exc) == "Query interrupted":  # Ctrl-C, as DuckDB reports it from inside a query
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        refused = from_environment(exc)
+        if refused is not None:
+            typer.echo(f"error: {refused}", err=True)
+            raise typer.Exit(refused.exit_code) from None
         # Not an error a user can act on, so not one line: the traceback is what a fix needs.
         typer.echo("curate stopped on an error it did not expect, a bug in curate or in a library it uses; "
                    "the traceback follows. Please report it with the command you ran.", err=True)

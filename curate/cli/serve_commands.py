@@ -112,10 +112,11 @@ def sandbox_command(
     """Run a local fake of inference.net on 127.0.0.1, for demos and tests (no API key needed)."""
     from curate.sandbox import SandboxConfig, run_forever
 
-    run_forever(
-        SandboxConfig(
-            port=port, api_key=api_key, queue_delay=queue_delay, run_delay=run_delay,
-            failure_rate=failure_rate, rpm_limit=rpm, webhook_url=webhook_url,
-        ),
-        announce=lambda line: out.print(line, highlight=False),
-    )
+    with user_errors():
+        run_forever(
+            SandboxConfig(
+                port=port, api_key=api_key, queue_delay=queue_delay, run_delay=run_delay,
+                failure_rate=failure_rate, rpm_limit=rpm, webhook_url=webhook_url,
+            ),
+            announce=lambda line: out.print(line, highlight=False),
+        )
