@@ -244,13 +244,20 @@ def test_a_reader_sees_commits_made_after_it_opened(store: Store, tmp_path: Path
         assert read.arrow("select count(*) as n from generations").to_pylist() == [{"n": 5}]
 
 
+def _empty_lake(folder: Path) -> str:
+    """A lake a writer has made (its catalog) but has not yet appended to."""
+    with Lake(str(folder)) as lake:
+        lake.catalog  # noqa: B018 -- connecting makes the catalog
+    return str(folder)
+
+
 def test_an_empty_lake_reads_as_an_empty_store(tmp_path: Path) -> None:
-    with LakeStore(str(tmp_path / "lake")) as read:
+    with LakeStore(_empty_lake(tmp_path / "lake")) as read:
         assert read.arrow("select count(*) as n from chat").to_pylist() == [{"n": 0}]
 
 
 def test_the_lake_refuses_writes_and_says_where_to_write(tmp_path: Path) -> None:
-    with LakeStore(str(tmp_path / "lake")) as read, pytest.raises(LakeReadOnly, match="--lake"):
+    with LakeStore(_empty_lake(tmp_path / "lake")) as read, pytest.raises(LakeReadOnly, match="--lake"):
         read.ingest_texts([json.dumps(generation_record(1))], source="test")
 
 
@@ -335,3 +342,13 @@ def test_a_writer_with_an_unreachable_lake_stops_before_writing(tmp_path: Path) 
 
     assert result.returncode == 2 and "cannot reach the catalog" in result.stderr
     assert not db.exists() or Store(db).arrow("select count(*) as n from generation_rows").to_pylist() == [{"n": 0}]
+
+
+def test_reading_a_lake_that_is_not_there_refuses_and_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "lak"
+    with pytest.raises(LakeError, match="no lake here"):
+        LakeStore(typo)
+    run = subprocess.run([CURATE, "lake", "info", "--lake", str(typo)], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "no lake here" in run.stderr
+    assert not typo.exists()

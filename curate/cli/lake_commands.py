@@ -136,7 +136,7 @@ def info_command(lake: LakeOption = None, as_json: JsonOption = False) -> None:
     from curate.lake.table import Lake
 
     with user_errors():
-        handle = Lake(_require(lake))
+        handle = Lake(_require(lake), read_only=True)
         try:
             info = _info(handle)
         finally:

@@ -96,7 +96,7 @@ class LakeStore(ReadableStore):
         memory_limit: str | None = None,
         lock_timeout: float = 30.0,
     ) -> None:
-        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake, read_only=True)
         self._planned: Any = _UNPLANNED
         self._plan_lock = threading.Lock()
         folder = tempfile.mkdtemp(prefix="curate-lake-")

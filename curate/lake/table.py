@@ -148,6 +148,7 @@ class LakeConfig:
     catalog_uri: str
     warehouse: str
     table: str = DEFAULT_TABLE
+    folder: Path | None = None  # a lake given as a folder, which its first writer makes
 
     @classmethod
     def parse(cls, value: str | os.PathLike[str]) -> LakeConfig:
@@ -163,12 +164,12 @@ class LakeConfig:
         if not scheme:
             path, _, query = text.partition("?")
             params = dict(parse_qsl(query))
-            folder = Path(path).expanduser().resolve()
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = Path(path).expanduser().resolve()  # made by the first writer, not here (Lake._connect)
             return cls(
                 catalog_uri=f"sqlite:///{folder / 'catalog.db'}",
                 warehouse=_file_uri(folder / "warehouse"),
                 table=_table_name(params.get("table", DEFAULT_TABLE), text),
+                folder=folder,
             )
         if not scheme.startswith(("postgres", "sqlite")):
             raise LakeError(
@@ -334,11 +335,22 @@ def _is_commit_conflict(exc: BaseException) -> bool:
     return isinstance(exc, CommitFailedException) or stale or _locked(exc)
 
 
+def _sqlite_file(catalog_uri: str) -> Path | None:
+    """The file of a SQLite catalog (``sqlite:////abs/catalog.db``), or None for another database."""
+    if not catalog_uri.startswith("sqlite:///"):
+        return None
+    path = catalog_uri.removeprefix("sqlite:///").partition("?")[0]  # SQLAlchemy's: sqlite:////abs, sqlite:///rel
+    return Path(path) if path and path != ":memory:" else None
+
+
 class Lake:
     """A handle on the lake's table: created on first use, appended to with retries, planned for reading."""
 
-    def __init__(self, config: LakeConfig | str | os.PathLike[str]) -> None:
+    def __init__(self, config: LakeConfig | str | os.PathLike[str], *, read_only: bool = False) -> None:
+        """``read_only``: a reader's handle, which refuses a lake whose SQLite catalog is not there
+        rather than create it (a mistyped path would otherwise read as an empty lake)."""
         self.config = config if isinstance(config, LakeConfig) else LakeConfig.parse(config)
+        self.read_only = read_only
         self._catalog: SqlCatalog | None = None
 
     def __repr__(self) -> str:
@@ -357,6 +369,13 @@ class Lake:
         except ModuleNotFoundError as exc:
             raise LakeError(f"a lake needs {exc.name}: pip install 'curate[lake]'") from exc
 
+        catalog_file = _sqlite_file(self.config.catalog_uri)
+        if catalog_file is not None and not catalog_file.exists():
+            if self.read_only:
+                raise LakeError(f"{self.config.identity}: no lake here (no catalog at {catalog_file}); a writer "
+                                "given --lake, or `curate lake push`, makes one")
+            if self.config.folder is not None:
+                self.config.folder.mkdir(parents=True, exist_ok=True)
         # Several writers starting at once may race to create the catalog's own tables.
         try:
             for attempt in Retrying(
