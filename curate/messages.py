@@ -18,21 +18,39 @@ passes compare of a conversation:
 
 The forms, which tests/test_messages.py holds together on many message shapes:
 
-* ``message_text(message)``: Python, over a parsed JSON message (``curate scan pii``, whose spans
-  are offsets into this text);
+* ``message_text(message)``: Python, over a message parsed by ``loads_first_wins`` (``curate scan
+  pii``, whose spans are offsets into this text);
 * ``json_message_text(m)``: SQL over ``m``, one message as a JSON value (the passes that read
   ``chat`` without typing it);
 * ``typed_message_text(m)``: SQL over ``m``, one message typed as ``curate.formats`` types it
   (``content`` text, ``content_parts`` a list of ``struct(type, text, ...)``; a part's ``text``
   is NULL unless the JSON held a string there);
 * ``conversation_text(messages)``: SQL over a list of JSON messages.
+
+**Duplicate keys.** JSON text may repeat a key (``{"content": "a", "content": "b"}``). DuckDB's
+JSON functions (``->>``, ``json_extract``, ``json_transform``, and so every export format) take
+the FIRST occurrence; Python's ``json.loads`` keeps the LAST. Python code that must see what the
+SQL exports parses stored JSON with ``loads_first_wins``, which keeps the first, as DuckDB does
+(keys compared once unescaped, as both do: ``"cont\\u0065nt"`` is ``content``). Its objects are
+``JsonObject``: a ``dict`` of the first occurrences that also keeps every ``(key, value)`` pair in
+``pairs``, for code that must read every string the JSON text holds (DuckDB's ``json()`` keeps
+duplicate keys, and a reader of the exported JSON may take either).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-__all__ = ["SEPARATOR", "conversation_text", "json_message_text", "message_text", "typed_message_text"]
+__all__ = [
+    "SEPARATOR",
+    "JsonObject",
+    "conversation_text",
+    "json_message_text",
+    "loads_first_wins",
+    "message_text",
+    "typed_message_text",
+]
 
 # Between the text parts of one message.
 SEPARATOR = "\n"
@@ -41,6 +59,27 @@ _MESSAGE_SEPARATOR = " "
 
 # SEPARATOR as SQL (a SQL string literal has no escape for a newline).
 _SQL_SEPARATOR = f"chr({ord(SEPARATOR)})"
+
+
+class JsonObject(dict[str, Any]):
+    """A JSON object as ``loads_first_wins`` reads it: the first value of each key (as DuckDB reads
+    it), and in ``pairs`` every ``(key, value)`` of the text, duplicates included, in order."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        for key, value in pairs:
+            if key not in self:
+                self[key] = value
+        self.pairs = pairs
+
+
+def loads_first_wins(text: str | bytes, **kwargs: Any) -> Any:
+    """``json.loads(text)``, each object's repeated keys read as DuckDB reads them: the first
+    occurrence wins (``json.loads`` alone keeps the last). Objects are ``JsonObject``s; ``kwargs``
+    go to ``json.loads`` (``parse_float``, ...)."""
+    return json.loads(text, object_pairs_hook=JsonObject, **kwargs)
 
 
 def message_text(message: Any) -> str:

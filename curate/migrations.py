@@ -371,10 +371,22 @@ def m010_pass_coverage(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m011_pii_findings_field(con: duckdb.DuckDBPyConnection) -> None:
+    # `curate scan pii` reads every string an export ships, not only the messages' text.
+    # `pii_findings.field`: where the span is: 'text' (every finding before this migration), the
+    # text of message `message_index`, which `--pii redact` replaces; else the path of another
+    # string of the row (`messages[3].tool_calls[0].function.arguments.to`, `tools[0].function.
+    # description`, `model`), with `message_index` NULL: a NULL index names no message content,
+    # so an export with `--pii redact` drops the row rather than ship it half-redacted.
+    con.execute("alter table pii_findings alter column message_index drop not null")
+    con.execute("alter table pii_findings add column field varchar default 'text'")
+    con.execute("alter table pii_findings alter column field set not null")
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
     m007_views_per_connection_and_spool, m008_submission_claims, m009_mask_webhook_ids,
-    m010_pass_coverage,
+    m010_pass_coverage, m011_pii_findings_field,
 ]
 
 

@@ -37,11 +37,29 @@ each pattern is bounded or cannot step back far, a PEM key's BEGIN and END lines
 and paired, and overlaps are settled in one sorted pass. The comment over the detectors says why
 each is so; ``phonenumbers`` is linear too, and the slowest part on digit-dense text.
 
-A message's text is ``curate.messages.message_text``, curate's one rule: its ``content`` when
-that is a string, or its text parts (``{"type": "text", "text": "..."}`` whose text is a string)
-joined by ``"\\n"`` when it is a list. Spans are Python string offsets (code points) into that
-text, and ``message_index`` is the message's position in ``chat.messages`` (the answer is the
-last). Tool-call arguments and other keys are not scanned.
+What a scan reads is every string an export format can ship from a row (``curate.formats``):
+
+- each message's text, ``curate.messages.message_text``, curate's one rule: its ``content`` when
+  that is a string, or its text parts (``{"type": "text", "text": "..."}`` whose text is a string)
+  joined by ``"\\n"`` when it is a list. A finding there has ``field`` ``'text'``, spans that are
+  Python string offsets (code points) into that text, and ``message_index`` the message's position
+  in ``chat.messages`` (the answer is the last): what ``--pii redact`` replaces;
+- each message's ``role``, ``name`` and ``tool_call_id``, its tool calls whole (``id``, ``type``,
+  ``function.name``; ``function.arguments`` parsed as JSON when it is a string, as the export parses
+  it, else read as it is) and each content part's ``image_url`` (``url``, ``detail``);
+- the row's ``tools`` definitions, ``model`` and ``finish_reason`` (when the source has them).
+
+In those, every string, every object key and every number (as its digits) is read, duplicate keys
+included: JSON the export ships as JSON (arguments, tools) keeps them, and a reader may take either.
+A finding there has ``message_index`` NULL and ``field`` the path of the string it is in, e.g.
+``messages[3].tool_calls[0].function.arguments.to``, ``messages[1].content[0].image_url.url``,
+``tools[0].function.description``, ``model`` (a key: the path ending ``#key``), its span offsets
+into that string. Such a row cannot be redacted (only message text is), so ``--pii redact`` drops
+it, as it drops a row whose finding is in content parts: the export redacts the content of message
+``message_index``, and a NULL index names none.
+
+Stored messages are parsed with ``curate.messages.loads_first_wins``: a key repeated in the JSON
+text is read as DuckDB reads it, and so as every export format ships it (the first occurrence).
 """
 
 from __future__ import annotations
@@ -57,6 +75,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,12 +84,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # Exported from here too: the scan's spans are offsets into this text (pii.message_text).
-from curate.messages import message_text
+from curate.messages import JsonObject, loads_first_wins, message_text
 
 if TYPE_CHECKING:
     from curate.store import Store
 
-__all__ = ["KINDS", "PLACEHOLDERS", "Finding", "PiiScanSummary", "find", "message_text", "redact", "scan"]
+__all__ = [
+    "KINDS", "PLACEHOLDERS", "TEXT_FIELD", "Finding", "PiiScanSummary", "find", "message_fields", "message_text",
+    "redact", "row_fields", "scan",
+]
 
 KINDS = ("email", "phone", "credit_card", "ip_address", "secret")
 PLACEHOLDERS = {kind: f"[{kind.upper()}]" for kind in KINDS}
@@ -88,6 +110,10 @@ class Finding:
     end: int
     kind: str
     detector: str
+
+
+# Where a finding in a message's text is (``pii_findings.field``); any other field is a path.
+TEXT_FIELD = "text"
 
 
 @dataclass(frozen=True)
@@ -375,15 +401,136 @@ def redact(text: str, findings: list[Finding]) -> str:
 
 _FINDINGS_SCHEMA = pa.schema([
     ("id", pa.string()), ("message_index", pa.int32()), ("kind", pa.string()),
-    ("span_start", pa.int32()), ("span_end", pa.int32()), ("detector", pa.string()),
+    ("span_start", pa.int32()), ("span_end", pa.int32()), ("detector", pa.string()), ("field", pa.string()),
 ])
+
+
+# --- the strings of a row that an export can ship, beyond its messages' text ------------------
+# curate.formats decides what a format ships: MESSAGE_TYPE (role, content or content parts with
+# their image_url, tool_calls, tool_call_id, name), the row's tools, and (catalyst) its model and
+# finish_reason. A string value is read by DuckDB as the string; any other JSON value where the
+# export reads a string (a role that is an object) as its JSON text: so every string, key and
+# number inside counts. tests/test_pii_every_field.py plants a secret in each and exports.
+
+
+def _path(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string, object key and number in ``value`` (a parsed JSON value), as (path, text)."""
+    stack = [(value, path)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            yield at, item
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int | float | Decimal):
+            yield at, str(item)
+        elif isinstance(item, dict):
+            pairs = item.pairs if isinstance(item, JsonObject) else list(item.items())
+            for key, child in reversed(pairs):
+                inner = _path(at, key)
+                stack.append((child, inner))
+                stack.append((key, inner + "#key"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{at}[{i}]") for i, child in reversed(list(enumerate(item))))
+
+
+def _loads(text: str) -> Any:
+    # Numbers keep their digits (a float would round a card number written 4111111111111111.0).
+    return loads_first_wins(text, parse_float=Decimal)
+
+
+def _json_text(text: str, path: str) -> Iterator[tuple[str, str]]:
+    """The strings of JSON ``text`` (tools, tool-call arguments), or ``text`` itself when it does not parse."""
+    try:
+        parsed = _loads(text)
+    except (ValueError, RecursionError):
+        yield path, text
+        return
+    yield from _strings(parsed, path)
+
+
+def _tool_calls(calls: Any, path: str) -> Iterator[tuple[str, str]]:
+    if not isinstance(calls, list):
+        yield from _strings(calls, path)
+        return
+    for i, call in enumerate(calls):
+        at = f"{path}[{i}]"
+        if not isinstance(call, dict):
+            yield from _strings(call, at)
+            continue
+        for key, value in call.pairs if isinstance(call, JsonObject) else call.items():
+            if key == "function" and isinstance(value, dict):
+                fn = _path(at, key)
+                for fkey, fvalue in value.pairs if isinstance(value, JsonObject) else value.items():
+                    # Arguments sent as a JSON string are exported parsed (escapes decoded).
+                    if fkey == "arguments" and isinstance(fvalue, str):
+                        yield from _json_text(fvalue, _path(fn, fkey))
+                    else:
+                        yield from _strings(fvalue, _path(fn, fkey))
+            else:
+                yield from _strings(value, _path(at, key))
+
+
+def message_fields(index: int, message: Any) -> Iterator[tuple[str, str]]:
+    """The strings of one parsed message an export can ship besides its text, as (path, text)."""
+    if not isinstance(message, dict):
+        return
+    at = f"messages[{index}]"
+    for key in ("role", "name", "tool_call_id"):
+        if key in message:
+            yield from _strings(message[key], _path(at, key))
+    if "tool_calls" in message:
+        yield from _tool_calls(message["tool_calls"], _path(at, "tool_calls"))
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and "image_url" in part:
+                yield from _strings(part["image_url"], f"{at}.content[{j}].image_url")
+
+
+def row_fields(row: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """The row's own strings an export can ship: its tools (JSON text), model and finish_reason."""
+    if row.get("tools") is not None:
+        yield from _json_text(row["tools"], "tools")
+    for key in ("model", "finish_reason"):
+        if row.get(key) is not None:
+            yield key, row[key]
+
+
+# Short strings (roles, tool names, ids) come back in row after row: their findings are kept.
+_MEMO_LIMIT = 100_000
+_MEMO_CHARS = 256
+_NO_FINDING_BELOW = 6  # no detector finds anything in fewer characters ("a@b.co", "a::abc")
+
+
+class _FieldFinder:
+    def __init__(self) -> None:
+        self.memo: dict[str, list[Finding]] = {}
+
+    def __call__(self, text: str) -> list[Finding]:
+        if len(text) < _NO_FINDING_BELOW:
+            return []
+        if len(text) > _MEMO_CHARS:
+            return find(text)
+        found = self.memo.get(text)
+        if found is None:
+            if len(self.memo) >= _MEMO_LIMIT:
+                self.memo.clear()
+            found = self.memo[text] = find(text)
+        return found
 
 # --- reading a store without holding it -------------------------------------------------------
 # Shared by the passes that compute in Python (scan pii here, dedup near in curate.neardup).
 
 PASS = "pii"
 # Bumped when what a scan records changes in a way the detectors' text does not show.
-SCAN_VERSION = 1
+# 2: every field an export ships (tool calls, names, image URLs, tools, model), and messages
+# parsed as DuckDB parses them (a repeated key's first occurrence).
+SCAN_VERSION = 2
 
 
 def scan_settings(source: str = "chat") -> str:
@@ -398,16 +545,26 @@ def _quoted(source: str) -> str:
     return '"' + source.replace('"', '""') + '"'
 
 
-def _rows_sql(source: str) -> str:
+# The row's own columns an export ships besides its messages, read when the source has them.
+_ROW_COLUMNS = ("tools", "model", "finish_reason")
+
+
+def _source_columns(store: Store, source: str) -> list[str]:
+    return [name for name in store.arrow(f"select * from {_quoted(source)} limit 0").schema.names
+            if name in _ROW_COLUMNS]
+
+
+def _rows_sql(source: str, row_columns: list[str] | tuple[str, ...] = ()) -> str:
     # Each row of the source with the body it comes from: the generation's raw_hash, else (a view
     # of rows that are not generations) the hash of its messages.
+    extra = "".join(f", s.{name}::varchar as {name}" for name in row_columns)
     return (f"select s.id::varchar as id, coalesce(g.raw_hash, hash(s.messages::varchar)) as raw_hash, "
-            f"s.messages::varchar as messages from {_quoted(source)} s "
+            f"s.messages::varchar as messages{extra} from {_quoted(source)} s "
             f"left join generation_rows g on g.id = s.id::varchar")
 
 
-def _pending_sql(source: str, settings: str) -> str:
-    return (f"select r.* from ({_rows_sql(source)}) r where not exists (select 1 from pass_coverage p "
+def _pending_sql(source: str, settings: str, row_columns: list[str] | tuple[str, ...] = ()) -> str:
+    return (f"select r.* from ({_rows_sql(source, row_columns)}) r where not exists (select 1 from pass_coverage p "
             f"where p.pass = '{PASS}' and p.id = r.id and p.raw_hash = r.raw_hash and p.settings = '{settings}')")
 
 
@@ -438,34 +595,46 @@ def scan(store: Store, *, source: str = "chat", full: bool = False) -> PiiScanSu
         found = Path(folder) / "findings.parquet"
         everyone = Path(folder) / "ids.parquet"
         store.unload(f"select id::varchar as id from {_quoted(source)}", everyone)
-        todo_sql = f"select * from ({_rows_sql(source)})" if full else _pending_sql(source, settings)
+        row_columns = _source_columns(store, source)
+        todo_sql = (f"select * from ({_rows_sql(source, row_columns)})" if full
+                    else _pending_sql(source, settings, row_columns))
         store.unload(todo_sql, unloaded, row_group_rows=BATCH_SIZE)
         scanned_ids: list[str] = []
         scanned_hashes: list[int] = []
+        find_field = _FieldFinder()
         with pq.ParquetFile(unloaded) as reading, pq.ParquetWriter(found, _FINDINGS_SCHEMA) as writing:
-            for batch in reading.iter_batches(batch_size=BATCH_SIZE, columns=["id", "raw_hash", "messages"]):
+            for batch in reading.iter_batches(batch_size=BATCH_SIZE,
+                                              columns=["id", "raw_hash", "messages", *row_columns]):
                 columns: dict[str, list[Any]] = {name: [] for name in _FINDINGS_SCHEMA.names}
+
+                def record(gid: str, index: int | None, where: str, findings: list[Finding],
+                           columns: dict[str, list[Any]] = columns) -> None:
+                    for f in findings:
+                        counts[f.kind] += 1
+                        for name, value in (("id", gid), ("message_index", index), ("kind", f.kind),
+                                            ("span_start", f.start), ("span_end", f.end),
+                                            ("detector", f.detector), ("field", where)):
+                            columns[name].append(value)
+
                 scanned_ids.extend(batch.column("id").to_pylist())
                 scanned_hashes.extend(batch.column("raw_hash").to_pylist())
-                for gid, raw in zip(batch.column("id").to_pylist(), batch.column("messages").to_pylist(),
-                                    strict=True):
+                for row in batch.to_pylist():
                     rows += 1
+                    gid, raw = row["id"], row["messages"]
+                    for where, value in row_fields(row):
+                        record(gid, None, where, find_field(value))
                     if raw is None:
                         continue
-                    parsed = json.loads(raw)
+                    parsed = _loads(raw)
                     if not isinstance(parsed, list):
                         continue
                     for index, message in enumerate(parsed):
                         messages += 1
                         text = message_text(message)
-                        if not text:
-                            continue
-                        for f in find(text):
-                            counts[f.kind] += 1
-                            for name, value in (("id", gid), ("message_index", index), ("kind", f.kind),
-                                                ("span_start", f.start), ("span_end", f.end),
-                                                ("detector", f.detector)):
-                                columns[name].append(value)
+                        if text:
+                            record(gid, index, TEXT_FIELD, find(text))
+                        for where, value in message_fields(index, message):
+                            record(gid, None, where, find_field(value))
                 if columns["id"]:
                     writing.write_table(pa.table(columns, schema=_FINDINGS_SCHEMA))
         scanned = pa.table({"id": pa.array(scanned_ids, pa.string()),
@@ -490,10 +659,11 @@ def scan(store: Store, *, source: str = "chat", full: bool = False) -> PiiScanSu
                                 "and id in (select id from _curate_scanned)")
                 # A finding a pre-coverage scan (or a hand) already recorded is not recorded twice.
                 con.execute(
-                    "insert into pii_findings (id, message_index, kind, span_start, span_end, detector, scanned_at) "
-                    "select f.id, f.message_index, f.kind, f.span_start, f.span_end, f.detector, ? "
-                    "from read_parquet(?) f where not exists (select 1 from pii_findings o where o.id = f.id "
-                    "and o.message_index = f.message_index and o.kind = f.kind and o.span_start = f.span_start "
+                    "insert into pii_findings (id, message_index, kind, span_start, span_end, detector, field, "
+                    "scanned_at) select f.id, f.message_index, f.kind, f.span_start, f.span_end, f.detector, "
+                    "f.field, ? from read_parquet(?) f where not exists (select 1 from pii_findings o "
+                    "where o.id = f.id and o.message_index is not distinct from f.message_index "
+                    "and o.field = f.field and o.kind = f.kind and o.span_start = f.span_start "
                     "and o.span_end = f.span_end)",
                     [scanned_at, str(found)],
                 )

@@ -447,7 +447,7 @@ def test_exclude_contaminated_drops_rows_an_eval_set_holds_and_names_the_set(fil
 def test_pii_drop_removes_rows_with_findings_and_keep_keeps_them(filled: Store, tmp_path: Path) -> None:
     ids = _chat_ids(filled)
     with filled.write() as con:  # what `curate scan pii` writes
-        con.execute("insert into pii_findings values (?, 0, 'email', 3, 20, 'regex', now())", [ids[0]])
+        con.execute("insert into pii_findings (id, message_index, kind, span_start, span_end, detector, scanned_at) values (?, 0, 'email', 3, 20, 'regex', now())", [ids[0]])
     dropped = export(filled, "chat", tmp_path / "drop", test_size=0, pii="drop")
     kept = export(filled, "chat", tmp_path / "keep", test_size=0)
     assert ids[0] not in {r["id"] for r in _lineage(tmp_path / "drop").values()}

@@ -20,7 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curate.formats import typed_messages
-from curate.messages import SEPARATOR, conversation_text, json_message_text, message_text, typed_message_text
+from curate.messages import (
+    SEPARATOR,
+    JsonObject,
+    conversation_text,
+    json_message_text,
+    loads_first_wins,
+    message_text,
+    typed_message_text,
+)
 
 CURATE = Path(__file__).resolve().parents[1] / "curate"
 
@@ -218,6 +226,90 @@ def test_sql_over_typed_messages_gives_the_python_text(con: duckdb.DuckDBPyConne
 def test_a_conversation_text_joins_the_python_texts_with_a_space(con: duckdb.DuckDBPyConnection,
                                                                  messages: list[Any]) -> None:
     assert sql_conversation_text(con, messages) == " ".join(message_text(m) for m in messages)
+
+
+# ---------------------------------------------------------------- a key the JSON text repeats
+# Python's json.loads keeps a repeated key's LAST value, DuckDB its FIRST: the scan read
+# {"content": "a", "content": "b"} as "b" while every export shipped "a". Python parses stored
+# JSON with loads_first_wins, and these cases hold it to the SQL forms over the raw text itself.
+
+
+def every_form_raw(con: duckdb.DuckDBPyConnection, raw: str) -> dict[str, str]:
+    """The text of one message given as raw JSON text, in every form."""
+    json_sql = con.execute(f"select {json_message_text('m')} from (select ?::json as m)",
+                           [raw]).fetchone()[0]  # type: ignore[index]
+    typed_sql = con.execute(f"select {typed_message_text('t[1]')} from (select {typed_messages('r')} as t "
+                            "from (select ?::varchar as r))", [f"[{raw}]"]).fetchone()[0]  # type: ignore[index]
+    return {"python": message_text(loads_first_wins(raw)), "json sql": json_sql, "typed sql": typed_sql}
+
+
+def test_duckdb_reads_the_first_of_a_repeated_key(con: duckdb.DuckDBPyConnection) -> None:
+    raw = '{"a": "first", "a": "second"}'
+    assert con.execute("select ?::json ->> '$.a', json_extract_string(?, '$.a'), "
+                       """json_transform(?, '{"a": "VARCHAR"}').a""", [raw, raw, raw]).fetchone() == (
+        "first", "first", "first")
+    # Unescaped first: a key spelled with an escape is the same key, in both.
+    escaped = r'{"cont\u0065nt": "first", "content": "second"}'
+    assert con.execute("select ?::json ->> '$.content'", [escaped]).fetchone() == ("first",)
+    assert loads_first_wins(escaped) == {"content": "first"}
+    # Python's own json.loads keeps the last: the reason loads_first_wins exists.
+    assert json.loads(raw) == {"a": "second"}
+    assert loads_first_wins(raw) == {"a": "first"}
+
+
+def test_loads_first_wins_keeps_every_pair_too() -> None:
+    parsed = loads_first_wins('[{"k": 1, "j": {"x": "a", "x": "b"}, "k": 2}]')
+    obj = parsed[0]
+    assert isinstance(obj, JsonObject) and obj == {"k": 1, "j": {"x": "a"}}
+    assert obj.pairs[0] == ("k", 1) and obj.pairs[2] == ("k", 2)
+    assert obj["j"].pairs == [("x", "a"), ("x", "b")]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ('{"role":"user","content":"a","content":"b"}', "a"),
+    ('{"role":"user","content":"a","content":null}', "a"),
+    ('{"role":"user","content":null,"content":"b"}', ""),
+    ('{"role":"user","content":"a","content":[{"type":"text","text":"b"}]}', "a"),
+    ('{"role":"user","content":[{"type":"text","text":"b"}],"content":"a"}', "b"),
+    ('{"role":"user","content":[{"type":"text","text":"a","text":"b"}]}', "a"),
+    ('{"role":"user","content":[{"type":"text","text":"a","text":5}]}', "a"),
+    ('{"role":"user","content":[{"type":"text","text":5,"text":"b"}]}', ""),
+    ('{"role":"user","content":[{"type":"text","type":"image_url","text":"t"}]}', "t"),
+    ('{"role":"user","content":[{"type":"image_url","type":"text","text":"t"}]}', ""),
+    ('{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b","text":"c"}]}', "a\nb"),
+    (r'{"role":"user","cont\u0065nt":"a","content":"b"}', "a"),
+    (r'{"role":"user","content":"a","cont\u0065nt":"b"}', "a"),
+    (r'{"role":"user","content":[{"t\u0079pe":"text","text":"a","type":"image_url"}]}', "a"),
+], ids=["content twice", "then null", "null first", "then parts", "parts first", "part text twice",
+        "then a number", "a number first", "part type twice", "image type first", "second part", "escaped key first",
+        "escaped key second", "escaped part type"])
+def test_a_repeated_key_is_read_as_duckdb_reads_it(con: duckdb.DuckDBPyConnection, raw: str, expected: str) -> None:
+    assert every_form_raw(con, raw) == {"python": expected, "json sql": expected, "typed sql": expected}
+
+
+def _raw_json(value: Any) -> str:
+    """JSON text of ``value``, a tuple of (key, value) pairs standing for an object whose keys may repeat."""
+    if isinstance(value, tuple):
+        return "{" + ",".join(f"{json.dumps(k)}:{_raw_json(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_raw_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+_DUP_SCALAR = st.one_of(st.none(), st.integers(), _TEXT)
+_DUP_PART = st.lists(st.tuples(st.sampled_from(["type", "text"]),
+                               st.one_of(st.sampled_from(["text", "image_url"]), _DUP_SCALAR)),
+                     max_size=5).map(tuple)
+_DUP_MESSAGE = st.lists(st.tuples(st.sampled_from(["role", "content"]),
+                                  st.one_of(_DUP_SCALAR, st.lists(_DUP_PART, max_size=3))),
+                        max_size=5).map(lambda pairs: (("role", "user"), *pairs))
+
+
+@_AGREE
+@given(message=_DUP_MESSAGE)
+def test_the_forms_agree_on_raw_json_with_repeated_keys(con: duckdb.DuckDBPyConnection, message: Any) -> None:
+    got = every_form_raw(con, _raw_json(message))
+    assert got["json sql"] == got["python"] == got["typed sql"]
 
 
 # ---------------------------------------------------------------- one rule, one place

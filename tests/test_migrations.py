@@ -74,6 +74,7 @@ EXPECTED = {
     "pii_findings": [
         ("id", "VARCHAR"), ("message_index", "INTEGER"), ("kind", "VARCHAR"), ("span_start", "INTEGER"),
         ("span_end", "INTEGER"), ("detector", "VARCHAR"), ("scanned_at", "TIMESTAMP WITH TIME ZONE"),
+        ("field", "VARCHAR"),
     ],
     "contamination": [
         ("id", "VARCHAR"), ("eval_set", "VARCHAR"), ("eval_item", "VARCHAR"), ("shared_ngrams", "INTEGER"),
@@ -300,7 +301,7 @@ def test_pass_coverage_starts_empty_and_an_older_scans_findings_stay(tmp_path: P
     con.close()
 
     store = Store(path)
-    assert store.migrate() == ["m010_pass_coverage"]
+    assert store.migrate() == ["m010_pass_coverage", "m011_pii_findings_field"]
     assert store.arrow("select count(*) as n from pass_coverage").to_pylist() == [{"n": 0}]
     # The first scan reads every row (none is covered) and records the finding once.
     assert pii.scan(store).rows == 1

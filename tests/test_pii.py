@@ -149,7 +149,7 @@ def test_scan_records_each_finding_at_a_span_that_slices_the_message_text(plante
 def test_a_rescan_replaces_the_previous_findings(planted: Store) -> None:
     pii.scan(planted)
     with planted.write() as con:
-        con.execute("insert into pii_findings values ('stale', 0, 'email', 0, 1, 'x', now())")
+        con.execute("insert into pii_findings (id, message_index, kind, span_start, span_end, detector, scanned_at) values ('stale', 0, 'email', 0, 1, 'x', now())")
     first = findings(planted)
     pii.scan(planted)
     again = findings(planted)
