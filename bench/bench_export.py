@@ -1,6 +1,7 @@
 """``curate export conversations --format messages`` beside DuckDB's ``COPY (select * from conversations) TO parquet``.
 
-    .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--runs 1] [--memory-limit 1GB]
+    .venv/bin/python bench/bench_export.py [--sizes 200000,1000000] [--rounds 3] [--memory-limit 1GB]
+                                           [--before /tmp/before]
 
 For each size N, a store holding N conversations is built once into bench/data/ (git-ignored):
 ``make_generations.write``'s synthetic GenerationForClient records (tool calls, ~4 % Failed,
@@ -8,16 +9,20 @@ non-ASCII text), in which every fourth line (4k+3) is rewritten as the follow-up
 before it (the whole history re-sent plus a new user turn), so ``conversations`` folds one call in
 four and holds N Success trajectories, some of them two calls long.
 
-Each run then times, each in a fresh process under the same memory limit, from before opening
+Each round then times, each in a fresh process under the same memory limit, from before opening
 the store until the files are closed, with the process's peak RSS:
 
 * ``copy``: DuckDB's own ``COPY (select * from conversations) TO 'x.parquet'`` (zstd), the floor,
   spilling to a temporary folder; if it runs out of memory under the limit, under twice the
   limit, and so on (the table says which);
 * ``export``: ``curate.exporter.export(store, "conversations", fmt="messages")``, test fraction 0.1,
-  exact dedup: typed messages, validation, split, lineage, card.
+  exact dedup: typed messages, validation, split, lineage, card;
+* with ``--before DIR``, the same export by the curate in DIR (e.g. the committed code:
+  ``git archive HEAD | tar -x -C /tmp/before``), in the same round.
 
-A second export to a fresh folder checks that the data files are byte-identical.
+The machine is shared, so each ratio is taken within its round (floor and exports back to back),
+and the median over the rounds is printed. Each export's data files and lineage are digested:
+one digest per code over all rounds means the same bytes every time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,17 +45,19 @@ from curate.importer import import_files
 from curate.store import Store
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 DATA = HERE / "data"
 
 COPY = """
-import json, resource, sys, time, duckdb
+import json, resource, sys, time
 db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
-con = duckdb.connect(db, read_only=True, config={"memory_limit": limit})
-con.execute("set enable_progress_bar = false")
-con.execute(f"set temp_directory = '{out}/spill'")  # as the export spills into its scratch folder
-con.execute(f"copy (select * from conversations) to '{out}/copy.parquet' (format parquet, compression zstd)")
-con.close()
+from curate.store import Store
+store = Store(db, memory_limit=limit)
+with store.read() as con:  # the views are a reader's (temporary) views
+    con.execute("set enable_progress_bar = false")
+    con.execute(f"set temp_directory = '{out}/spill'")  # as the export spills into its scratch folder
+    con.execute(f"copy (select * from conversations) to '{out}/copy.parquet' (format parquet, compression zstd)")
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": None,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -60,10 +68,12 @@ db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
 from curate.exporter import export
 from curate.store import Store
+steps = []
 store = Store(db, memory_limit=limit)
-result = export(store, "conversations", out + "/export", fmt="messages", test_size=0.1)
+result = export(store, "conversations", out + "/export", fmt="messages", test_size=0.1,
+                progress=lambda m: steps.append([round(time.perf_counter() - started, 2), m[:40]]))
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": result.counts["deduplicated"],
-                  "counts": result.counts, "shared": [result.shared_keys, result.shared_prompts],
+                  "counts": result.counts, "shared": [result.shared_keys, result.shared_prompts], "steps": steps,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -94,23 +104,30 @@ def make_store(conversations: int, memory_limit: str) -> Path:
     store = Store(partial, memory_limit=memory_limit)
     import_files(store, [path])
     path.unlink()
-    # Cut to exactly N trajectories: drop the Success calls of the last ones beyond N.
-    with store.write() as con:
-        have = con.execute("select count(*) from conversations").fetchall()[0][0]
-        if have > conversations:
-            con.execute(
-                """delete from generation_rows where id in (
-                       select unnest(list_concat(folded_ids, [id]))
-                       from (select * from conversations order by id desc limit ?))""",
-                [have - conversations],
-            )
+    _cut(store, conversations)
     os.replace(partial, db)
     return db
 
 
-def run(script: str, db: Path, memory_limit: str, out: Path) -> dict[str, Any]:
+def _cut(store: Store, conversations: int) -> None:
+    """Cut to exactly N trajectories: drop the calls of the last ones beyond N (the views are a
+    reader's, so the ids are listed by a reader, then deleted by the writer)."""
+    have = store.arrow("select count(*) as n from conversations").to_pylist()[0]["n"]
+    if have <= conversations:
+        return
+    ids = store.arrow("""select unnest(list_concat(folded_ids, [id])) as id
+                         from (select * from conversations order by id desc limit ?)""", [have - conversations])
+    with store.write() as con:
+        con.register("cut_ids", ids)
+        con.execute("delete from generation_rows where id in (select id from cut_ids)")
+        con.unregister("cut_ids")
+
+
+def run(script: str, db: Path, memory_limit: str, out: Path, code: Path = ROOT) -> dict[str, Any]:
+    """``script`` in a fresh process, importing curate from ``code`` (a checkout of the repository)."""
+    env = dict(os.environ, PYTHONPATH=str(code))
     done = subprocess.run([sys.executable, "-c", script, str(db), memory_limit, str(out)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, cwd=code, env=env)
     if done.returncode != 0:
         if "Out of Memory" in done.stderr:
             return {"oom": True}
@@ -137,28 +154,46 @@ def digest(folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--sizes", default="200000")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another tree of curate (e.g. `git archive HEAD | tar -x -C /tmp/before`) whose export "
+                             "runs in the same rounds, beside this one's")
     args = parser.parse_args()
     print(f"machine: {machine()}; memory limit {args.memory_limit}\n")
-    print("| conversations | run | copy s (memory limit) | copy peak MiB | export s (memory limit) | export peak MiB |"
-          " export / copy | rows written | split check | same bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    codes = {"export": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    print("| conversations | round | copy s (limit) | copy peak MiB | "
+          + " | ".join(f"{name} s | {name} peak MiB | {name} / copy" for name in codes)
+          + " | rows written | split check | bytes |")
+    print("|---|---|---|---|" + "---|---|---|" * len(codes) + "---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         db = make_store(size, args.memory_limit)
-        for run_no in range(1, args.runs + 1):
+        digests: dict[str, set[str]] = {name: set() for name in codes}
+        ratios: dict[str, list[float]] = {name: [] for name in codes}
+        for round_no in range(1, args.rounds + 1):
+            cells, first = [], None
             with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+                # The floor and each export in turn, in every round: the machine is shared, so the
+                # ratio is taken within the round.
                 copy = run_copy(db, args.memory_limit, Path(tmp))
-                first = run(EXPORT, db, args.memory_limit, Path(tmp))
-                one = digest(Path(tmp) / "export")
-                os.rename(Path(tmp) / "export", Path(tmp) / "first")
-                run(EXPORT, db, args.memory_limit, Path(tmp))
-                same = one == digest(Path(tmp) / "export")
-            print(f"| {size:,} | {run_no} | {copy['seconds']:.1f} ({copy['limit']}) | {copy['rss_mb']:.0f} | "
-                  f"{first['seconds']:.1f} ({first['limit']}) | "
-                  f"{first['rss_mb']:.0f} | {first['seconds'] / copy['seconds']:.2f}x | {first['rows']:,} | "
-                  f"{first['shared'][0]} keys, {first['shared'][1]} prompts | {'yes' if same else 'NO'} |", flush=True)
+                for name, code in codes.items():
+                    result = run(EXPORT, db, args.memory_limit, Path(tmp), code)
+                    digests[name].add(digest(Path(tmp) / "export"))
+                    shutil.rmtree(Path(tmp) / "export")
+                    ratios[name].append(result["seconds"] / copy["seconds"])
+                    cells.append(f"{result['seconds']:.1f} | {result['rss_mb']:.0f} | {ratios[name][-1]:.2f}x")
+                    print(f"  {name} steps: {result['steps']}", file=sys.stderr, flush=True)
+                    first = first or result
+            assert first is not None
+            same = ", ".join(f"{name}: {len(d)} digest{'s' if len(d) > 1 else ''}" for name, d in digests.items())
+            print(f"| {size:,} | {round_no} | {copy['seconds']:.1f} ({copy['limit']}) | {copy['rss_mb']:.0f} | "
+                  + " | ".join(cells) + f" | {first['rows']:,} | {first['shared'][0]} keys, {first['shared'][1]} prompts"
+                  f" | {same} |", flush=True)
+        for name in codes:
+            ordered = sorted(ratios[name])
+            print(f"\n{size:,}: {name} / copy, median of {len(ordered)} rounds: {ordered[len(ordered) // 2]:.2f}x "
+                  f"(range {ordered[0]:.2f}-{ordered[-1]:.2f}); distinct data digests: {sorted(digests[name])}")
 
 
 if __name__ == "__main__":
