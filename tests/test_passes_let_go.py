@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from curate import decontaminate as decontaminate_module
@@ -85,9 +88,9 @@ def test_dedup_near_lets_go_while_it_hashes(filled: Store, monkeypatch: pytest.M
     probe = Probe(filled.path)
     real_shingles = neardup.shingles
 
-    def shingles(text: str, size: int) -> list[str]:
+    def shingles(texts: Sequence[str], size: int) -> tuple[pa.UInt64Array, array[int]]:
         probe()
-        return real_shingles(text, size)
+        return real_shingles(texts, size)
 
     monkeypatch.setattr(neardup, "shingles", shingles)
     result = neardup.near_duplicates(filled, on="conversation")
