@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import duckdb
@@ -425,26 +426,30 @@ def apply(con: duckdb.DuckDBPyConnection, migrations: list[Migration] | None = N
     if not todo:
         return ran
     if not applied(con):
-        con.execute("begin transaction")
-        try:
+        with _transaction(con):
             _ensure_table(con)
             for migration in todo:
-                migration(con)
-                con.execute("insert into _curate_migrations (name) values (?)", [migration.__name__])
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+                _run(con, migration)
         return [m.__name__ for m in todo]
     _ensure_table(con)
     for migration in todo:
-        con.execute("begin transaction")
-        try:
-            migration(con)
-            con.execute("insert into _curate_migrations (name) values (?)", [migration.__name__])
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
+        with _transaction(con):
+            _run(con, migration)
         ran.append(migration.__name__)
     return ran
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("begin transaction")
+    try:
+        yield
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
+def _run(con: duckdb.DuckDBPyConnection, migration: Migration) -> None:
+    migration(con)
+    con.execute("insert into _curate_migrations (name) values (?)", [migration.__name__])
