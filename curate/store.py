@@ -25,6 +25,7 @@ This module is only the file: the records' merge is ``curate.merge``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 import duckdb
 import pyarrow as pa
@@ -132,6 +133,40 @@ _QUERY_ERRORS: tuple[type[duckdb.Error], ...] = (
     duckdb.ProgrammingError, duckdb.DataError, duckdb.IOException, duckdb.OutOfMemoryException,
     duckdb.NotImplementedException,
 )
+
+
+def interruptible(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+    """``work()`` (a DuckDB call on ``con``), stopped by Ctrl-C.
+
+    Python runs a signal's handler only between bytecodes of the main thread, and a long query
+    keeps that thread inside DuckDB: Ctrl-C could wait for the query's end (seen: over a minute).
+    So the query runs on a thread while the main thread waits, which a signal does interrupt;
+    then ``con.interrupt()`` stops the query and the KeyboardInterrupt goes on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    outcome: list[Any] = []
+    finished = threading.Event()  # not Thread.join: CPython 3.11 marks a thread whose join Ctrl-C cut short as stopped
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the waiting thread as it is
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="curate-query", daemon=True).start()
+    try:
+        finished.wait()
+    except KeyboardInterrupt:
+        con.interrupt()
+        finished.wait()
+        raise
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return cast(T, value)
 
 
 @contextmanager
@@ -361,7 +396,7 @@ class ReadableStore:
     def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only query and return its rows as an Arrow table (``QueryError`` if DuckDB refuses it)."""
         with self.read() as con, _user_query():
-            return con.sql(sql, params=params).to_arrow_table()
+            return interruptible(con, lambda: con.sql(sql, params=params).to_arrow_table())
 
     query = arrow  # the name ``arrow`` had before; ``sql`` is the one that returns a ``Result``
 
@@ -376,9 +411,9 @@ class ReadableStore:
         """
         quoted = "'" + str(path).replace("'", "''") + "'"
         with self.read(wait=FOREVER) as con, _user_query():  # a pass's first step: it then writes, and writers wait
-            ((written,),) = con.execute(
+            ((written,),) = interruptible(con, lambda: con.execute(
                 f"copy ({sql}) to {quoted} (format parquet, compression zstd, row_group_size {int(row_group_rows)})"
-            ).fetchall()
+            ).fetchall())
         return int(written)
 
     def scratch(self) -> tempfile.TemporaryDirectory[str]:
@@ -429,7 +464,8 @@ class ReadableStore:
                 partial = out / f".{name}.parquet.partial"
                 quoted = str(partial).replace("'", "''")
                 with _user_query():
-                    con.execute(f"copy (select * from \"{name}\") to '{quoted}' (format parquet, compression zstd)")
+                    copy = f"copy (select * from \"{name}\") to '{quoted}' (format parquet, compression zstd)"
+                    interruptible(con, functools.partial(con.execute, copy))
                 os.replace(partial, target)
                 written.append(target)
         return written

@@ -105,7 +105,11 @@ def test_ctrl_c_during_a_query_stops_it_with_exit_130(tmp_path: Path) -> None:
     endless = "select sum(hash(a.range * b.range)) from range(1000000) a, range(1000000) b"
     proc = subprocess.Popen([CURATE, "sql", "--db", str(tmp_path / "s.duckdb"), endless],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
     assert (proc.returncode, stderr.strip()) == (130, "interrupted")
