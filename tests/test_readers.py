@@ -103,14 +103,18 @@ READS: dict[str, Callable[[Path], str]] = {
 
 @pytest.mark.parametrize("read", READS, ids=lambda name: name.replace(" ", "-"))
 def test_a_reader_answers_within_2s_while_another_process_holds_the_file_read_only(path: Path, read: str) -> None:
-    expected = READS[read](path)  # once alone: the answer, and Python's caches warm
+    started = time.monotonic()
+    expected = READS[read](path)  # once alone: the answer, its time, and Python's caches warm
+    alone = time.monotonic() - started
     with read_only_holder(path) as holder:
         started = time.monotonic()
         got = READS[read](path)
         seconds = time.monotonic() - started
         assert holder.poll() is None  # still holding it all along
     assert got == expected
-    assert seconds < 2.0, f"{read} took {seconds:.1f}s next to a read-only holder"
+    # A reader that waited for the holder would wait out its lock timeout (30 s). 2 s, or three
+    # times the same read alone when the machine is so loaded (parallel tests) that it is slower.
+    assert seconds < max(2.0, 3 * alone), f"{read} took {seconds:.1f}s next to a read-only holder, {alone:.1f}s alone"
 
 
 CHAT_OVERRIDE = "-- The first three generations, ids only.\nselect id from generations order by id limit 3\n"
