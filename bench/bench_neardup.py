@@ -9,7 +9,9 @@ verification off, to price it). The floor: the cheapest way to get the same text
 i.e. one query of the same normalised texts from the store into Arrow (``neardup._texts_sql``,
 the text column alone) plus rensa's signatures of the same shingles (their 64-bit hashes made
 beforehand, untimed, as the pass makes them); making the shingles is printed apart, and counts
-against the pass. Rounds alternate which side runs first; the ratio is pass / floor per round.
+against the pass. Rounds alternate which side runs first; the ratio is pass / floor per round, in
+wall seconds, and the CPU ratio the same in CPU seconds (user + system, every thread of the
+process: of the pass, of the floor's read and signing), which a loaded machine disturbs less.
 
 The store is made once in bench/data/ (git-ignored) from ``make_generations.write``'s records
 (100,000 records: 95,652 chat rows). ``--planted K`` adds up to K rows, each a copy of an existing prompt
@@ -42,33 +44,42 @@ import curate.neardup as neardup
 from curate.store import Store
 if sys.argv[3] == "no-exact":
     neardup.margin = lambda threshold, num_perm: 0.0
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+before = cpu()
 r = neardup.near_duplicates(Store(sys.argv[1]), on=sys.argv[2], full=True)
 print(json.dumps({"rows": r.rows, "clusters": r.clusters, "in_clusters": r.rows_in_clusters, "seconds": r.seconds,
+                  "cpu": cpu() - before,
                   "candidates": getattr(r, "candidates", None), "exact_checks": getattr(r, "exact_checks", None),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 FLOOR = """
-import json, sys, time
+import json, resource, sys, time
 import pyarrow.compute as pc
 import rensa
 from curate import neardup
 from curate.store import Store
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 store = Store(sys.argv[1])
-started = time.perf_counter()
+started, before = time.perf_counter(), cpu()
 texts = store.arrow(f"select text from ({neardup._texts_sql(sys.argv[2])})").column("text")
-read = time.perf_counter() - started
+read, read_cpu = time.perf_counter() - started, cpu() - before
 texts = pc.filter(texts, pc.greater(pc.utf8_length(pc.fill_null(texts, "")), 0)).to_pylist()
 started = time.perf_counter()
 made = [neardup.shingles(texts[i : i + neardup.BATCH_ROWS], neardup.DEFAULT_SHINGLE)
         for i in range(0, len(texts), neardup.BATCH_ROWS)]
 hashing = time.perf_counter() - started
-started = time.perf_counter()
+started, before = time.perf_counter(), cpu()
 for hashes, offsets in made:
     rensa.RMinHash.digest_matrix_from_flat_token_hashes(neardup._u64(hashes), offsets, neardup.DEFAULT_NUM_PERM,
                                                         neardup.SEED)
-sign = time.perf_counter() - started
-print(json.dumps({"read": read, "sign": sign, "floor": read + sign, "shingling": hashing}))
+sign, sign_cpu = time.perf_counter() - started, cpu() - before
+print(json.dumps({"read": read, "sign": sign, "floor": read + sign, "shingling": hashing,
+                  "cpu": read_cpu + sign_cpu}))
 """
 
 
@@ -147,10 +158,10 @@ def main() -> None:
     if args.planted:
         db = plant(db, args.n, args.planted)
     mode = "no-exact" if args.no_exact else "exact"
-    ratios = []
-    print("| round | pass s | floor s (read + sign) | shingling s | ratio | rows | clusters | rows in clusters "
-          "| candidates | exact checks | peak RSS MB |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios, cpu_ratios = [], []
+    print("| round | pass s | floor s (read + sign) | shingling s | ratio | CPU ratio | rows | clusters "
+          "| rows in clusters | candidates | exact checks | peak RSS MB | load |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for round_ in range(1, args.rounds + 1):
         if round_ % 2:
             floor = run(FLOOR, db, args.on, mode, None)
@@ -160,11 +171,14 @@ def main() -> None:
             floor = run(FLOOR, db, args.on, mode, None)
         ratio = near["seconds"] / floor["floor"]
         ratios.append(ratio)
+        cpu_ratio = near["cpu"] / floor["cpu"] if near.get("cpu") and floor.get("cpu") else float("nan")
+        cpu_ratios.append(cpu_ratio)
         print(f"| {round_} | {near['seconds']:.2f} | {floor['floor']:.2f} ({floor['read']:.2f} + {floor['sign']:.2f}) "
-              f"| {floor['shingling']:.2f} | {ratio:.2f}x | {near['rows']:,} | {near['clusters']:,} "
-              f"| {near['in_clusters']:,} | {near['candidates']} | {near['exact_checks']} | {near['rss_mb']:.0f} |",
-              flush=True)
-    print(f"median ratio {statistics.median(ratios):.2f}x over {args.rounds} rounds")
+              f"| {floor['shingling']:.2f} | {ratio:.2f}x | {cpu_ratio:.2f}x | {near['rows']:,} | {near['clusters']:,} "
+              f"| {near['in_clusters']:,} | {near['candidates']} | {near['exact_checks']} | {near['rss_mb']:.0f} "
+              f"| {os.getloadavg()[0]:.1f} |", flush=True)
+    print(f"median ratio {statistics.median(ratios):.2f}x, median CPU ratio {statistics.median(cpu_ratios):.2f}x "
+          f"over {args.rounds} rounds")
 
 
 if __name__ == "__main__":

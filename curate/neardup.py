@@ -9,17 +9,19 @@ punctuation removed, whitespace collapsed).
 shorter). Characters, not words: chat prompts are short, and in a 40-word prompt one changed word
 alters 5 of 37 word 5-grams (Jaccard ~0.76, a miss at 0.85) but ~10 of ~250 character 5-grams
 (~0.92, a hit), while unrelated prompts share few character 5-grams. No Python object is made per
-shingle: ``shingles`` hashes a batch's every shingle to 64 bits with pyarrow's kernels over the
-batch's code points, and rensa signs the flat hashes (``digest_matrix_from_flat_token_hashes``,
-128 permutations, fixed seed).
+shingle, nor per text: ``shingles`` decodes a batch's UTF-8 bytes to code points at once and
+hashes its every shingle to 64 bits with pyarrow's kernels, and rensa signs the flat hashes
+(``digest_matrix_from_flat_token_hashes``, 128 permutations, fixed seed). One thread shingles and
+signs a batch while the other reads the next and takes the last one's signatures out of rensa
+(as Python lists, its only way out) into one flat array.
 
-**Candidates, in linear time.** The signatures go into rensa's LSH index, ``bands`` bands of
-``rows`` values each (``lsh_bands``: the fewest bands under which a pair at exactly ``threshold``
-is missed with probability at most 1 %; 16 bands of 8 at 0.85). The rows that share a whole band
-with another row are the candidates, the only ones read, shingled and signed again to be compared
-in Python. Rows with equal signatures count once; in each band's bucket each row is compared with
-the bucket's first row and with the row before it (in the order of the next band, so rows that
-share it too are neighbours): two comparisons a row per band, never one per pair of rows.
+**Candidates, in linear time.** Each signature is cut into ``bands`` bands of ``rows`` values
+(``lsh_bands``: the fewest bands under which a pair at exactly ``threshold`` is missed with
+probability at most 1 %; 16 bands of 8 at 0.85), each band hashed to a 64-bit bucket by pyarrow,
+and DuckDB finds the buckets of two rows or more (as rensa's LSH index would). The rows in them
+are the candidates. Rows with equal signatures count once; in each bucket each row is compared
+with the bucket's first row and with the row before it (in the order of the next band, so rows
+that share it too are neighbours): two comparisons a row per band, never one per pair of rows.
 
 **Decided on the exact value near the threshold.** A pair's MinHash estimate (the share of equal
 values) is off by ~0.03 at 128 permutations, so a pair whose estimate is within ``margin`` of the
@@ -53,8 +55,8 @@ import operator
 import time
 from array import array
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, compress
 from pathlib import Path
 from typing import Literal
 
@@ -170,41 +172,64 @@ def pending(store: Store, *, on: On = "prompt", threshold: float = DEFAULT_THRES
     return int(n)
 
 
-def shingles(texts: Sequence[str], size: int) -> tuple[pa.UInt64Array, array[int]]:
+def shingles(texts: Sequence[str] | pa.StringArray, size: int) -> tuple[pa.UInt64Array, array[int]]:
     """The ``size``-character shingles of each normalised text, hashed to 64 bits, in flat arrays.
 
-    Returns ``(hashes, offsets)``: the hashes of text ``i``'s shingles are
-    ``hashes[offsets[i]:offsets[i + 1]]`` (a shingle that recurs is there each time; an empty text
-    has none; a text shorter than ``size`` is one shingle, itself). No Python object is made per
-    shingle: the batch is one UTF-32 string, and pyarrow's kernels hash every window of ``size``
-    code points at once, ``c0·M^(size-1) + c1·M^(size-2) + ... + c(size-1)`` modulo 2^64 for the
-    odd constant M. Windows that straddle two texts are dropped. A short text is padded with a lone
-    surrogate, a code point no decoded UTF-8 text holds, so its one shingle is no other text's.
-    ``_shingle_set`` is the same shingling, as strings.
+    ``texts``: strings, or an Arrow string array (a null is an empty text). Returns ``(hashes,
+    offsets)``: the hashes of text ``i``'s shingles are ``hashes[offsets[i]:offsets[i + 1]]`` (a
+    shingle that recurs is there each time; an empty text has none; a text shorter than ``size`` is
+    one shingle, itself). No Python object is made per shingle, nor per text from an Arrow array:
+    the batch's UTF-8 bytes are decoded to one UTF-32 string, and pyarrow's kernels hash every
+    window of ``size`` code points at once, ``c0·M^(size-1) + c1·M^(size-2) + ... + c(size-1)``
+    modulo 2^64 for the odd constant M. Windows that straddle two texts are dropped. A short text is
+    padded with a lone surrogate, a code point no decoded UTF-8 text holds, so its one shingle is no
+    other text's. ``_shingle_set`` is the same shingling, as strings.
     """
-    padded = [t if len(t) >= size or not t else t + _PAD * (size - len(t)) for t in texts]
+    strings = texts if isinstance(texts, pa.Array) else pa.array(list(texts), pa.string())
+    strings = pc.fill_null(strings, "")
+    lengths = pc.utf8_length(strings).to_pylist()
     offsets = array("Q", [0])
-    ends = array("q")  # where each non-empty text ends, in code points
-    rows = array("q")  # which text that is
+    # The windows kept, as runs: each text's own windows, then the size - 1 that straddle it and the next.
+    run_ends = array("q")
+    short: list[int] = []  # the texts shorter than a shingle, padded
     total = count = 0
-    for i, text in enumerate(padded):
-        if text:
-            total += len(text)
-            ends.append(total)
-            rows.append(i)
-            count += len(text) - size + 1
+    for i, length in enumerate(lengths):
+        if length:
+            if length < size:
+                short.append(i)
+                length = size
+            total += length
+            run_ends.append(total - size + 1)
+            run_ends.append(total)
+            count += length - size + 1
         offsets.append(count)
     if not count:
         return pa.array([], pa.uint64()), offsets
-    codes = pa.Array.from_buffers(
-        pa.uint32(), total, [None, pa.py_buffer("".join(padded).encode("utf-32-le", "surrogatepass"))]
-    ).cast(pa.uint64())
+    bounds = strings.buffers()[1]
+    raw = memoryview(bounds).cast("B")
+    starts = (raw.cast("q") if pa.types.is_large_string(strings.type) else raw.cast("i"))[
+        strings.offset : strings.offset + len(strings) + 1]
+    data = memoryview(strings.buffers()[2]).cast("B")
+    if short:  # the texts between two short ones as they are, each short one padded
+        pieces, at = [], starts[0]
+        for i in short:
+            pieces += [data[at : starts[i + 1]], (_PAD * (size - lengths[i])).encode("utf-8", "surrogatepass")]
+            at = starts[i + 1]
+        pieces.append(data[at : starts[-1]])
+        utf32 = b"".join(pieces).decode("utf-8", "surrogatepass").encode("utf-32-le", "surrogatepass")
+    else:
+        utf32 = str(data[starts[0] : starts[-1]], "utf-8").encode("utf-32-le")
+    codes = pa.Array.from_buffers(pa.uint32(), total, [None, pa.py_buffer(utf32)]).cast(pa.uint64())
     windows = total - size + 1
     hashes = codes.slice(0, windows)
     for j in range(1, size):
         hashes = pc.add(pc.multiply(hashes, _MULTIPLIER), codes.slice(j, windows))
-    text_of = pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int64()), pa.array(rows, pa.int64())))
-    within = pc.equal(text_of.slice(0, windows), text_of.slice(size - 1, windows))
+    if size == 1:
+        return hashes, offsets
+    runs = len(run_ends) - 1  # the last text's straddling windows are past the end
+    kept = [True, False] * (runs // 2) + [True]
+    within = pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(
+        pa.Array.from_buffers(pa.int64(), runs, [None, pa.py_buffer(run_ends)]), pa.array(kept, pa.bool_())))
     return pc.filter(hashes, within), offsets
 
 
@@ -230,8 +255,9 @@ def _u64(values: pa.Array) -> memoryview:
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band): the fewest bands, splitting ``num_perm`` evenly (rensa's index needs
-    that), under which a pair at exactly ``threshold`` shares no band with probability at most ``MISS``.
+    """(bands, rows per band): the fewest bands, splitting ``num_perm`` evenly (each band is an equal
+    slice of the signature), under which a pair at exactly ``threshold`` shares no band with
+    probability at most ``MISS``.
 
     Fewer bands, longer ones, mean fewer candidates; at 0.85 and 128 permutations: 16 bands of 8
     (a pair at 0.85 is missed with probability 0.6 %, at 0.80 5 %, at 0.90 0.02 %)."""
@@ -281,20 +307,25 @@ def _texts_at(reading: pq.ParquetFile, rows: Sequence[int]) -> list[str]:
     return out
 
 
-# Candidate pairs, from each candidate's band keys (``banded``: c, band, key, next) and whole
-# signature's key (``signed``: c, whole). Rows with equal signatures are one row for the bands: each
-# is paired with the first of them. In a band's bucket each row is paired with the bucket's first
-# row and with the row before it, in the order of the next band's key (rows that share that band
-# too are neighbours): two pairs a row, however large the bucket.
+# Candidate pairs, from every signature's bands (``keys``: i = row * bands + band, bucket: a 64-bit
+# hash of the band's values and number, next: the key of the row's next band) and whole signature
+# (``wholes``: i = row, whole: its 64-bit hash). Rows with equal signatures are one row for the
+# bands: each is paired with the first of them. In a band's bucket each row is
+# paired with the bucket's first row and with the row before it, in the order of the row's next band
+# (rows that share that band too are neighbours): two pairs a row, however large the bucket. The
+# candidates are the rows that share a band with another row (equal rows share them all).
 _PAIRS_SQL = """
-    with same as (select c, min(c) over (partition by whole) as first from signed),
-    banded_once as (select b.* from banded b semi join (select c from same where c = first) using (c)),
-    shared as (select band, key from banded_once group by band, key having count(*) > 1),
-    ordered as (
+    create temp table same as select i as c, min(i) over (partition by whole) as first from wholes;
+    create temp table banded as
+        select i // {bands} as c, bucket, next from keys
+        semi join (select c from same where c = first) on i // {bands} = c;
+    create temp table ordered as
+        with shared as (select bucket from banded group by bucket having count(*) > 1)
         select c, first_value(c) over w as first, lag(c) over w as before
-        from banded_once semi join shared using (band, key)
-        window w as (partition by band, key order by next, c)
-    )
+        from banded semi join shared using (bucket)
+        window w as (partition by bucket order by next, c);
+"""
+_PAIRS_OUT_SQL = """
     select first as a, c as b from same where c <> first
     union
     select least(c, first), greatest(c, first) from ordered where c <> first
@@ -302,52 +333,68 @@ _PAIRS_SQL = """
     select least(c, before), greatest(c, before) from ordered where before is not null
     order by a, b
 """
+_CANDIDATES_SQL = """
+    select count(*) from same s
+    where c <> first or exists (select 1 from same d where d.first = s.c and d.c <> d.first)
+       or exists (select 1 from ordered o where o.c = s.c)
+"""
 PAIR_BLOCK = 16_384
 
 
 def _horner(values: list[pa.Array]) -> pa.Array:
-    """One 64-bit hash per row of equally long unsigned columns (collisions only make extra candidates)."""
-    key = pc.cast(values[0], pa.uint64())
+    """One 64-bit hash per row of equally long uint64 columns (collisions only make extra candidates)."""
+    key = values[0]
     for value in values[1:]:
-        key = pc.add(pc.multiply(key, _MULTIPLIER), pc.cast(value, pa.uint64()))
+        key = pc.add(pc.multiply(key, _MULTIPLIER), value)
     return key
 
 
-def _candidate_pairs(signatures: pa.FixedSizeListArray, bands: int, per_band: int) -> tuple[pa.Array, pa.Array]:
-    """The pairs (a < b) of candidates to compare, numbered as ``signatures``' rows (see ``_PAIRS_SQL``)."""
+def _candidate_pairs(signatures: array[int], num_perm: int, bands: int) -> tuple[pa.Array, pa.Array, int]:
+    """The pairs (a < b) of rows of ``signatures`` (``num_perm`` values a row) to compare, and how
+    many rows are candidates (share a band with another row); see ``_PAIRS_SQL``."""
     import duckdb
 
-    n = len(signatures)
-    keys = [_horner([pc.list_element(signatures, band * per_band + j) for j in range(per_band)])
-            for band in range(bands)]
-    c = pa.array(range(n), pa.int64())
-    signed = pa.table({"c": c, "whole": _horner(keys)})
-    banded = pa.concat_tables([
-        pa.table({"c": c, "band": pa.repeat(pa.scalar(band, pa.int32()), n), "key": keys[band],
-                  "next": keys[(band + 1) % bands]})
-        for band in range(bands)])
+    n = len(signatures) // num_perm
+    numbers = pa.Array.from_buffers(pa.int64(), n * bands, [None, pa.py_buffer(array("q", range(n * bands)))])
+    # Each band's values, two to a 64-bit word when they pair up (the signatures' buffer, not
+    # copied), hashed to one key.
+    per_word = 2 if (num_perm // bands) % 2 == 0 else 1
+    words = pa.Array.from_buffers(pa.uint64() if per_word == 2 else pa.uint32(), n * num_perm // per_word,
+                                  [None, pa.py_buffer(signatures)])
+    banded = pa.FixedSizeListArray.from_arrays(words, num_perm // bands // per_word)
+    key = _horner([pc.cast(pc.list_element(banded, j), pa.uint64()) for j in range(banded.type.list_size)])
+    rows = pa.FixedSizeListArray.from_arrays(key, bands)
+    band = pc.subtract(numbers, pc.multiply(pc.divide(numbers, bands), bands))
+    following = pc.subtract(pc.add(numbers, 1), pc.multiply(pc.cast(pc.equal(band, bands - 1), pa.int64()), bands))
+    # The bucket: the band's key and its number, in one word.
+    bucket = _horner([key, pc.cast(band, pa.uint64())])
+    keys = pa.table({"i": numbers, "bucket": bucket, "next": key.take(following)})
+    wholes = pa.table({"i": numbers.slice(0, n), "whole": _horner([pc.list_element(rows, j) for j in range(bands)])})
     with duckdb.connect() as con:
-        con.register("signed", signed)
-        con.register("banded", banded)
-        pairs = con.sql(_PAIRS_SQL).to_arrow_table()
-    return pairs.column("a").combine_chunks(), pairs.column("b").combine_chunks()
+        con.register("keys", keys)
+        con.register("wholes", wholes)
+        con.execute(_PAIRS_SQL.format(bands=int(bands)))
+        pairs = con.sql(_PAIRS_OUT_SQL).to_arrow_table()
+        ((candidates,),) = con.sql(_CANDIDATES_SQL).fetchall()
+    return pairs.column("a").combine_chunks(), pairs.column("b").combine_chunks(), int(candidates)
 
 
-def _equal_values(signatures: pa.FixedSizeListArray, a: pa.Array, b: pa.Array) -> list[int]:
-    """For each pair (a[i], b[i]) of signature rows, how many of their values are equal."""
+def _equal_values(signatures: pa.FixedSizeListArray, a: pa.Array, b: pa.Array) -> pa.Array:
+    """For each pair (a[i], b[i]) of signature rows, how many of their values are equal (int64)."""
     width = signatures.type.list_size
-    out: list[int] = []
+    out: list[pa.Array] = []
     for lo in range(0, len(a), PAIR_BLOCK):
         x = signatures.take(a.slice(lo, PAIR_BLOCK)).flatten()
         y = signatures.take(b.slice(lo, PAIR_BLOCK)).flatten()
-        running = pc.cumulative_sum(pc.cast(pc.equal(x, y), pa.int64()))
-        ends = running.take(pa.array(range(width - 1, len(running), width), pa.int64())).to_pylist()
-        out.extend(end - start for start, end in zip([0, *ends[:-1]], ends, strict=True))
-    return out
+        equal = pa.FixedSizeListArray.from_arrays(pc.cast(pc.equal(x, y), pa.int64()), width)
+        running = pc.cumulative_sum(pc.list_flatten(equal))
+        ends = pc.list_element(pa.FixedSizeListArray.from_arrays(running, width), width - 1)
+        out.append(pc.subtract(ends, pa.concat_arrays([pa.array([0], pa.int64()), ends.slice(0, len(ends) - 1)])))
+    return pa.concat_arrays(out) if out else pa.array([], pa.int64())
 
 
 class _Clusters:
-    """Candidates (numbered 0..n-1, with their signatures and row numbers) joined into components."""
+    """The signed rows (numbered 0..n-1, with their signatures and row numbers) joined into components."""
 
     def __init__(self, signatures: array[int], rows: array[int], reading: pq.ParquetFile, *, threshold: float,
                  num_perm: int, shingle: int) -> None:
@@ -358,6 +405,8 @@ class _Clusters:
         self.texts: dict[int, str] = {}
         self.sets: dict[int, set[str]] = {}
         self.exact_checks = 0
+        self.candidates = 0  # rows that share a band with another row
+        self.compared: list[int] = []  # rows in a pair found similar or near, ascending
 
     def near(self, estimate: float) -> bool:
         return self.threshold - self.margin <= estimate < self.threshold + self.margin
@@ -394,21 +443,24 @@ class _Clusters:
         self.read({a, b})
         return self.exact(a, b)
 
-    def join(self, bands: int, per_band: int) -> None:
+    def join(self, bands: int) -> None:
         """Compare the candidate pairs and join the similar ones."""
         if not self.rows:
             return
         values = pa.Array.from_buffers(pa.uint32(), len(self.signatures), [None, pa.py_buffer(self.signatures)])
         signatures = pa.FixedSizeListArray.from_arrays(values, self.num_perm)
-        a, b = _candidate_pairs(signatures, bands, per_band)
-        near: list[tuple[int, int]] = []
-        for x, y, equal in zip(a.to_pylist(), b.to_pylist(), _equal_values(signatures, a, b), strict=True):
-            estimate = equal / self.num_perm
-            if estimate >= self.threshold + self.margin:
-                self.components.union(x, y)
-            elif self.near(estimate):
-                near.append((x, y))
-        near = [(x, y) for x, y in near if self.components.find(x) != self.components.find(y)]
+        a, b, self.candidates = _candidate_pairs(self.signatures, self.num_perm, bands)
+        # The estimates, and which pairs they decide (most pairs are neither similar nor near).
+        estimate = pc.divide(pc.cast(_equal_values(signatures, a, b), pa.float64()), float(self.num_perm))
+        similar = pc.greater_equal(estimate, self.threshold + self.margin)
+        close = pc.and_(pc.greater_equal(estimate, self.threshold - self.margin),
+                        pc.less(estimate, self.threshold + self.margin))
+        for x, y in zip(pc.filter(a, similar).to_pylist(), pc.filter(b, similar).to_pylist(), strict=True):
+            self.components.union(x, y)
+        near = [(x, y) for x, y in zip(pc.filter(a, close).to_pylist(), pc.filter(b, close).to_pylist(), strict=True)
+                if self.components.find(x) != self.components.find(y)]
+        either = pc.or_(similar, close)
+        self.compared = sorted(set(pc.filter(a, either).to_pylist()) | set(pc.filter(b, either).to_pylist()))
         self.read({c for pair in near for c in pair})
         for x, y in near:
             if self.components.find(x) != self.components.find(y) and self.exact(x, y) >= self.threshold:
@@ -442,23 +494,32 @@ def near_duplicates(
         return NearDupSummary(on=on, threshold=threshold, rows=int(rows_seen), clusters=int(clusters_seen),
                              rows_in_clusters=int(members_seen), seconds=time.perf_counter() - started,
                              up_to_date=True)
-    bands, per_band = lsh_bands(threshold, num_perm)
+    bands, _ = lsh_bands(threshold, num_perm)
     id_parts: list[pa.Array] = []
     hash_parts: list[pa.Array] = []
     finished_parts: list[pa.Array] = []
     length_parts: list[pa.Array] = []
     signed = array("q")  # the row number of each signature: rows without text have none, and are never clustered
-    candidate_rows = array("q")  # the row number of each candidate (a row that shares a band with another)
-    candidate_signatures = array("I")  # num_perm values per candidate
+    signatures = array("I")  # num_perm values per signed row
     n = 0
     with store.scratch() as folder:
         import rensa  # imported when used: `curate --help` need not load it
 
         unloaded = Path(folder) / "texts.parquet"
         store.unload(_texts_sql(on), unloaded, row_group_rows=BATCH_ROWS)
-        index = rensa.RMinHashLSH(threshold, num_perm, bands)
-        matrices = []
-        with pq.ParquetFile(unloaded) as reading:
+        def sign(texts: pa.StringArray) -> rensa.RMinHashDigestMatrix:
+            hashes, offsets = shingles(texts, shingle)
+            return rensa.RMinHash.digest_matrix_from_flat_token_hashes(_u64(hashes), offsets, num_perm, SEED)
+
+        def take_out(matrix: rensa.RMinHashDigestMatrix) -> None:
+            add = signatures.fromlist
+            for row in matrix.to_rows():
+                add(row)
+
+        # Two threads: one shingles and signs a batch (pyarrow and rensa let go of the GIL) while
+        # the other reads the next batch and takes the last one's signatures out of rensa.
+        with pq.ParquetFile(unloaded) as reading, ThreadPoolExecutor(1, thread_name_prefix="neardup") as signer:
+            signing: Future[rensa.RMinHashDigestMatrix] | None = None
             for batch in reading.iter_batches(batch_size=BATCH_ROWS, columns=["id", "finished_at", "raw_hash", "text"]):
                 id_parts.append(batch.column("id"))
                 hash_parts.append(batch.column("raw_hash"))
@@ -468,33 +529,25 @@ def near_duplicates(
                 has_text = pc.greater(lengths, 0)
                 signed.extend(n + i for i in pc.indices_nonzero(has_text).to_pylist())
                 n += batch.num_rows
-                texts = pc.filter(batch.column("text"), has_text).to_pylist()
-                if texts:
-                    hashes, offsets = shingles(texts, shingle)
-                    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(_u64(hashes), offsets, num_perm, SEED)
-                    index.insert_matrix(matrix, start_key=len(signed) - len(texts))
-                    matrices.append(matrix)
-            # The candidates: the rows that share a whole band with another row, and their signatures.
-            first = 0
-            for matrix in matrices:
-                flags = index.query_duplicate_flags_matrix(matrix)
-                if any(flags):
-                    candidate_rows.extend(compress(signed[first : first + len(flags)], flags))
-                    candidate_signatures.extend(chain.from_iterable(compress(matrix.to_rows(), flags)))
-                first += matrix.len()
-            del matrices, index
-            clusters_of = _Clusters(candidate_signatures, candidate_rows, reading, threshold=threshold,
-                                    num_perm=num_perm, shingle=shingle)
-            clusters_of.join(bands, per_band)
+                texts = pc.filter(batch.column("text"), has_text)
+                if len(texts):
+                    signed_before, signing = signing, signer.submit(sign, texts)
+                    if signed_before is not None:
+                        take_out(signed_before.result())
+            if signing is not None:
+                take_out(signing.result())
+            clusters_of = _Clusters(signatures, signed, reading, threshold=threshold, num_perm=num_perm,
+                                    shingle=shingle)
+            clusters_of.join(bands)
 
             members: dict[int, list[int]] = {}
             find = clusters_of.components.find
-            for c in range(len(candidate_rows)):
+            for c in clusters_of.compared:
                 members.setdefault(find(c), []).append(c)
             groups = [group for group in members.values() if len(group) > 1]
             # The id, length and finish of the rows in clusters, to name each cluster.
             in_clusters = sorted(c for group in groups for c in group)
-            taken = pa.array([candidate_rows[c] for c in in_clusters], pa.int64())
+            taken = pa.array([signed[c] for c in in_clusters], pa.int64())
             ids = pa.chunked_array(id_parts, pa.string()) if id_parts else pa.chunked_array([], pa.string())
             about = dict(zip(in_clusters, zip(
                 ids.take(taken).to_pylist(),
@@ -536,5 +589,5 @@ def near_duplicates(
             json.dumps({"on": on, "threshold": threshold, "num_perm": num_perm, "shingle": shingle})])
     return NearDupSummary(
         on=on, threshold=threshold, rows=n, clusters=len(groups), rows_in_clusters=len(out_ids),
-        seconds=time.perf_counter() - started, candidates=len(candidate_rows), exact_checks=clusters_of.exact_checks,
+        seconds=time.perf_counter() - started, candidates=clusters_of.candidates, exact_checks=clusters_of.exact_checks,
     )

@@ -127,3 +127,33 @@ def test_the_bands_miss_a_pair_at_the_threshold_at_most_one_time_in_a_hundred() 
         assert bands * rows == 128
         assert (1 - threshold**rows) ** bands <= 0.01
     assert lsh_bands(0.85, 128) == (16, 8)
+
+
+def test_an_arrow_batch_shingles_as_its_strings_do() -> None:
+    # The pass hands shingles an Arrow slice of a batch (offset, nulls, short and non-ASCII texts);
+    # its UTF-8 bytes are decoded at once, and hash as the same texts given as strings.
+    import pyarrow as pa
+
+    texts = ["skip me", "abc", None, "", "naïve café 🙂 東京の天気 ok", "é", "hello world", "ab", BASE, "x"]
+    batch = pa.array(texts, pa.string()).slice(1)
+    for size in (1, 3, 5):
+        as_strings = shingles([t or "" for t in texts[1:]], size)
+        for arrow in (batch, batch.cast(pa.large_string())):
+            hashes, offsets = shingles(arrow, size)
+            assert hashes.equals(as_strings[0]) and offsets == as_strings[1]
+
+
+def test_rows_sharing_one_band_are_paired_whatever_the_band_width() -> None:
+    from array import array
+
+    rnd = random.Random(19)
+    for num_perm, bands in ((128, 16), (100, 4), (100, 25), (30, 6)):
+        width = num_perm // bands
+        base = [rnd.getrandbits(32) for _ in range(num_perm)]
+        rows = [[rnd.getrandbits(32) for _ in range(num_perm)] for _ in range(6)]
+        rows[1][width : 2 * width] = base[width : 2 * width]  # rows 1 and 4 share band 1 alone
+        rows[4][width : 2 * width] = base[width : 2 * width]
+        rows[5] = list(rows[2])  # rows 2 and 5 are equal
+        a, b, candidates = neardup._candidate_pairs(array("I", [v for row in rows for v in row]), num_perm, bands)
+        assert list(zip(a.to_pylist(), b.to_pylist(), strict=True)) == [(1, 4), (2, 5)]
+        assert candidates == 4
