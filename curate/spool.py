@@ -42,7 +42,7 @@ import duckdb
 import orjson
 
 from curate import merge
-from curate.store import Store, StoreLocked
+from curate.store import Store, StoreLocked, fsync
 
 __all__ = [
     "MAGIC", "DrainSummary", "Record", "SpoolStatus", "SpoolWriter", "drain", "encode", "finish", "read_records",
@@ -73,14 +73,6 @@ def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -104,7 +96,7 @@ def _create(folder: Path) -> tuple[Path, int]:
         os.fsync(fd)
         path = folder / f"{stem}{SUFFIX}"
         os.rename(staging, path)
-        _fsync_dir(folder)  # the segment's name survives a crash too
+        fsync(folder)  # the segment's name survives a crash too
     except BaseException:
         os.close(fd)
         staging.unlink(missing_ok=True)
@@ -454,7 +446,7 @@ def _round(store: Store, own: SpoolWriter | None, result: DrainSummary, wait: fl
                 claim.path.unlink(missing_ok=True)
             result.segments_done += 1
         if finished:
-            _fsync_dir(store.spool_dir)
+            fsync(store.spool_dir)
         if own is not None and (rotate or (own.durable >= ROTATE_BYTES and not more)):
             own.rotate()
             more = True  # the old segment is now an orphan to merge or delete

@@ -59,6 +59,7 @@ __all__ = [
     "ViewInfo",
     "WriteCounts",
     "WriteSession",
+    "fsync",
     "holder",
     "no_progress_bar",
 ]
@@ -133,6 +134,15 @@ _QUERY_ERRORS: tuple[type[duckdb.Error], ...] = (
     duckdb.ProgrammingError, duckdb.DataError, duckdb.IOException, duckdb.OutOfMemoryException,
     duckdb.NotImplementedException,
 )
+
+
+def fsync(path: Path) -> None:
+    """Make ``path`` durable: a file's bytes, or a folder's names (a file created, renamed or linked in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def interruptible(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
@@ -506,20 +516,12 @@ class Store(ReadableStore):
                 migrations.apply(con)
             finally:
                 con.close()
-            fd = os.open(partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync(partial)
             try:
                 os.link(partial, self.path)
             except FileExistsError:
                 pass
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the new name survives a crash
-            finally:
-                os.close(fd)
+            fsync(self.path.parent)  # the new name survives a crash
         finally:
             partial.unlink(missing_ok=True)
             partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
