@@ -65,6 +65,6 @@ def from_environment(exc: BaseException) -> EnvironmentRefused | None:
         names = {c.__name__ for c in type(exc).__mro__}
         # A commit that could not write its file ("No space left on device") is a TransactionException.
         if names & _DUCKDB_ENVIRONMENT or ("TransactionException" in names and "Could not write" in str(exc)):
-            hint = " (raise CURATE_MEMORY_LIMIT)" if "OutOfMemoryException" in names else ""
+            hint = " (raise CURATE_MEMORY_LIMIT, or read fewer rows or columns)" if "OutOfMemoryException" in names else ""
             return EnvironmentRefused(f"{exc}{hint}")
     return None

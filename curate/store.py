@@ -44,7 +44,7 @@ import pyarrow as pa
 
 from curate import merge, migrations, views
 from curate.config import Settings
-from curate.errors import CurateError, MissingFile, NoSuchName, UsageError
+from curate.errors import CurateError, MissingFile, NoSuchName, UsageError, from_environment
 from curate.records import WriteCounts
 
 __all__ = [
@@ -185,9 +185,8 @@ def _user_query() -> Iterator[None]:
     try:
         yield
     except _QUERY_ERRORS as exc:
-        hint = (" (raise CURATE_MEMORY_LIMIT, or select fewer rows or columns)"
-                if isinstance(exc, duckdb.OutOfMemoryException) else "")
-        raise QueryError(f"{exc}{hint}") from exc
+        refused = from_environment(exc)  # out of memory: DuckDB's message and what to do about it
+        raise QueryError(str(refused or exc)) from exc
 
 
 def _is_lock_error(exc: BaseException) -> bool:
