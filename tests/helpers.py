@@ -75,3 +75,12 @@ def listen_process(
                 proc.kill()
                 proc.wait()
         proc.stdout.close()
+
+
+def empty_lake(folder: Path) -> str:
+    """A lake a writer has made (its catalog) but not yet appended to; readers refuse one not made."""
+    from curate.lake.table import Lake
+
+    with Lake(str(folder)) as lake:
+        lake.catalog  # noqa: B018 -- connecting makes the catalog
+    return str(folder)

@@ -23,6 +23,7 @@ from curate.lake.table import Lake, LakeConfig, LakeError, LakePusher, pending_c
 from curate.store import Store
 from curate.synthetic import generation_record
 from tests.conftest import write_jsonl
+from tests.helpers import empty_lake
 
 CURATE = str(Path(sys.executable).parent / "curate")
 
@@ -244,20 +245,13 @@ def test_a_reader_sees_commits_made_after_it_opened(store: Store, tmp_path: Path
         assert read.arrow("select count(*) as n from generations").to_pylist() == [{"n": 5}]
 
 
-def _empty_lake(folder: Path) -> str:
-    """A lake a writer has made (its catalog) but has not yet appended to."""
-    with Lake(str(folder)) as lake:
-        lake.catalog  # noqa: B018 -- connecting makes the catalog
-    return str(folder)
-
-
 def test_an_empty_lake_reads_as_an_empty_store(tmp_path: Path) -> None:
-    with LakeStore(_empty_lake(tmp_path / "lake")) as read:
+    with LakeStore(empty_lake(tmp_path / "lake")) as read:
         assert read.arrow("select count(*) as n from chat").to_pylist() == [{"n": 0}]
 
 
 def test_the_lake_refuses_writes_and_says_where_to_write(tmp_path: Path) -> None:
-    with LakeStore(_empty_lake(tmp_path / "lake")) as read, pytest.raises(LakeReadOnly, match="--lake"):
+    with LakeStore(empty_lake(tmp_path / "lake")) as read, pytest.raises(LakeReadOnly, match="--lake"):
         read.ingest_texts([json.dumps(generation_record(1))], source="test")
 
 

@@ -20,18 +20,16 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.errors import UsageError
 from curate.lake.reader import LakeReadOnly, LakeStore
-from curate.lake.table import Lake
 from curate.store import QueryError, ReadableStore, Store
 from curate.synthetic import generation_record
+from tests.helpers import empty_lake
 
 WRITERS = ("write", "session", "migrate", "ingest", "ingest_texts")
 
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Iterator[LakeStore]:
-    with Lake(str(tmp_path / "lake")) as made:
-        made.catalog  # noqa: B018 -- a writer's handle makes the (empty) lake a reader then opens
-    with LakeStore(str(tmp_path / "lake")) as read:
+    with LakeStore(empty_lake(tmp_path / "lake")) as read:
         yield read
 
 
