@@ -526,6 +526,17 @@ class Store(ReadableStore):
             partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
         self._migrated = True
 
+    @classmethod
+    def at(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        queries: Sequence[str | os.PathLike[str]] | None = None,
+        lock_timeout: float = 30.0,
+    ) -> Store:
+        """The store at ``path``, else at ``$CURATE_DB`` (else ``./curate.duckdb``)."""
+        return cls(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)
+
     def migrate(self) -> list[str]:
         """Apply pending migrations (creating the file if need be); return the migrations that ran.
 

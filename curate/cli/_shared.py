@@ -155,11 +155,10 @@ def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | N
     enclosing ``user_errors`` block ends.
     """
     store: ReadableStore
-    if not lake:  # what lake_reader.open_store does for a file, without importing the lake's modules
-        from curate.config import Settings
+    if not lake:  # without importing the lake's modules, which a store file does not need
         from curate.store import Store
 
-        store = Store(Settings.from_env(db=db).db, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
+        store = Store.at(db, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
     else:
         from curate.lake import reader as lake_reader
 

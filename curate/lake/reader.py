@@ -30,7 +30,6 @@ import duckdb
 import pyarrow as pa
 
 from curate import migrations
-from curate.config import Settings
 from curate.importer import ImportSummary
 from curate.lake.table import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
@@ -248,4 +247,4 @@ def open_store(
     """
     if lake is not None:
         return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
-    return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)
+    return Store.at(path, queries=queries, lock_timeout=lock_timeout)
