@@ -62,6 +62,7 @@ __all__ = [
     "fsync",
     "holder",
     "no_progress_bar",
+    "store_at",
 ]
 
 log = logging.getLogger("curate.store")
@@ -526,17 +527,6 @@ class Store(ReadableStore):
             partial.with_name(partial.name + ".wal").unlink(missing_ok=True)
         self._migrated = True
 
-    @classmethod
-    def at(
-        cls,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        queries: Sequence[str | os.PathLike[str]] | None = None,
-        lock_timeout: float = 30.0,
-    ) -> Store:
-        """The store at ``path``, else at ``$CURATE_DB`` (else ``./curate.duckdb``)."""
-        return cls(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)
-
     def migrate(self) -> list[str]:
         """Apply pending migrations (creating the file if need be); return the migrations that ran.
 
@@ -630,3 +620,17 @@ class WriteSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def store_at(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    queries: Sequence[str | os.PathLike[str]] | None = None,
+    lock_timeout: float = 30.0,
+) -> Store:
+    """The store at ``path``, else at ``$CURATE_DB`` (else ``./curate.duckdb``).
+
+    A function, not a method: every public name of ``Store`` either reads (``ReadableStore``) or
+    writes, and the lake refuses the writers.
+    """
+    return Store(Settings.from_env(db=path).db, queries=queries, lock_timeout=lock_timeout)

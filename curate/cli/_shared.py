@@ -156,9 +156,9 @@ def open_store(db: Path | None, queries: list[Path] | None = None, lake: str | N
     """
     store: ReadableStore
     if not lake:  # without importing the lake's modules, which a store file does not need
-        from curate.store import Store
+        from curate.store import store_at
 
-        store = Store.at(db, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
+        store = store_at(db, queries=list(queries) if queries else None, lock_timeout=lock_timeout())
     else:
         from curate.lake import reader as lake_reader
 

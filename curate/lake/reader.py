@@ -33,7 +33,7 @@ from curate import migrations
 from curate.importer import ImportSummary
 from curate.lake.table import DEDUP_ORDER, Lake, LakeConfig, LakeError
 from curate.records import COLUMNS
-from curate.store import ReadableStore, Store
+from curate.store import ReadableStore, Store, store_at
 
 __all__ = ["LakeReadOnly", "LakeStore", "lake_rows_view_sql", "open_store", "pull"]
 
@@ -247,4 +247,4 @@ def open_store(
     """
     if lake is not None:
         return LakeStore(lake, queries=queries, lock_timeout=lock_timeout)
-    return Store.at(path, queries=queries, lock_timeout=lock_timeout)
+    return store_at(path, queries=queries, lock_timeout=lock_timeout)
