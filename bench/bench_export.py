@@ -49,7 +49,7 @@ ROOT = HERE.parent
 DATA = HERE / "data"
 
 COPY = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
 from curate.store import Store
@@ -58,12 +58,12 @@ with store.read() as con:  # the views are a reader's (temporary) views
     con.execute("set enable_progress_bar = false")
     con.execute(f"set temp_directory = '{out}/spill'")  # as the export spills into its scratch folder
     con.execute(f"copy (select * from conversations) to '{out}/copy.parquet' (format parquet, compression zstd)")
-print(json.dumps({"seconds": time.perf_counter() - started, "rows": None,
+print(json.dumps({"seconds": time.perf_counter() - started, "rows": None, "cpu": sum(os.times()[:2]),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 EXPORT = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
 from curate.exporter import export
@@ -74,8 +74,42 @@ result = export(store, "conversations", out + "/export", fmt="messages", test_si
                 progress=lambda m: steps.append([round(time.perf_counter() - started, 2), m[:40]]))
 print(json.dumps({"seconds": time.perf_counter() - started, "rows": result.counts["deduplicated"],
                   "counts": result.counts, "shared": [result.shared_keys, result.shared_prompts], "steps": steps,
+                  "cpu": sum(os.times()[:2]), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+# The export's own read statement (exporter._read_sql), cut into stages, each written by DuckDB
+# to one Parquet file as the COPY floor is: what each step of the work costs before any
+# decision, scratch table or second read.
+STAGE = """
+import json, os, resource, sys, time
+db, limit, out, stage = sys.argv[1:5]
+started = time.perf_counter()
+import duckdb
+from curate import exporter, formats
+from curate.store import Store, no_progress_bar
+store = Store(db, memory_limit=limit)
+con = duckdb.connect(out + "/work.duckdb", config={"memory_limit": limit})  # the read names work.near
+no_progress_bar(con)
+con.execute(f"set temp_directory = '{out}/spill'")
+con.execute("create table near (id varchar, cluster_id varchar)")
+with store.attached(con, "store"):
+    con.execute("use store")
+    query = "select * from conversations"
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns("messages").items())
+    if stage == "typed":  # the typed messages of the format, nothing else
+        sql = (f"select {cols} from (select {formats.typed_messages('messages::varchar')} as t, tools "
+               f"from ({query}))")
+    else:  # the read: typed, checked, hashed, split; "sorted" also in the seeded order
+        read = exporter._read_sql(query, exporter._describe(con, query), exporter.ExportOptions())
+        body, order = read.rsplit("order by split nulls last", 1)
+        keys = "id, split, content_hash, prompt_hash, finished_at, nbytes, reason"
+        sql = f"select {cols}, {keys} from ({body})" + (" order by split nulls last, shuffle, id" if stage == "sorted" else "")
+    con.execute(f"copy ({sql}) to '{out}/stage.parquet' (format parquet, compression zstd, row_group_size 10000)")
+    con.execute("use work")
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu": sum(os.times()[:2]),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+STAGES = ("typed", "checked", "sorted")
 
 
 def make_store(conversations: int, memory_limit: str) -> Path:
@@ -123,10 +157,10 @@ def _cut(store: Store, conversations: int) -> None:
         con.unregister("cut_ids")
 
 
-def run(script: str, db: Path, memory_limit: str, out: Path, code: Path = ROOT) -> dict[str, Any]:
+def run(script: str, db: Path, memory_limit: str, out: Path, code: Path = ROOT, *args: str) -> dict[str, Any]:
     """``script`` in a fresh process, importing curate from ``code`` (a checkout of the repository)."""
     env = dict(os.environ, PYTHONPATH=str(code))
-    done = subprocess.run([sys.executable, "-c", script, str(db), memory_limit, str(out)],
+    done = subprocess.run([sys.executable, "-c", script, str(db), memory_limit, str(out), *args],
                           capture_output=True, text=True, check=False, cwd=code, env=env)
     if done.returncode != 0:
         if "Out of Memory" in done.stderr:
@@ -160,17 +194,25 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None,
                         help="another tree of curate (e.g. `git archive HEAD | tar -x -C /tmp/before`) whose export "
                              "runs in the same rounds, beside this one's")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the export's read statement in stages (typed, checked, sorted), each "
+                             "written straight to Parquet: what the work costs before any decision")
     args = parser.parse_args()
     print(f"machine: {machine()}; memory limit {args.memory_limit}\n")
     codes = {"export": ROOT} | ({"before": args.before.resolve()} if args.before else {})
-    print("| conversations | round | copy s (limit) | copy peak MiB | "
-          + " | ".join(f"{name} s | {name} peak MiB | {name} / copy" for name in codes)
+    stages = STAGES if args.stages else ()
+    print("Ratios are each run's over the COPY's of the same round; cpu is the process's user + system seconds, "
+          "every thread.\n")
+    print("| conversations | round | copy s (limit) | copy cpu s | copy peak MiB | "
+          + " | ".join(f"{name} s | {name} cpu s | {name} peak MiB | {name} / copy | cpu ratio" for name in codes)
+          + "".join(f" | {stage} cpu ratio (wall)" for stage in stages)
           + " | rows written | split check | bytes |")
-    print("|---|---|---|---|" + "---|---|---|" * len(codes) + "---|---|---|")
+    print("|---|---|---|---|---|" + "---|---|---|---|---|" * len(codes) + "---|" * len(stages) + "---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         db = make_store(size, args.memory_limit)
         digests: dict[str, set[str]] = {name: set() for name in codes}
-        ratios: dict[str, list[float]] = {name: [] for name in codes}
+        ratios: dict[str, list[float]] = {name: [] for name in [*codes, *(f"{n} cpu" for n in codes), *stages,
+                                                                 *(f"{s} wall" for s in stages)]}
         for round_no in range(1, args.rounds + 1):
             cells, first = [], None
             with tempfile.TemporaryDirectory(dir=DATA) as tmp:
@@ -182,18 +224,31 @@ def main() -> None:
                     digests[name].add(digest(Path(tmp) / "export"))
                     shutil.rmtree(Path(tmp) / "export")
                     ratios[name].append(result["seconds"] / copy["seconds"])
-                    cells.append(f"{result['seconds']:.1f} | {result['rss_mb']:.0f} | {ratios[name][-1]:.2f}x")
+                    ratios[f"{name} cpu"].append(result["cpu"] / copy["cpu"])
+                    cells.append(f"{result['seconds']:.1f} | {result['cpu']:.1f} | {result['rss_mb']:.0f} | "
+                                 f"{ratios[name][-1]:.2f}x | {ratios[f'{name} cpu'][-1]:.2f}x")
                     print(f"  {name} steps: {result['steps']}", file=sys.stderr, flush=True)
                     first = first or result
+                for stage in stages:
+                    result = run(STAGE, db, args.memory_limit, Path(tmp), ROOT, stage)
+                    ratios[stage].append(result["cpu"] / copy["cpu"])
+                    ratios[f"{stage} wall"].append(result["seconds"] / copy["seconds"])
+                    cells.append(f"{ratios[stage][-1]:.2f}x (wall {ratios[f'{stage} wall'][-1]:.2f}x)")
+                    for leftover in Path(tmp).glob("work.duckdb*"):
+                        leftover.unlink()
             assert first is not None
             same = ", ".join(f"{name}: {len(d)} digest{'s' if len(d) > 1 else ''}" for name, d in digests.items())
-            print(f"| {size:,} | {round_no} | {copy['seconds']:.1f} ({copy['limit']}) | {copy['rss_mb']:.0f} | "
-                  + " | ".join(cells) + f" | {first['rows']:,} | {first['shared'][0]} keys, {first['shared'][1]} prompts"
-                  f" | {same} |", flush=True)
+            print(f"| {size:,} | {round_no} | {copy['seconds']:.1f} ({copy['limit']}) | {copy['cpu']:.1f} | "
+                  f"{copy['rss_mb']:.0f} | " + " | ".join(cells)
+                  + f" | {first['rows']:,} | {first['shared'][0]} keys, {first['shared'][1]} prompts | {same} |",
+                  flush=True)
+        print()
+        for name, values in ratios.items():
+            ordered = sorted(values)
+            print(f"{size:,}: {name} / copy, median of {len(ordered)} rounds: {ordered[len(ordered) // 2]:.2f}x "
+                  f"(range {ordered[0]:.2f}-{ordered[-1]:.2f})")
         for name in codes:
-            ordered = sorted(ratios[name])
-            print(f"\n{size:,}: {name} / copy, median of {len(ordered)} rounds: {ordered[len(ordered) // 2]:.2f}x "
-                  f"(range {ordered[0]:.2f}-{ordered[-1]:.2f}); distinct data digests: {sorted(digests[name])}")
+            print(f"{size:,}: {name}: distinct data digests {sorted(digests[name])}")
 
 
 if __name__ == "__main__":

@@ -238,7 +238,12 @@ def _describe(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, str]:
     return columns
 
 
-def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions) -> None:
+def _read_sql(query: str, columns: dict[str, str], options: ExportOptions) -> str:
+    """The one read of the store: a SELECT of every source row, typed, checked, hashed and given its
+    split, in the order the rows are written (each split's rows together, in the seeded order).
+
+    Its own function so that bench/bench_export.py can time the same statement's stages (typed,
+    checked, sorted) beside DuckDB's plain COPY of the source."""
     fmt, where, split_by, seed, test_size = options.fmt, options.where, options.split_by, options.seed, options.test_size
     optional = ",\n".join(
         f"source.{name}::{kind} as {name}" if name in columns else f"null::{kind} as {name}"
@@ -257,8 +262,7 @@ def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, 
     opening = ("array_to_string(list_transform(t[1:coalesce(list_position(list_transform(t, lambda m: m.role), 'user'), "
                "len(t))], lambda m: m.role || ':' || coalesce(m.content, to_json(m.content_parts)::varchar, '')), chr(30))")
     seed_text = _sql_text(f"{seed}:")
-    sql = f"""
-create table work.export_rows as
+    return f"""
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
            {matched} as matched, {key} as split_key, source.messages::varchar as messages_text
@@ -295,8 +299,12 @@ from keyed
 -- Each split's rows together, in the seeded order: a split is then one contiguous range to write.
 order by split nulls last, shuffle, id
 """
+
+
+def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions) -> None:
+    where, split_by = options.where, options.split_by
     try:
-        con.execute(sql)
+        con.execute("create table work.export_rows as " + _read_sql(query, columns, options))
     except duckdb.Error as exc:
         where_hint = " (check --where and --split-by: they are SQL over SOURCE's columns)" if where or split_by else ""
         raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
