@@ -47,6 +47,8 @@ class Stats:
     view file that replaces it). ``spool_*`` say what writers have made durable in the spool but
     not merged into the store yet (``curate.spool``): records, segments, bytes, and when the oldest
     was spooled. ``submissions`` counts the request lines ``curate submit`` claimed, by state.
+    ``judgments`` counts the ``judgments`` view's rows and ``unparseable_judgments`` those of them
+    whose answer could not be read as a score (``None`` when that view cannot be queried).
     """
 
     generations: int
@@ -72,6 +74,8 @@ class Stats:
     spool_bytes: int = 0
     spool_oldest_at: datetime | None = None
     submissions: Counts = ()  # request lines by state (curate.submissions.STATES order), those with any
+    judgments: int | None = 0  # rows of the judgments view (None: the view is broken)
+    unparseable_judgments: int | None = 0  # of those, the ones without a score (their parse_error says why)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: counts as ``{name: count}`` objects, datetimes as ISO 8601 strings."""
@@ -131,7 +135,8 @@ def _pairs(con: duckdb.DuckDBPyConnection, sql: str) -> Counts:
 
 def _view_rows(con: duckdb.DuckDBPyConnection, view: str) -> int | None:
     try:
-        return int(_one(con, f'select count(*) from "{view}"')[0])
+        source = view if view.startswith("(") else f'"{view}"'
+        return int(_one(con, f"select count(*) from {source}")[0])
     except duckdb.Error:
         return None
 
@@ -154,6 +159,8 @@ def stats(store: ReadableStore) -> Stats:
         conversations = _view_rows(con, "conversations")
         merged = dict(con.execute("select segment, merged_to from spool_merged").fetchall())
         lines = dict(_pairs(con, "select state, count(*) from submissions group by all"))
+        judgments = _view_rows(con, "judgments")
+        unparseable = _view_rows(con, "(select * from judgments where parse_error is not null)")
     waiting = spool.status(store.spool_dir, merged)
     return Stats(
         generations=int(generations),
@@ -179,4 +186,6 @@ def stats(store: ReadableStore) -> Stats:
         spool_bytes=waiting.bytes,
         spool_oldest_at=waiting.oldest,
         submissions=tuple((state, lines[state]) for state in submissions.STATES if lines.get(state)),
+        judgments=judgments,
+        unparseable_judgments=unparseable,
     )

@@ -62,6 +62,7 @@ __all__ = [
     "fsync",
     "holder",
     "no_progress_bar",
+    "source_query",
     "store_at",
 ]
 
@@ -77,6 +78,8 @@ WAIT_NOTICE_SECONDS = 5.0  # how often a waiting writer says who holds the file
 FOREVER = math.inf  # ``read(wait=FOREVER)``: a reader that is part of a writer's work waits as a writer does
 
 T = TypeVar("T")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _WRITER_LOCKS: dict[Path, threading.Lock] = {}
 _WRITER_LOCKS_GUARD = threading.Lock()
@@ -144,6 +147,17 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def source_query(source: str) -> str:
+    """The SELECT a SOURCE argument stands for: a view or table name (``chat``), else the SELECT
+    as written, less a final semicolon. What every command that reads a SOURCE reads."""
+    text = source.strip().rstrip(";").strip()
+    if not text:
+        raise UsageError("SOURCE is empty: give a view name (chat, conversations, ...) or a SELECT")
+    if _NAME.fullmatch(text):
+        return f'select * from "{text}"'
+    return text
 
 
 def interruptible(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:

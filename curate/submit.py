@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -51,7 +51,7 @@ from curate.config import Settings
 from curate.errors import MissingFile, UsageError
 from curate.store import Store
 
-__all__ = ["InvalidRequests", "SubmitOptions", "SubmitSummary", "submit_file"]
+__all__ = ["InvalidRequests", "SubmitOptions", "SubmitSummary", "submit_file", "submit_requests"]
 
 log = logging.getLogger("curate.submit")
 
@@ -65,7 +65,7 @@ REFUSES_EVERY_LINE = frozenset({401, 402, 403, 404, 405})
 class InvalidRequests(UsageError, ValueError):
     """Lines of a request file that cannot be sent; nothing was sent."""
 
-    def __init__(self, path: Path, problems: list[tuple[int, str]]) -> None:
+    def __init__(self, path: Path | str, problems: list[tuple[int, str]]) -> None:
         shown = "; ".join(f"line {line}: {why}" for line, why in problems[:20])
         more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
         super().__init__(f"{path}: {len(problems)} line(s) cannot be sent, so nothing was: {shown}{more}")
@@ -188,11 +188,11 @@ def _parse(path: Path) -> Iterator[tuple[int, _Line | str]]:
             yield number, why if why else _Line(number, submissions.line_key(body), body)
 
 
-def _check(path: Path) -> None:
+def _check(path: Path | str, parsed: Iterable[tuple[int, _Line | str]]) -> None:
     """Refuse the file, naming every bad line, before anything is sent."""
     problems: list[tuple[int, str]] = []
     first_seen: dict[str, int] = {}
-    for number, line in _parse(path):
+    for number, line in parsed:
         if isinstance(line, str):
             problems.append((number, line))
         elif line.key in first_seen:
@@ -203,10 +203,10 @@ def _check(path: Path) -> None:
         raise InvalidRequests(path, problems)
 
 
-def _read(path: Path) -> Iterator[_Line]:
+def _read(path: Path | str, parsed: Iterable[tuple[int, _Line | str]]) -> Iterator[_Line]:
     """The lines ``_check`` passed; a file changed since then is refused where it changed."""
     seen: set[str] = set()
-    for number, line in _parse(path):
+    for number, line in parsed:
         if isinstance(line, str) or line.key in seen:
             why = line if isinstance(line, str) else "the same request as an earlier line"
             raise InvalidRequests(path, [(number, f"{why} (the file changed while it was being sent)")])
@@ -223,9 +223,38 @@ def submit_file(
     if not path.is_file():
         raise MissingFile(f"{path}: no such file")
     settings.require_api_key()
-    _check(path)
+    _check(path, _parse(path))
+    return _send(store, settings, lambda: _read(path, _parse(path)), f"submit:{path.resolve()}", options)
+
+
+def _checked(bodies: Iterable[Any]) -> Iterator[tuple[int, _Line | str]]:
+    for number, body in enumerate(bodies, start=1):
+        why = _problem(body)
+        yield number, why if why else _Line(number, submissions.line_key(body), body)
+
+
+def submit_requests(
+    store: Store, settings: Settings, requests: Callable[[], Iterable[dict[str, Any]]], source: str,
+    options: SubmitOptions | None = None,
+) -> SubmitSummary:
+    """Submit request bodies curate made (``curate sample``, ``curate judge``) as ``submit_file`` sends
+    a file's lines: each checked first, then claimed and sent once, however often this is run.
+
+    ``requests`` makes the bodies (called twice: once to check every one, once to send), in the same
+    order each time; a request's number in that order stands for a file's line number. ``source``
+    names them in the submissions table (``sample:...``); give each a ``metadata.custom_id`` that
+    says what it is, so that a re-run finds it sent.
+    """
+    options = options or SubmitOptions()
+    settings.require_api_key()
+    _check(source, _checked(requests()))
+    return _send(store, settings, lambda: _read(source, _checked(requests())), source, options)
+
+
+def _send(store: Store, settings: Settings, lines: Callable[[], Iterator[_Line]], source: str,
+          options: SubmitOptions) -> SubmitSummary:
     writer = spool.SpoolWriter(store.spool_dir)
-    run = _Run(store, writer, settings, path, options)
+    run = _Run(store, writer, settings, lines, source, options)
     try:
         # What a crashed submit left (ids the API gave it) must be in the store before lines are
         # claimed, or a line that was paid for would look unsent: wait for the file.
@@ -244,11 +273,11 @@ def submit_file(
 class _Run:
     """One submit: claims lines, sends them, and makes every answer durable."""
 
-    def __init__(self, store: Store, writer: spool.SpoolWriter, settings: Settings, path: Path,
-                 options: SubmitOptions) -> None:
-        self.store, self.writer, self.settings, self.path, self.options = store, writer, settings, path, options
+    def __init__(self, store: Store, writer: spool.SpoolWriter, settings: Settings,
+                 lines: Callable[[], Iterator[_Line]], source: str, options: SubmitOptions) -> None:
+        self.store, self.writer, self.settings, self.lines, self.options = store, writer, settings, lines, options
         self.by = submissions.claimant()
-        self.source = f"submit:{path.resolve()}"
+        self.source = source
         self.summary = SubmitSummary()
         self.unsent: set[str] = set()  # claimed by this run, POST not started: given back at the end
         self.failures = 0  # POSTs in a row that were uncertain or never reached the API
@@ -276,7 +305,7 @@ class _Run:
             raise self.error
 
     async def _produce(self, queue: asyncio.Queue[Sequence[_Line] | None]) -> None:
-        for chunk in _batched(_read(self.path), self.claim_lines):
+        for chunk in _batched(self.lines(), self.claim_lines):
             self.summary.lines += len(chunk)
             if self.summary.stopped:
                 self.summary.not_sent += len(chunk)
@@ -380,7 +409,7 @@ class _Run:
             # The spool refused (a full disk): the store itself is the last place an id can live.
             log.error("could not write the answer to lines %s of %s to the spool (%s): recording %s "
                       "(generation %s, group %s) in the store directly", [line.number for line in unit],
-                      self.path, exc, state, generation_id, group_id)
+                      self.source, exc, state, generation_id, group_id)
             with self.store.write() as con:
                 submissions.record(con, [line.key for line in unit], state, generation_id=generation_id,
                                    group_id=group_id, error=error)

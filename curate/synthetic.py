@@ -8,11 +8,14 @@ pure function of its integer seed, so a test can name the record it expects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "JUDGE_MARK",
     "MODELS",
     "chat_request",
     "chat_response",
@@ -101,12 +104,52 @@ def chat_request(seed: int, *, custom_id: str | None = None) -> dict[str, Any]:
     return body
 
 
+# What marks a judge's request (curate.judging renders the judged answer under this heading): the
+# sandbox answers it as a judge would, without reading curate's metadata, as a real model could not.
+JUDGE_MARK = "THE ANSWER TO JUDGE"
+
+
+def _digest(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).digest()[:8])
+
+
+def _judgment(judged: str, rng_key: int) -> str:
+    """A judge's answer to a judged text: a score from the text (longer answers score higher, and
+    the text's digest spreads them), usually as the JSON asked for; some wrapped in a code fence,
+    some with the score as a string, and one in twelve not JSON at all."""
+    score = 1 + rng_key % 6 + min(4, len(judged.split()) // 40)
+    rationale = f"The answer covers {len(judged.split())} words of the request."
+    shape = rng_key % 12
+    if shape == 0:
+        return f"I would rate this answer {score} out of ten. {rationale}"
+    if shape == 1:
+        return f"```json\n{json.dumps({'score': score, 'rationale': rationale})}\n```"
+    if shape == 2:
+        return json.dumps({"score": str(score), "rationale": rationale})
+    return json.dumps({"score": score, "rationale": rationale})
+
+
 def chat_response(seed: int, request: dict[str, Any], *, created: int) -> dict[str, Any]:
-    """The ChatCompletion a model would return for ``request``: tool calls when tools are offered."""
+    """The ChatCompletion a model would return for ``request``: tool calls when tools are offered,
+    a judgment when asked to judge (``JUDGE_MARK``). A request ``curate sample`` made is answered
+    from its messages, model, temperature and, above temperature 0, its sample index (a model at
+    temperature 0 answers alike every time), so its K samples differ as a teacher's would."""
+    metadata: dict[str, Any] = request["metadata"] if isinstance(request.get("metadata"), dict) else {}
+    messages = request["messages"]
+    last = str(messages[-1].get("content") or "") if messages and isinstance(messages[-1], dict) else ""
+    if metadata.get("curate_task") == "sample":
+        temperature = request.get("temperature")
+        index = metadata.get("curate_sample_index") if temperature != 0 else "0"
+        seed = _digest(messages, request.get("model"), temperature, index)
     rng = random.Random(f"resp-{seed}")
     prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request["messages"]) * 4 // 3
     message: dict[str, Any] = {"role": "assistant"}
-    if request.get("tools"):
+    if JUDGE_MARK in last:
+        judged = last.split(JUDGE_MARK, 1)[1]
+        message["content"] = _judgment(judged, _digest(judged))
+        finish_reason = "stop"
+        completion_tokens = 30
+    elif request.get("tools"):
         city = rng.choice(("Paris", "Zürich", "東京", "São Paulo"))
         message["content"] = None
         message["tool_calls"] = [

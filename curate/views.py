@@ -21,9 +21,11 @@ from pathlib import Path
 
 import duckdb
 
+from curate import messages
 from curate.errors import MissingFile
 
 __all__ = [
+    "MACROS",
     "MARKER",
     "QUERIES_DIR",
     "View",
@@ -39,6 +41,11 @@ __all__ = [
 MARKER = "curate view"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Macros every connection has before its views, so a view file states a rule by calling it rather
+# than by restating it: ``message_text(m)`` is the text of one chat message given as JSON
+# (``curate.messages``' one rule; '' when it has none).
+MACROS = {"message_text": f"(m) as ({messages.json_message_text('m')})"}
 _LINE = re.compile(r"\nLINE (\d+): .*", re.DOTALL)
 
 
@@ -175,6 +182,8 @@ def install(con: duckdb.DuckDBPyConnection, views: Sequence[View]) -> list[ViewE
     view: views that fail are tried again as long as others succeed, so their order does not
     matter. Creating a view binds it (reads no rows), so an error names the file and line.
     """
+    for name, macro in MACROS.items():
+        con.execute(f"create or replace temporary macro {name}{macro}")
     protected = _protected(con)
     pending = list(views)
     failed: list[tuple[View, ViewError]] = []

@@ -2,7 +2,8 @@
 --
 -- A row is a generation whose state is 'Success', whose request holds `messages` and whose
 -- response holds a chat completion (`choices[0].message`). Embeddings (a response with `data`,
--- no `choices`) and OpenAI batch output lines (which keep no request) are not chat rows.
+-- no `choices`), OpenAI batch output lines (which keep no request) and the answers of `curate judge`
+-- (request.metadata.curate_task = 'judge': see `judgments`) are not chat rows.
 -- JSON columns hold JSON text (plain strings in Arrow and Hugging Face datasets), each value as
 -- received, minified, its keys in their order. Rows come in no particular order.
 --
@@ -45,5 +46,8 @@ calls as (
            nullif(f[3], 'null') as metadata
     from fields
     where starts_with(f[1], '[') and starts_with(f[4], '{')
+      -- A judge's answer (`curate judge`) is a score of another row, not a conversation to train
+      -- on: it is read by `judgments`, not here. (custom_id, a stored column, rules out the rest cheaply.)
+      and not coalesce(starts_with(custom_id, 'judge:') and f[3] ->> '$.curate_task' = 'judge', false)
 )
 select * from calls

@@ -359,7 +359,8 @@ def test_usage_has_one_row_per_model_and_day(db: Store) -> None:
 
 # --- the shipped files --------------------------------------------------------------------------
 
-SHIPPED = ["chat", "contaminated", "conversations", "duplicates", "failures", "near_duplicates", "pii", "usage"]
+SHIPPED = ["chat", "contaminated", "conversations", "duplicates", "failures", "judgments", "near_duplicates", "pii",
+           "samples", "usage"]
 _TYPES = {"timestamptz": "TIMESTAMP WITH TIME ZONE"}
 
 
@@ -403,7 +404,7 @@ def test_describe_gives_each_view_its_description_and_row_count(db: Store) -> No
         described = views.describe(con, views.load([views.QUERIES_DIR]))
     assert [(name, n) for name, _, n in described] == [
         ("chat", 9), ("contaminated", 0), ("conversations", 6), ("duplicates", 1), ("failures", 2),
-        ("near_duplicates", 0), ("pii", 0), ("usage", 5),
+        ("judgments", 0), ("near_duplicates", 0), ("pii", 0), ("samples", 0), ("usage", 5),
     ]
     assert described[0][1] == "One row per Success chat generation: the messages sent, followed by the model's answer."
 
@@ -518,8 +519,8 @@ def test_a_user_folder_overrides_a_shipped_view_for_that_store_only(db: Store, t
     with mine.read() as ours, db.read() as theirs:
         assert ours.execute("select * from chat order by id").fetchall() == [("conv-1",), ("conv-2",), ("conv-3",)]
         assert theirs.execute("select count(*) from chat").fetchall() == [(9,)]
-    # conversations and duplicates read chat: an override without chat's columns breaks them, by name.
-    assert sorted(e.view for e in mine.view_errors) == ["conversations", "duplicates"]
+    # conversations, duplicates and samples read chat: an override without chat's columns breaks them, by name.
+    assert sorted(e.view for e in mine.view_errors) == ["conversations", "duplicates", "samples"]
     assert db.view_errors == []
     # Nor does it outlive that Store: a Store opened after it has the shipped chat.
     assert rows(Store(db.path), "select count(*) as n from chat") == [{"n": 9}]

@@ -42,6 +42,8 @@ for _name, _command in (
     ("decontaminate", decontaminate_command),
     ("submit", api_commands.submit_command),
     ("submissions", api_commands.submissions_command),
+    ("sample", api_commands.sample_command),
+    ("judge", api_commands.judge_command),
     ("harvest", api_commands.harvest_command),
     ("fetch", api_commands.fetch_command),
     ("listen", serve_commands.listen_command),

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from curate.client import Fetched
     from curate.config import Settings
     from curate.harvester import HarvestSummary
+    from curate.submit import SubmitSummary
 
-__all__ = ["fetch_command", "harvest_command", "submissions_command", "submit_command"]
+__all__ = ["fetch_command", "harvest_command", "judge_command", "report_submit", "sample_command",
+           "submissions_command", "submit_command"]
 
 # curate.submissions.STATES, for --help without importing duckdb and pyarrow (tests/test_imports.py
 # checks that the two agree).
@@ -78,6 +80,12 @@ def submit_command(
         options = SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm, concurrency=concurrency,
                                 max_failures=max_failures, resend_uncertain=resend_uncertain)
         summary = submit_file(store, settings, path, options)
+    report_submit(summary, store.path, as_json=as_json)
+
+
+def report_submit(summary: SubmitSummary, db: Path, *, as_json: bool = False, prefix: str = "",
+                  noun: str = "lines") -> None:
+    """Print what a submit did (``curate submit``, ``sample``, ``judge``) and exit with its status."""
     if as_json:
         out.print_json(json.dumps({**summary.model_dump(), "exit_code": summary.exit_code}))
     else:
@@ -90,19 +98,91 @@ def submit_command(
             parts.append(f"{summary.not_sent:,} not sent")
         if summary.changed:
             parts.append(f"{summary.changed:,} not sent: custom_id already used")
-        out.print("; ".join(parts) + f" (of {summary.lines:,} lines)", soft_wrap=True)
+        out.print(prefix + "; ".join(parts) + f" (of {summary.lines:,} {noun})", soft_wrap=True)
     if summary.stopped:
         typer.echo(f"error: stopped: {summary.stopped}", err=True)
     if summary.changed:
         shown = ", ".join(str(n) for n in summary.changed_lines)
-        typer.echo(f"{summary.changed:,} line(s) reuse a custom_id that was sent before with another request, so "
-                   f"they were not sent (lines {shown}{', ...' if summary.changed > 20 else ''}): give them a new "
+        typer.echo(f"{summary.changed:,} {noun} reuse a custom_id that was sent before with another request, so "
+                   f"they were not sent ({noun} {shown}{', ...' if summary.changed > 20 else ''}): give them a new "
                    f"custom_id to send them", err=True)
     if summary.uncertain or summary.failed:
-        typer.echo(f"{summary.uncertain + summary.failed:,} line(s) need attention: "
-                   f"curate submissions --db {store.path} --state uncertain --state failed", err=True)
+        typer.echo(f"{summary.uncertain + summary.failed:,} {noun} need attention: "
+                   f"curate submissions --db {db} --state uncertain --state failed", err=True)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
+
+
+GroupSizeOption = Annotated[int, typer.Option(help="Requests per POST (1 to 50; 1 submits singly).")]
+WebhookOption = Annotated[str | None, typer.Option(help="Set metadata.webhook_id on every request.")]
+RpmOption = Annotated[int, typer.Option(help="Requests per minute the account allows.")]
+WhereOption = Annotated[str | None, typer.Option(help="Only SOURCE rows matching this SQL condition.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
+def sample_command(
+    source: Annotated[str, typer.Argument(help="A view name or a SELECT with id and messages (and tools).",
+                                          show_default=False)],
+    model: Annotated[str, typer.Option(help="The teacher model that answers.", show_default=False)],
+    n: Annotated[int, typer.Option("--n", help="Answers per prompt (a larger N later sends only the new ones).")] = 1,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: the API's).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="max_tokens of each answer (default: the API's).")] = None,
+    where: WhereOption = None,
+    db: DbOption = None,
+    group_size: GroupSizeOption = 50,
+    webhook_id: WebhookOption = None,
+    rpm: RpmOption = 250,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask a teacher model to answer each row's prompt (its messages before the answer) N times; never twice.
+
+    The answers come back through `curate harvest` or `curate listen`; the `samples` view joins
+    each to the row whose prompt it answers. Exit status as `curate submit`'s.
+    """
+    from curate.sampling import SampleOptions, sample
+    from curate.submit import SubmitOptions
+
+    with user_errors():
+        settings, store = open_api(db)
+        options = SampleOptions(model=model, n=n, temperature=temperature, max_tokens=max_tokens, where=where,
+                                submit=SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm))
+        summary = sample(store, settings, source, options)
+    report_submit(summary.submit, store.path, as_json=as_json, noun="requests",
+                  prefix=f"{summary.prompts:,} prompts x {n}: ")
+
+
+def judge_command(
+    source: Annotated[str, typer.Argument(help="A view name or a SELECT with id and messages (and tools).",
+                                          show_default=False)],
+    rubric: Annotated[str, typer.Option(help="A rubric's Markdown file, or a shipped one: helpfulness, correctness.",
+                                        show_default=False)],
+    model: Annotated[str, typer.Option(help="The judge model.", show_default=False)],
+    where: WhereOption = None,
+    response_format: Annotated[bool, typer.Option(
+        help="Ask for the JSON answer by response_format (a JSON schema); --no-response-format for a model "
+             "without it.")] = True,
+    db: DbOption = None,
+    group_size: GroupSizeOption = 50,
+    webhook_id: WebhookOption = None,
+    rpm: RpmOption = 250,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask a judge model to score each row's answer by a rubric; each row once per rubric and judge.
+
+    When the judge's generations are stored (`curate harvest`, `curate listen`), the `judgments`
+    view holds each score and rationale, or why it could not be read. Exit status as `curate submit`'s.
+    """
+    from curate.judging import JudgeOptions, judge
+    from curate.judging import rubric as load_rubric
+    from curate.submit import SubmitOptions
+
+    with user_errors():
+        settings, store = open_api(db)
+        options = JudgeOptions(model=model, rubric=load_rubric(rubric), where=where, response_format=response_format,
+                               submit=SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm))
+        summary = judge(store, settings, source, options)
+    report_submit(summary.submit, store.path, as_json=as_json, noun="requests",
+                  prefix=f"{summary.rows:,} rows, rubric {summary.rubric} ({summary.rubric_hash}): ")
 
 
 def submissions_command(

@@ -79,6 +79,8 @@ def _store_table(s: Stats) -> Table:
     table.add_row("tokens per Success", "-" if mean is None else f"{mean:,.1f}")
     table.add_row("chat rows", _maybe(s.chat_rows))
     table.add_row("conversations", _maybe(s.conversations))
+    unparseable = "" if not s.unparseable_judgments else f" ({s.unparseable_judgments:,} unparseable: see parse_error)"
+    table.add_row("judgments", _maybe(s.judgments) + unparseable)
     spooled = "0 (all merged)"
     if s.spool_records:
         age = "" if s.spool_oldest_at is None else f", oldest since {s.spool_oldest_at.isoformat(sep=' ', timespec='seconds')}"
