@@ -384,10 +384,38 @@ def m011_pii_findings_field(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("alter table pii_findings alter column field set not null")
 
 
+def m012_signal_rows(con: duckdb.DuckDBPyConnection) -> None:
+    # `signal_rows`: what `curate score` (curate.signals) measured of one chat row's answer, with
+    # the body it read (`raw_hash`, the generation's) and the version of the signals' definitions
+    # (`version`): a row whose body changed, or that an older version scored, is scored again.
+    # One row per id. The view `signals` (queries/signals.sql) reads it; its header defines each
+    # signal. (Not named `signals`: a view file cannot take the name of one of the store's tables.)
+    con.execute(
+        """
+        create table signal_rows (
+            id             varchar not null,
+            raw_hash       ubigint not null,
+            version        integer not null,
+            refusal        boolean not null,
+            refusal_phrase varchar,
+            repetition     double not null,
+            truncated      boolean not null,
+            empty          boolean not null,
+            short          boolean not null,
+            language       varchar,
+            language_score double,
+            answer_chars   bigint not null,
+            answer_words   bigint not null,
+            scored_at      timestamptz not null
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_generations, m002_rejects, m003_imports, m004_submissions_and_ledger, m005_curation, m006_lake,
     m007_views_per_connection_and_spool, m008_submission_claims, m009_mask_webhook_ids,
-    m010_pass_coverage, m011_pii_findings_field,
+    m010_pass_coverage, m011_pii_findings_field, m012_signal_rows,
 ]
 
 

@@ -118,7 +118,7 @@ def test_no_module_of_curate_imports_the_package_facade() -> None:
 # command line (curate.cli) from every floor, and nothing from the command line.
 FOUNDATION = {"errors", "config", "_version", "api_types", "messages"}
 STORE_FLOOR = {"store", "merge", "migrations", "records", "views", "spool", "ledger", "submissions"}
-CURATION = {"neardup", "pii", "decontaminate"}
+CURATION = {"neardup", "pii", "decontaminate", "signals"}
 EXPORT = {"exporter", "formats", "card", "publisher"}
 
 

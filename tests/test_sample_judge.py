@@ -271,3 +271,33 @@ def test_sample_killed_mid_run_and_run_again_pays_each_request_once(tmp_path: Pa
     summary = json.loads(again.stdout)
     # every request was sent once, or is reported as possibly sent (its POST had begun when killed)
     assert len(paid) + summary["uncertain"] >= 90 and len(paid) <= 90
+
+
+def test_scored_has_each_rows_signals_and_latest_score_and_exports_filtered(
+    sandbox: Sandbox, store: Store, tmp_path: Path
+) -> None:
+    from curate.exporter import export
+    from curate.signals import score
+
+    traffic(store, sandbox, tmp_path, n=30)
+    judge(store, settings(sandbox), "chat", JudgeOptions(model=JUDGE, rubric=rubric("helpfulness"), submit=FAST))
+    collect(store, sandbox)
+    score(store)
+    scored = rows(store, "select * from scored")
+    judged = {r["judged_id"]: r["score"] for r in rows(store, "select * from judgments")}
+    assert len(scored) == 30
+    for r in scored:
+        assert r["judge_helpfulness"] == judged[r["id"]]  # None where the judgment did not parse
+        assert r["judge_correctness"] is None
+        assert r["refusal"] is not None and r["answer_words"] is not None
+    wanted = rows(store, "select count(*) as n from scored where judge_helpfulness >= 5 and not refusal")[0]["n"]
+    assert 0 < wanted < 30
+    result = export(store, "scored", tmp_path / "best", where="judge_helpfulness >= 5 and not refusal", test_size=0)
+    assert result.counts["filtered"] == wanted
+    assert "judge_helpfulness >= 5 and not refusal" in (tmp_path / "best" / "README.md").read_text()
+
+
+def test_scored_has_a_column_for_each_shipped_rubric() -> None:
+    sql = (Path(__file__).resolve().parent.parent / "queries" / "scored.sql").read_text()
+    for name in judging.shipped_rubrics():
+        assert f"judge_scores['{name}'] as judge_{name}" in sql

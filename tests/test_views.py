@@ -360,8 +360,8 @@ def test_usage_has_one_row_per_model_and_day(db: Store) -> None:
 # --- the shipped files --------------------------------------------------------------------------
 
 SHIPPED = ["chat", "contaminated", "conversations", "duplicates", "failures", "judgments", "near_duplicates", "pii",
-           "samples", "usage"]
-_TYPES = {"timestamptz": "TIMESTAMP WITH TIME ZONE"}
+           "samples", "scored", "signals", "usage"]
+_TYPES = {"timestamptz": "TIMESTAMP WITH TIME ZONE", "map(varchar,double)": "MAP(VARCHAR, DOUBLE)"}
 
 
 def header_columns(sql: str) -> list[tuple[str, str]]:
@@ -404,7 +404,7 @@ def test_describe_gives_each_view_its_description_and_row_count(db: Store) -> No
         described = views.describe(con, views.load([views.QUERIES_DIR]))
     assert [(name, n) for name, _, n in described] == [
         ("chat", 9), ("contaminated", 0), ("conversations", 6), ("duplicates", 1), ("failures", 2),
-        ("judgments", 0), ("near_duplicates", 0), ("pii", 0), ("samples", 0), ("usage", 5),
+        ("judgments", 0), ("near_duplicates", 0), ("pii", 0), ("samples", 0), ("scored", 9), ("signals", 0), ("usage", 5),
     ]
     assert described[0][1] == "One row per Success chat generation: the messages sent, followed by the model's answer."
 

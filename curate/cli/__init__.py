@@ -22,6 +22,7 @@ from curate.cli.decontaminate_commands import decontaminate_command
 from curate.cli.lake_commands import lake_app
 from curate.cli.neardup_commands import dedup_app
 from curate.cli.pii_commands import scan_app
+from curate.cli.score_commands import score_command
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,7 @@ for _name, _command in (
     ("export", export_commands.export_command),
     ("publish", publish_commands.publish_command),
     ("decontaminate", decontaminate_command),
+    ("score", score_command),
     ("submit", api_commands.submit_command),
     ("submissions", api_commands.submissions_command),
     ("sample", api_commands.sample_command),
