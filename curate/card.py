@@ -38,7 +38,8 @@ import yaml
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["END", "PLACEHOLDER_LICENSE", "START", "Facts", "Options", "block", "compose", "merge", "render", "split"]
+__all__ = ["END", "PLACEHOLDER_LICENSE", "START", "Facts", "Options", "PairFacts", "block", "compose", "merge", "render",
+           "split"]
 
 START = "<!-- curate:generated:start -->"
 END = "<!-- curate:generated:end -->"
@@ -168,6 +169,21 @@ class Options(Protocol):
     def dedup(self) -> str: ...
     @property
     def license_id(self) -> str: ...
+    @property
+    def rank_by(self) -> str: ...
+    @property
+    def min_margin(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class PairFacts:
+    """What the pairing of a preference export found (``curate.formats.pairs``)."""
+
+    prompts: int  # distinct prompts among the rows left after filtering, validating and the passes
+    pairs: int  # prompts that made a pair
+    no_pair: dict[str, int]  # why a prompt made no pair → prompts
+    dropped: dict[str, int]  # why a pair was dropped after (duplicates) → pairs
+    models: list[tuple[Any, ...]]  # (model, chosen answers, rejected answers) of the pairs kept
 
 
 @dataclass(frozen=True)
@@ -193,6 +209,7 @@ class Facts:
     notes: list[str]  # one line per curation pass acted on
     files: list[str]  # the data files, relative to the folder, in POSIX form
     sizes: dict[str, int]  # split → bytes of its files
+    pairs: PairFacts | None = None  # a preference format's pairing; None for the others
 
 
 def render(options: Options, facts: Facts) -> str:
@@ -207,6 +224,7 @@ def render(options: Options, facts: Facts) -> str:
     from curate._version import __version__
 
     fmt, split_by = options.fmt, options.split_by
+    preference = facts.pairs is not None
 
     jsonl = fmt in formats.JSONL_FORMATS
     data_files = [
@@ -216,7 +234,7 @@ def render(options: Options, facts: Facts) -> str:
     header: dict[str, Any] = {
         "license": options.license_id,
         "task_categories": ["text-generation"],
-        "tags": ["curate", "inference.net", "fine-tuning", fmt],
+        "tags": ["curate", "inference.net", "fine-tuning", fmt, *(["preference"] if preference else [])],
         "size_categories": [_size_category(facts.counts["deduplicated"])],
         "configs": [{"config_name": "default", "data_files": data_files}],
         "dataset_info": {
@@ -229,6 +247,9 @@ def render(options: Options, facts: Facts) -> str:
         },
     }
     split_rule = f"`{split_by}`" if split_by else "the conversation (its messages up to and including the first user message)"
+    if preference:
+        split_rule = ("the prompt's conversation (its messages up to and including the first user message, or its "
+                      "near-duplicate cluster): both sides of a pair, and every pair of one conversation, are on one side")
     lines = [
         START,
         f"# {facts.name}",
@@ -253,6 +274,10 @@ def render(options: Options, facts: Facts) -> str:
                   "</details>"]
     if facts.notes:
         lines += ["", "## Curation passes", ""] + [f"- {note}" for note in facts.notes]
+        if preference:
+            lines += ["- The passes act on the answers before they are paired: an answer they remove takes no part."]
+    if facts.pairs is not None:
+        lines += _pair_lines(options, facts.pairs)
     lines += ["", "## Rows at each step", "", "| step | rows |", "|---|---:|"]
     lines += [f"| {step} | {n:,} |" for step, n in facts.counts.items() if step not in facts.splits]
     lines += [f"| {split} | {n:,} |" for split, n in facts.splits.items()]
@@ -272,7 +297,7 @@ def render(options: Options, facts: Facts) -> str:
         ("- Identical prompts (the messages before the answer) found in more than one split: "
          f"**{facts.shared_prompts}**."),
     ]
-    if facts.models:
+    if facts.models and not preference:
         split_names = list(facts.splits)
         lines += ["", "## Models", "", "| model | " + " | ".join(split_names) + " |",
                   "|---|" + "---:|" * len(split_names)]
@@ -282,7 +307,9 @@ def render(options: Options, facts: Facts) -> str:
         lines += [f"| {model} | " + " | ".join(f"{by.get(s, 0):,}" for s in split_names) + " |"
                   for model, by in per_model.items()]
     if any(row[1] for row in facts.tokens):
-        lines += ["", "## Tokens", "", "As reported by the API's `usage`, per row (the last call of a conversation).",
+        per_row = ("per row: the chosen answer's call (kto: the side's)" if preference
+                   else "per row (the last call of a conversation)")
+        lines += ["", "## Tokens", "", f"As reported by the API's `usage`, {per_row}.",
                   "", "| split | tokens | rows | total | mean | p50 | p90 | max |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for split, *vals in facts.tokens:
             for label, (n, total, mean, p50, p90, top) in (("prompt", vals[0:6]), ("completion", vals[6:12])):
@@ -290,10 +317,17 @@ def render(options: Options, facts: Facts) -> str:
                     lines.append(f"| {split} | {label} | {n:,} | {total:,} | {int(mean):,} | {p50:,} | {p90:,} | {top:,} |")
     lines += ["", "## Files", ""]
     lines += [f"- `{path}`" for path in facts.files]
+    lineage = ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
+               "`generation_ids` (the inference.net generations it was made from) and `duplicate_ids` (exact "
+               "duplicates dropped in its favour).")
+    if preference:
+        lineage = ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id` (the "
+                   "chosen answer's generation; kto: the side's), `generation_ids` (the generations it was made from), "
+                   "`duplicate_ids` (both ids of each pair dropped as its exact duplicate), `chosen_id`, `rejected_id`, "
+                   "`chosen_rank` and `rejected_rank` (the pair's two answers and their ranks)"
+                   + (", and `label`." if fmt == "kto" else "."))
     lines += [
-        ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
-         "`generation_ids` (the inference.net generations it was made from) and `duplicate_ids` (exact "
-         "duplicates dropped in its favour)."),
+        lineage,
         "",
         "```python",
         "from datasets import load_dataset",
@@ -304,6 +338,32 @@ def render(options: Options, facts: Facts) -> str:
         "",
     ]
     return compose(header, "\n".join(lines))
+
+
+def _pair_lines(options: Options, pairs: PairFacts) -> list[str]:
+    """The card's account of a preference export's pairing."""
+    margin = "any positive margin" if options.min_margin is None else f"at least {options.min_margin:g}"
+    lines = [
+        "", "## Pairs", "",
+        (f"Answers sharing a prompt (the messages before the answer, compared as JSON values with keys sorted and "
+         f"null members dropped, and the same tools) are ranked by `{options.rank_by}` (higher is better; an answer "
+         "whose rank is NULL, or that the format cannot hold, takes no part). Each prompt gives at most one pair: "
+         "chosen is the highest-ranked answer, rejected the lowest (ties to the first finished, then the smallest "
+         f"id), when chosen's rank exceeds rejected's by {margin} (`--min-margin`; equal ranks make no pair) and "
+         "the two answers differ."),
+        "",
+        f"- Prompts seen: **{pairs.prompts:,}**.",
+        f"- Prompts with a pair: **{pairs.pairs:,}**.",
+    ]
+    if pairs.no_pair:
+        lines += ["", "| prompts without a pair, because | prompts |", "|---|---:|"]
+        lines += [f"| {reason} | {n:,} |" for reason, n in pairs.no_pair.items()]
+    lines += ["", "| pairs dropped, because | pairs |", "|---|---:|"]
+    lines += [f"| {reason} | {n:,} |" for reason, n in pairs.dropped.items()] or ["| (none) | 0 |"]
+    if pairs.models:
+        lines += ["", "Models of the answers in the pairs kept:", "", "| model | chosen | rejected |", "|---|---:|---:|"]
+        lines += [f"| {model} | {chosen:,} | {rejected:,} |" for model, chosen, rejected in pairs.models]
+    return lines
 
 
 def _feature(name: str | None, kind: pa.DataType) -> dict[str, Any]:
@@ -346,4 +406,15 @@ _FORMAT_PROSE = {
     "alpaca": "Alpaca: `instruction`, `input` (empty), `output`, and `system`. Single-turn rows only.",
     "catalyst": "inference.net's dataset format: one `{\"request\": ..., \"response\": ...}` per line, the "
                 "request the messages before the answer (with model and tools), the response a chat completion.",
+    "dpo": "TRL's conversational preference type, as `DPOTrainer` reads it: `prompt` (the messages before the "
+           "answer, tool calls and tool results included), `chosen` and `rejected` (each a list holding one "
+           "assistant answer), and `tools`, typed as in the `messages` format. One row per pair (see Pairs).",
+    "kto": "TRL's unpaired preference type, as `KTOTrainer` reads it: `prompt` (the messages before the answer), "
+           "`completion` (a list holding one assistant answer), `label` (true for the chosen answer, false for the "
+           "rejected one) and `tools`, typed as in the `messages` format. Two rows per pair (see Pairs), the "
+           "chosen one first.",
+    "openai-preference": "OpenAI's preference (DPO) fine-tuning JSONL: one `{\"input\": {\"messages\": [...], "
+                         "\"tools\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}` per "
+                         "pair (see Pairs), messages as the `openai` format writes them. Every line passed OpenAI's "
+                         "published chat and preference rules (text only) before it was written.",
 }

@@ -23,6 +23,20 @@ What a row is in each format, and which rows a format cannot hold, is ``formats.
    Parquet shards or JSON lines, on one thread, so memory stays flat and the same store and
    arguments give the same bytes. No row passes through Python.
 
+**Preference formats** (``dpo``, ``kto``, ``openai-preference``; the pairing rule is
+``formats.pairs``'s): step 1 also reads each row's rank (``--rank-by``, checked first to be a number
+the source can compute) and the key of its prompt (``formats.prompt_key``). In step 2 ``--limit``
+samples prompts (every answer to each: md5 of seed and prompt), and the rows are validated and put
+through the curation passes that act on rows (``--pii``, ``--exclude-contaminated``, and the
+coverage check of ``--dedup near``) as rows, before they are paired: a row any of them removes takes
+no part, like a row without a rank. Then one pair per prompt (chosen: the highest rank, rejected:
+the lowest, ties to the first finished then the smallest id; none on equal ranks, below
+``--min-margin``, or equal answers), exact duplicates among pairs (same prompt, answers and tools)
+and, with ``--dedup near``, all but one pair per cluster of near-duplicate prompts (the widest
+margin) dropped, and the rows written built in ``work.export_pairs`` (kto: two per pair). A pair's
+side is its chosen row's: the prompt's opening or near-duplicate cluster, which both answers share,
+so ``--split-by`` is refused. lineage.parquet names both generation ids and both ranks.
+
 Splits: a row's side depends only on its split key and the seed (md5, not DuckDB's ``hash``, so
 it holds across versions): growing the store never moves a conversation from test to train, and
 every row sharing a key is on one side. The default key is the conversation's opening (its
@@ -70,6 +84,7 @@ from curate.store import ReadableStore, Store, no_progress_bar
 
 __all__ = [
     "DEDUP",
+    "DEFAULT_RANK_BY",
     "DEFAULT_SHARD_BYTES",
     "PII",
     "ExportError",
@@ -82,6 +97,9 @@ __all__ = [
 # gives --format's), so a new mode is added here once.
 DEDUP = ("exact", "near", "none")
 PII = ("keep", "drop", "redact")
+# What ranks the answers to one prompt for the preference formats, unless --rank-by says otherwise:
+# the score the `scored` view gives for the shipped `helpfulness` rubric (curate judge).
+DEFAULT_RANK_BY = "judge_helpfulness"
 # Shards of about this much source JSON each; the Hub's viewer and streaming like files well
 # under its 5 GB limit, and a few hundred MB keep a shard quick to download and to retry.
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -119,6 +137,10 @@ class ExportOptions:
     write anything if a row is invalid for ``fmt``. ``license_id``: the card's license.
     ``shard_bytes``: about how much source JSON goes into one Parquet shard. ``rescan``: bring the
     passes acted on up to date first (False: refuse, naming the command, when one is not).
+    ``rank_by`` (preference formats only): a SQL expression over the source's columns giving each
+    answer a number, higher is better (NULL: the answer takes no part). ``min_margin`` (preference
+    formats only): a pair only when the chosen answer's rank exceeds the rejected one's by at
+    least this much (None: by any positive margin; equal ranks never make a pair).
 
     Keyword-only, so that a call names each option it sets. Made with a bad value, it raises
     :class:`ExportError` naming the command line's option; ``dataclasses.replace`` checks again.
@@ -138,6 +160,8 @@ class ExportOptions:
     license_id: str = card.PLACEHOLDER_LICENSE
     shard_bytes: int = DEFAULT_SHARD_BYTES
     rescan: bool = True
+    rank_by: str = DEFAULT_RANK_BY
+    min_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in formats.FORMATS:
@@ -152,6 +176,24 @@ class ExportOptions:
             raise ExportError(f"--pii {self.pii}: expected one of {', '.join(PII)}")
         if self.shard_bytes < 1:
             raise ExportError("shard_bytes must be positive")
+        if not isinstance(self.rank_by, str) or not self.rank_by.strip():
+            raise ExportError("--rank-by: expected a SQL expression over SOURCE's columns (a number per row)")
+        margin = self.min_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                                   or not math.isfinite(margin) or margin <= 0):
+            raise ExportError(f"--min-margin {margin}: expected a positive number (equal ranks never make a pair)")
+        if self.fmt in formats.PREFERENCE_FORMATS:
+            if self.split_by is not None:
+                raise ExportError(f"--split-by: --format {self.fmt} splits by prompt (its opening messages, or its "
+                                  "near-duplicate cluster), so that both sides of a pair and every pair of one "
+                                  "conversation are on one side; leave --split-by out")
+            if self.dedup == "near" and self.near_on != "prompt":
+                raise ExportError(f"--dedup near: --format {self.fmt} keeps one pair per cluster of near-duplicate "
+                                  f"prompts; clusters on {self.near_on} would part the answers to one prompt "
+                                  "(use near_on='prompt')")
+        elif self.rank_by != DEFAULT_RANK_BY or self.min_margin is not None:
+            raise ExportError(f"--rank-by and --min-margin pair answers for --format "
+                              f"{', '.join(formats.PREFERENCE_FORMATS)}; --format {self.fmt} has no pairs")
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(ExportOptions))
@@ -186,6 +228,8 @@ class ExportSummary:
     fingerprint: str
     seconds: float
     card: str = field(repr=False)
+    # Preference formats: prompts seen, pairs made, prompts without a pair and pairs dropped per reason.
+    pairing: dict[str, Any] = field(default_factory=dict)
 
 
 def _source_query(source: str) -> str:
@@ -238,6 +282,28 @@ def _describe(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, str]:
     return columns
 
 
+# The types a rank may have: numbers, and booleans (true above false).
+_RANK_TYPES = re.compile(r"(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|"
+                         r"FLOAT|DOUBLE|DECIMAL\(\d+,\s*\d+\)|BOOLEAN)")
+
+
+def _check_rank(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], rank_by: str) -> None:
+    """Refuse a --rank-by the source cannot compute, or whose value is not a number."""
+    try:
+        [(_, kind, *_)] = con.execute(f"describe select ({rank_by}) as rank from ({query}) as source").fetchall()
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0]
+        hint = ""
+        if rank_by == DEFAULT_RANK_BY and DEFAULT_RANK_BY not in columns:
+            hint = (f" ({DEFAULT_RANK_BY}, the default, is the score the `scored` view gives for the helpfulness "
+                    "rubric of `curate judge`: export from `scored`, or rank by another column)")
+        raise ExportError(f"--rank-by {rank_by}: SOURCE cannot compute it{hint}: {reason}. SOURCE has "
+                          f"{', '.join(columns)}") from None
+    if not _RANK_TYPES.fullmatch(str(kind)):
+        raise ExportError(f"--rank-by {rank_by}: is {kind}, not a number; give an expression whose value is a number "
+                          f"(higher is better), e.g. ({rank_by})::double")
+
+
 def _read_sql(query: str, columns: dict[str, str], options: ExportOptions) -> str:
     """The one read of the store: a SELECT of every source row, typed, checked, hashed and given its
     split, in the order the rows are written (each split's rows together, in the seeded order).
@@ -257,21 +323,31 @@ def _read_sql(query: str, columns: dict[str, str], options: ExportOptions) -> st
     matched = f"coalesce(({where}), false)" if where else "true"
     # Without --split-by, a near-duplicate cluster (curate dedup near) is one key, so its rows
     # share a side: a paraphrase cannot sit in train while its twin is in test.
-    key = f"({split_by})::varchar" if split_by else "near.cluster_id"
+    key = f"({split_by})::varchar" if split_by else "near._near_cluster"
     # The opening: the text of the messages up to and including the first user message.
     opening = ("array_to_string(list_transform(t[1:coalesce(list_position(list_transform(t, lambda m: m.role), 'user'), "
                "len(t))], lambda m: m.role || ':' || coalesce(m.content, to_json(m.content_parts)::varchar, '')), chr(30))")
     seed_text = _sql_text(f"{seed}:")
+    # A preference format also reads each row's rank and the key of its prompt (formats.pairs pairs them).
+    preference = fmt in formats.PREFERENCE_FORMATS
+    rank_value = f",\n           ({options.rank_by}) as rank_value" if preference else ""
+    prompt_key = (f",\n           case when matched then {formats.prompt_key('messages_text', 'tools')} end as prompt_key"
+                  if preference else "")
+    pair_columns = ", prompt_key, case when matched then rank_value end as rank" if preference else ""
     return f"""
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
-           {matched} as matched, {key} as split_key, source.messages::varchar as messages_text
-    from ({query}) as source left join work.near as near on near.id = source.id::varchar
+           {matched} as matched, {key} as split_key, source.messages::varchar as messages_text{rank_value}
+    -- The clusters under names of their own, so that --where, --split-by and --rank-by name SOURCE's
+    -- columns (id, cluster_id) without ambiguity.
+    from ({query}) as source
+         left join (select id as _near_id, cluster_id as _near_cluster from work.near) as near
+         on near._near_id = source.id::varchar
 ),
 typed as (
     select * exclude (messages_text),
            case when matched then {formats.typed_messages("messages_text")} end as t,
-           strlen(messages_text) as nbytes
+           strlen(messages_text) as nbytes{prompt_key}
     from source_rows
 ),
 checked as (
@@ -294,7 +370,7 @@ select id, generation_ids, model, finish_reason, prompt_tokens, completion_token
            case when md5_number_lower({seed_text} || split_group) / 18446744073709551616.0 < {test_size!r}
                 then 'test' else 'train' end end as split,
        case when len(t) > 1 then hash(message_hashes[1:-2]) end as prompt_hash,
-       md5_number_lower({seed_text} || id) as shuffle
+       md5_number_lower({seed_text} || id) as shuffle{pair_columns}
 from keyed
 -- Each split's rows together, in the seeded order: a split is then one contiguous range to write.
 order by split nulls last, shuffle, id
@@ -357,6 +433,9 @@ class _Decisions:
     shared_prompts: int
     straddling_clusters: int = 0
     removed: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The table whose kept rows are written: the rows, or for a preference format its pairs.
+    table: str = "work.export_rows"
+    pairs: card.PairFacts | None = None
 
 
 def _drop(con: duckdb.DuckDBPyConnection, ids_sql: str) -> int:
@@ -481,6 +560,159 @@ def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Pas
     )
 
 
+def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes) -> _Decisions:
+    """``_decide`` for a preference format: the rows are sampled (by prompt), validated and passed
+    through the curation passes as rows; then paired (``formats.pairs``, one pair per prompt); then
+    the pairs are deduplicated (exact: same prompt, answers and tools; near: one per cluster of
+    near-duplicate prompts) and written, each on the side of its chosen row's split key (the
+    prompt's opening or cluster: both answers share it). The table written is ``work.export_pairs``:
+    one row per pair, or for kto one per side, the chosen side first."""
+    limit, dedup, pii = options.limit, options.dedup, options.pii
+    prompt = "coalesce(prompt_key, 'row:' || id)"
+    source = _one(con, "select count(*) from work.export_rows")
+    if limit is not None:
+        # A seeded sample of prompts, with every answer to each: the first N in the order of md5(seed:prompt).
+        con.execute(f"""
+            update work.export_rows set matched = false, keep = false, reason = null
+            where matched and {prompt} not in (
+                select key from (select distinct {prompt} as key from work.export_rows where matched)
+                order by md5_number_lower({_sql_text(f"{options.seed}:")} || key), key limit {int(limit)})""")
+    filtered = _one(con, "select count(*) from work.export_rows where matched")
+    invalid = con.execute("""
+        select reason, count(*), list(id order by id)[1:3] from work.export_rows
+        where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
+    counts = {"source": source, "filtered": filtered, "valid": filtered - sum(n for _, n, _ in invalid)}
+    removed: dict[str, dict[str, int]] = {}
+    # The passes that act on rows act before the pairing: a row they drop takes no part.
+    if dedup == "near":
+        _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
+    if options.exclude_contaminated:
+        _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
+        removed["eval sets"] = dict(con.execute("""
+            select eval_set, count(*) from (
+                select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
+                where r.keep)
+            group by eval_set order by eval_set""").fetchall())
+        counts["decontaminated"] = _drop(con, "select id from work.contaminated")
+    if pii in ("drop", "redact"):
+        _drop_unseen(con, counts, "scanned for PII", ["pii"] if passes.pii else [])
+    if pii == "drop":
+        counts["without PII"] = _drop(con, "select id from work.pii")
+    elif pii == "redact":
+        counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
+    answers = (f"select rowid as rid, {prompt} as prompt_key, rank, finished_at, id, content_hash "
+               "from work.export_rows where keep")
+    try:
+        con.execute(f"create table work.export_prompts as {formats.pairs(answers, options.min_margin)}")
+    except duckdb.Error as exc:
+        raise ExportError(f"--rank-by {options.rank_by}: {str(exc).splitlines()[0]}") from None
+    prompts = _one(con, "select count(*) from work.export_prompts")
+    found = dict(con.execute("select no_pair, count(*) from work.export_prompts where no_pair is not null "
+                             "group by no_pair").fetchall())
+    no_pair = {reason: found[reason] for reason in formats.NO_PAIR if reason in found}
+    con.execute("""
+        create table work.export_pair_keys as
+        select p.chosen_rid, p.rejected_rid, c.id as chosen_id, r.id as rejected_id, p.chosen_rank, p.rejected_rank,
+               c.split, c.split_group, c.shuffle, c.prompt_hash, c.finished_at,
+               hash(c.content_hash, r.content_hash) as content_hash, true as keep
+        from work.export_prompts p join work.export_rows c on c.rowid = p.chosen_rid
+             join work.export_rows r on r.rowid = p.rejected_rid
+        where p.no_pair is null
+        order by c.split, c.shuffle, c.id""")
+    paired = _one(con, "select count(*) from work.export_pair_keys")
+    counts.update({"prompts": prompts, "pairs": paired})
+    dropped: dict[str, int] = {}
+    # Exact duplicates: pairs of the same prompt, answers and tools; the first finished (chosen) is kept.
+    con.execute("create table work.export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
+    if dedup in ("exact", "near"):
+        con.execute("""
+            insert into work.export_duplicates
+            select content_hash, first(rowid order by finished_at nulls last, chosen_id),
+                   flatten(list([chosen_id, rejected_id] order by finished_at nulls last, chosen_id)[2:])
+            from work.export_pair_keys where keep group by content_hash having count(*) > 1""")
+        con.execute("""
+            update work.export_pair_keys set keep = false
+            where rowid in (select k.rowid from work.export_pair_keys k join work.export_duplicates d using (content_hash)
+                            where k.keep and k.rowid <> d.kept_rowid)""")
+    counts["deduplicated"] = _one(con, "select count(*) from work.export_pair_keys where keep")
+    if counts["deduplicated"] < paired:
+        dropped["an exact duplicate of another pair"] = paired - counts["deduplicated"]
+    if dedup == "near":
+        # One pair per cluster of near-duplicate prompts (the chosen row's): the widest margin, then
+        # the first finished, then the smallest chosen id.
+        con.execute("""
+            update work.export_pair_keys set keep = false
+            where keep and rowid not in (
+                select first(k.rowid order by k.chosen_rank - k.rejected_rank desc, k.finished_at nulls last, k.chosen_id)
+                from work.export_pair_keys k left join work.near n on n.id = k.chosen_id
+                where k.keep group by coalesce(n.cluster_id, 'pair:' || k.chosen_id))""")
+        counts["near-deduplicated"] = _one(con, "select count(*) from work.export_pair_keys where keep")
+        if counts["near-deduplicated"] < counts["deduplicated"]:
+            dropped["a near-duplicate prompt (--dedup near)"] = counts["deduplicated"] - counts["near-deduplicated"]
+    _build_pairs(con, options.fmt)
+    models = con.execute("""
+        select model, count(*) filter (where side = 0), count(*) filter (where side = 1) from (
+            select coalesce(x.model, '(none)') as model, s.side from (
+                select chosen_rid as rid, 0 as side from work.export_pair_keys where keep
+                union all select rejected_rid, 1 from work.export_pair_keys where keep) s
+            join work.export_rows x on x.rowid = s.rid)
+        group by model order by model""").fetchall()
+    splits = dict(con.execute(
+        "select split, count(*) from work.export_pairs where keep group by split order by split desc").fetchall())
+    shared_keys = _one(con, """select count(*) from (select split_group from work.export_pairs where keep
+                                group by split_group having count(distinct split) > 1)""")
+    shared_prompts = _one(con, """select count(*) from (select prompt_hash from work.export_pairs
+                                   where keep and prompt_hash is not null
+                                   group by prompt_hash having count(distinct split) > 1)""")
+    straddling = _one(con, """select count(*) from (select n.cluster_id from work.export_pairs p
+                               join work.near n on n.id = p.chosen_id
+                               where p.keep group by n.cluster_id having count(distinct p.split) > 1)""")
+    counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
+    return _Decisions(
+        counts=counts,
+        splits={name: splits[name] for name in ("train", "test") if name in splits},
+        invalid={reason: n for reason, n, _ in invalid},
+        invalid_examples={reason: list(ids) for reason, _, ids in invalid},
+        shared_keys=shared_keys,
+        shared_prompts=shared_prompts,
+        straddling_clusters=straddling,
+        removed=removed,
+        table="work.export_pairs",
+        pairs=card.PairFacts(prompts=prompts, pairs=paired, no_pair=no_pair, dropped=dropped,
+                             models=[tuple(row) for row in models]),
+    )
+
+
+def _build_pairs(con: duckdb.DuckDBPyConnection, fmt: str) -> None:
+    """The rows written for a preference format, in the order written: each split's together, then
+    the seeded order of the chosen rows. dpo, openai-preference: one row per pair, the chosen row's
+    messages in ``t`` and the rejected one's in ``rejected_t``; kto: a row per side, chosen first,
+    ``label`` telling which. Model and tokens are the chosen row's (kto: the side's)."""
+    if fmt == "kto":
+        sides = """(select k.*, k.rowid as pair, k.chosen_rid as rid, true as label, 0 as side
+                    from work.export_pair_keys k where k.keep
+                    union all
+                    select k.*, k.rowid, k.rejected_rid, false, 1 from work.export_pair_keys k where k.keep)"""
+        con.execute(f"""
+            create table work.export_pairs as
+            select x.id, x.generation_ids, s.chosen_id, s.rejected_id, s.chosen_rank, s.rejected_rank, s.label,
+                   x.model, x.finish_reason, x.prompt_tokens, x.completion_tokens, x.t, null as rejected_t, x.tools,
+                   x.nbytes, s.split, s.split_group, s.prompt_hash, s.pair, true as keep
+            from {sides} as s join work.export_rows x on x.rowid = s.rid
+            order by s.split, s.shuffle, s.chosen_id, s.side""")
+        return
+    con.execute("""
+        create table work.export_pairs as
+        select k.chosen_id as id, list_concat(c.generation_ids, r.generation_ids) as generation_ids,
+               k.chosen_id, k.rejected_id, k.chosen_rank, k.rejected_rank, null::boolean as label,
+               c.model, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.t, r.t as rejected_t, c.tools,
+               c.nbytes + r.nbytes as nbytes, k.split, k.split_group, k.prompt_hash, k.rowid as pair, true as keep
+        from work.export_pair_keys k join work.export_rows c on c.rowid = k.chosen_rid
+             join work.export_rows r on r.rowid = k.rejected_rid
+        where k.keep
+        order by k.split, k.shuffle, k.chosen_id""")
+
+
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     rows = con.execute(sql).fetchall()
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
@@ -489,7 +721,7 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 # ---------------------------------------------------------------- pass 3: streaming the splits out
 
 
-def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: int, nbytes: int,
+def _write_parquet(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: str, rows: int, nbytes: int,
                    data: Path, shard_bytes: int) -> list[Path]:
     """The split as Parquet shards of about ``shard_bytes`` of source JSON each, written by DuckDB.
 
@@ -502,27 +734,27 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, fmt: str, split: str, rows: i
     bounds = con.execute(f"""
         select min(rowid), max(rowid) from (
             select rowid, (row_number() over (order by rowid) - 1) // {per_shard} as shard
-            from work.export_rows where keep and split = {_sql_text(split)})
+            from {table} where keep and split = {_sql_text(split)})
         group by shard order by shard""").fetchall()
     cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
     paths = []
     for i, (low, high) in enumerate(bounds):
         path = data / f"{split}-{i:05d}-of-{len(bounds):05d}.parquet"
         con.execute(f"""
-            copy (select {cols} from work.export_rows
+            copy (select {cols} from {table}
                   where keep and split = {_sql_text(split)} and rowid between {low} and {high})
             to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size {ROW_GROUP_ROWS})""")
         paths.append(path)
     return paths
 
 
-def _write_jsonl(con: duckdb.DuckDBPyConnection, fmt: str, split: str, data: Path) -> list[Path]:
+def _write_jsonl(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: str, data: Path) -> list[Path]:
     """The split as one JSON line per row, written by DuckDB: a one-column CSV with no quoting is
     the lines as they are (a JSON line holds no raw newline or control character to quote)."""
     path = data / f"{split}.jsonl"
     (name, expr), = formats.columns(fmt).items()
     con.execute(f"""
-        copy (select {expr} as "{name}" from work.export_rows where keep and split = {_sql_text(split)})
+        copy (select {expr} as "{name}" from {table} where keep and split = {_sql_text(split)})
         to {_sql_text(str(path))} (format csv, header false, quote '', escape '', delimiter '\x01')""")
     return [path]
 
@@ -537,20 +769,33 @@ def _write_lineage(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size 100000)""")
 
 
+def _write_pair_lineage(con: duckdb.DuckDBPyConnection, fmt: str, path: Path) -> None:
+    """lineage.parquet of a preference format: each row's pair, both generation ids and both ranks."""
+    label = ", p.label" if fmt == "kto" else ""
+    con.execute(f"""
+        copy (select p.split, (row_number() over (partition by p.split order by p.rowid) - 1)::bigint as "row",
+                     p.id, p.generation_ids, coalesce(d.duplicate_ids, []::varchar[]) as duplicate_ids,
+                     p.chosen_id, p.rejected_id, p.chosen_rank, p.rejected_rank{label}
+              from work.export_pairs p left join work.export_duplicates d on d.kept_rowid = p.pair
+              where p.keep
+              order by p.split desc, "row")
+        to {_sql_text(str(path))} (format parquet, compression zstd, row_group_size 100000)""")
+
+
 # ---------------------------------------------------------------- what the card states of the rows
 
 
-def _stats(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _stats(con: duckdb.DuckDBPyConnection, table: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The card's tables of the rows kept: (model, split, rows), and each split's token counts."""
-    models = con.execute("""
-        select coalesce(model, '(none)'), split, count(*) from work.export_rows where keep
+    models = con.execute(f"""
+        select coalesce(model, '(none)'), split, count(*) from {table} where keep
         group by all order by 1, 2 desc""").fetchall()
-    tokens = con.execute("""
+    tokens = con.execute(f"""
         select split, count(prompt_tokens), sum(prompt_tokens), round(avg(prompt_tokens)),
                quantile_disc(prompt_tokens, 0.5), quantile_disc(prompt_tokens, 0.9), max(prompt_tokens),
                count(completion_tokens), sum(completion_tokens), round(avg(completion_tokens)),
                quantile_disc(completion_tokens, 0.5), quantile_disc(completion_tokens, 0.9), max(completion_tokens)
-        from work.export_rows where keep group by split order by split desc""").fetchall()
+        from {table} where keep group by split order by split desc""").fetchall()
     return models, tokens
 
 
@@ -713,8 +958,16 @@ def export(
         splits=decisions.splits, invalid=decisions.invalid, invalid_examples=decisions.invalid_examples,
         files=[p for paths in files.values() for p in paths], shared_keys=decisions.shared_keys,
         shared_prompts=decisions.shared_prompts, fingerprint=fingerprint,
-        seconds=time.perf_counter() - started, card=text,
+        seconds=time.perf_counter() - started, card=text, pairing=_pairing(decisions.pairs),
     )
+
+
+def _pairing(pairs: card.PairFacts | None) -> dict[str, Any]:
+    """ExportSummary.pairing: what the pairing found, as plain values ({} for the other formats)."""
+    if pairs is None:
+        return {}
+    return {"prompts": pairs.prompts, "pairs": pairs.pairs, "no_pair": dict(pairs.no_pair),
+            "dropped": dict(pairs.dropped)}
 
 
 def _export_into(
@@ -733,21 +986,32 @@ def _export_into(
             con.execute("use store")
             try:
                 columns = _describe(con, query)
+                if fmt in formats.PREFERENCE_FORMATS:
+                    _check_rank(con, query, columns, options.rank_by)
                 fingerprint, generations = _fingerprint(con)
                 _copy_curation(con, options.near_on, passes)
                 _read_source(con, query, columns, options)
             finally:
                 con.execute("use work")
         view_sql = _view_sql(store, source)
-        say("validating, deduplicating and splitting")
-        decisions = _decide(con, options, passes)
+        if fmt in formats.PREFERENCE_FORMATS:
+            say(f"validating, pairing by {options.rank_by}, deduplicating and splitting")
+            decisions = _decide_pairs(con, options, passes)
+        else:
+            say("validating, deduplicating and splitting")
+            decisions = _decide(con, options, passes)
         if options.strict and decisions.invalid:
             detail = "; ".join(f"{reason}: {n} (e.g. {', '.join(decisions.invalid_examples[reason])})"
                                for reason, n in decisions.invalid.items())
             raise ExportError(f"--strict: {sum(decisions.invalid.values())} rows do not fit {fmt}: {detail}")
         if not decisions.splits:
+            pairing = ""
+            if decisions.pairs is not None:
+                why = ", ".join(f"{reason}: {n}" for reason, n in decisions.pairs.no_pair.items())
+                pairing = f", {decisions.pairs.prompts} prompts, {decisions.pairs.pairs} pairs ({why or 'no prompt'})"
             raise ExportError(f"nothing to export: {decisions.counts['filtered']} rows matched, "
-                              f"{decisions.counts['valid']} fit {fmt}")
+                              f"{decisions.counts['valid']} fit {fmt}{pairing}")
+        table = decisions.table
         files: dict[str, list[Path]] = {}
         # One thread for the files: with two, DuckDB's writer cut row groups differently from run
         # to run when memory was short (1M rows, 1 GB), so the bytes differed. It costs ~10 %.
@@ -755,21 +1019,24 @@ def _export_into(
         for split, rows in decisions.splits.items():
             say(f"writing {split}: {rows:,} rows")
             if fmt in formats.JSONL_FORMATS:
-                files[split] = _write_jsonl(con, fmt, split, scratch / "data")
+                files[split] = _write_jsonl(con, table, fmt, split, scratch / "data")
             else:
-                nbytes = _one(con, f"select sum(nbytes) from work.export_rows where keep and split = {_sql_text(split)}")
-                files[split] = _write_parquet(con, fmt, split, rows, nbytes, scratch / "data", options.shard_bytes)
-        _write_lineage(con, scratch / "lineage.parquet")
+                nbytes = _one(con, f"select sum(nbytes) from {table} where keep and split = {_sql_text(split)}")
+                files[split] = _write_parquet(con, table, fmt, split, rows, nbytes, scratch / "data", options.shard_bytes)
+        if decisions.pairs is not None:
+            _write_pair_lineage(con, fmt, scratch / "lineage.parquet")
+        else:
+            _write_lineage(con, scratch / "lineage.parquet")
         con.execute("reset threads")
         final_files = {s: [out / "data" / p.name for p in paths] for s, paths in files.items()}
-        models, tokens = _stats(con)
+        models, tokens = _stats(con, table)
         text = card.render(options, card.Facts(
             name=out.resolve().name, query=_full_query(query, options), view_sql=view_sql,
             when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), store=store.label, fingerprint=fingerprint,
             generations=generations, counts=decisions.counts, splits=decisions.splits, invalid=decisions.invalid,
             removed=decisions.removed, shared_keys=decisions.shared_keys,
             straddling_clusters=decisions.straddling_clusters, shared_prompts=decisions.shared_prompts,
-            models=models, tokens=tokens, notes=passes.notes,
+            models=models, tokens=tokens, notes=passes.notes, pairs=decisions.pairs,
             files=[p.relative_to(out).as_posix() for paths in final_files.values() for p in paths],
             sizes={split: sum(p.stat().st_size for p in paths) for split, paths in files.items()},
         ))
@@ -783,7 +1050,9 @@ def _full_query(query: str, options: ExportOptions) -> str:
     text = f"select * from ({query}) as source" if where or limit else query
     if where:
         text += f"\nwhere {where}"
-    if limit:
+    if limit and options.fmt in formats.PREFERENCE_FORMATS:
+        text += f"\n-- then a sample of {limit:,} prompts, every answer to each: the first in the order of md5(seed:prompt)"
+    elif limit:
         text += f"\n-- then a sample of {limit:,} rows: the first in the order of md5(seed:id)"
     return text
 

@@ -2,9 +2,10 @@
 
 This module owns what one exported row is in each format: how a row's ``messages`` JSON text
 (and ``tools``, ``model``, ``finish_reason``) becomes typed columns, which rows a format cannot
-hold and why, the Arrow schema and Hugging Face features of each format, and OpenAI's published
-chat fine-tuning rules (``validate_openai``). Reading stores, splitting, and writing files,
-cards and lineage belong to ``export.py``.
+hold and why, the Arrow schema and Hugging Face features of each format, OpenAI's published
+chat fine-tuning rules (``validate_openai``) and preference fine-tuning rules
+(``validate_openai_preference``), and how the preference formats pair answers (``pairs``).
+Reading stores, splitting, and writing files, cards and lineage belong to ``exporter.py``.
 
 Everything per row is SQL, so an export streams Arrow batches out of DuckDB and never builds a
 Python object per row. ``convert(batch, fmt)`` runs the same SQL over one Arrow batch (tests,
@@ -35,11 +36,45 @@ Typing decisions
 * Message keys other than role, content, tool_calls, tool_call_id and name (refusal, reasoning
   fields, legacy function_call, ...) are not carried. An empty ``tool_calls`` list is read as none.
 * JSON text is minified by DuckDB, so a round trip gives the same JSON values, not the same bytes.
+
+Preference formats (``PREFERENCE_FORMATS``)
+-------------------------------------------
+``dpo``, ``kto`` and ``openai-preference`` are made of *pairs*, not of rows: two answers to one
+prompt, one preferred. The rows (each a conversation whose last message is its answer) are
+grouped by **prompt**: the messages before the answer, compared as JSON values with keys sorted
+and null members dropped (as the ``conversations`` view compares messages), together with the
+tools offered (none and an empty list are the same) (``prompt_key``). Within a prompt, the rows
+are ranked by a number (``--rank-by``, higher is better; a NULL or NaN rank takes no part), and
+``pairs`` makes at most one pair per prompt:
+
+* **chosen** is the highest-ranked row, **rejected** the lowest-ranked; ties among the top (or
+  among the bottom) go to the first finished, then the smallest id, so the choice is the same on
+  every run;
+* no pair when no row or one row has a rank, when the ranks all tie (equal ranks are no
+  preference), when chosen's rank minus rejected's is below ``--min-margin`` (default: any
+  positive margin), or when the two answers are the same typed message (``NO_PAIR``).
+
+A row the format cannot hold (``drop_reason``) takes no part, as if it had no rank. What a pair
+becomes:
+
+* ``dpo`` (TRL's conversational preference type, what ``DPOTrainer`` reads): ``prompt`` (the
+  messages before the answer), ``chosen`` and ``rejected`` (each a list holding the one
+  assistant answer), and ``tools`` (JSON, as in ``messages``; DPOTrainer passes them to the
+  chat template). Tool calls and tool results in the prompt are kept, typed as in ``messages``.
+* ``kto`` (TRL's unpaired preference type, what ``KTOTrainer`` reads): two rows per pair,
+  ``prompt``, ``completion`` (a list holding the answer), ``label`` (true for the chosen side,
+  false for the rejected) and ``tools``.
+* ``openai-preference`` (OpenAI's preference fine-tuning JSONL): ``{"input": {"messages": [...],
+  "tools": [...]}, "preferred_output": [answer], "non_preferred_output": [answer]}``, messages
+  written as the ``openai`` format writes them. The rows must pass OpenAI's published chat rules
+  (as ``openai``) and the preference ones (``validate_openai_preference``): text only (DPO takes
+  no image input), a prompt before the answer.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,24 +86,39 @@ import pyarrow as pa
 from curate.messages import typed_message_text
 
 __all__ = [
+    "BELOW_MARGIN",
     "FEATURES",
     "FORMATS",
     "JSONL_FORMATS",
     "MESSAGE_TYPE",
+    "NO_PAIR",
+    "NO_RANK",
+    "ONE_RANK",
+    "PREFERENCE_FORMATS",
+    "ROW_FORMATS",
+    "SAME_ANSWER",
     "SCHEMAS",
+    "TIE",
     "Invalid",
     "columns",
     "convert",
     "drop_reason",
     "dumps",
     "messages_from_arrow",
+    "pairs",
+    "prompt_key",
     "typed_messages",
     "validate_openai",
+    "validate_openai_preference",
 ]
 
-FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst")
+# One exported row per source row.
+ROW_FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst")
+# One exported row per pair of answers to one prompt (kto: one per side): see "Preference formats".
+PREFERENCE_FORMATS = ("dpo", "kto", "openai-preference")
+FORMATS = (*ROW_FORMATS, *PREFERENCE_FORMATS)
 # Written as one JSON line per example, as OpenAI's and inference.net's uploads read them.
-JSONL_FORMATS = ("openai", "catalyst")
+JSONL_FORMATS = ("openai", "catalyst", "openai-preference")
 
 _TOOL_CALL = pa.struct(
     [
@@ -106,6 +156,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string()), ("system", pa.string())]
     ),
     "catalyst": pa.schema([("json", pa.string())]),
+    "dpo": pa.schema([("prompt", _MESSAGES), ("chosen", _MESSAGES), ("rejected", _MESSAGES), ("tools", pa.json_())]),
+    "kto": pa.schema([("prompt", _MESSAGES), ("completion", _MESSAGES), ("label", pa.bool_()), ("tools", pa.json_())]),
+    "openai-preference": pa.schema([("json", pa.string())]),
 }
 
 # Hugging Face features, in the dataset card's YAML form, for the JSONL formats (the Parquet
@@ -114,6 +167,8 @@ SCHEMAS: dict[str, pa.Schema] = {
 FEATURES: dict[str, list[dict[str, Any]]] = {
     "openai": [{"name": "messages", "list": "json"}, {"name": "tools", "list": "json"}],
     "catalyst": [{"name": "request", "dtype": "json"}, {"name": "response", "dtype": "json"}],
+    "openai-preference": [{"name": "input", "dtype": "json"}, {"name": "preferred_output", "list": "json"},
+                          {"name": "non_preferred_output", "list": "json"}],
 }
 
 
@@ -233,10 +288,13 @@ _OPENAI_RULES: list[tuple[str, str]] = [
      "tools must be a list of function definitions with a name"),
 ]
 
+# A preference pair needs a prompt: the messages before the answer.
+_PROMPT_RULE = ("len(t) < 2", "no prompt before the answer")
+
 _RULES: dict[str, list[tuple[str, str]]] = {
     "messages": [],
     "openai": [(cond, f"openai: {reason}") for cond, reason in _OPENAI_RULES],
-    "prompt-completion": [("len(t) < 2", "no prompt before the answer")],
+    "prompt-completion": [_PROMPT_RULE],
     "sharegpt": [
         (_any("t", _HAS_CALLS), "tool calls do not fit sharegpt"),
         (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant')"), "role does not fit sharegpt"),
@@ -250,6 +308,14 @@ _RULES: dict[str, list[tuple[str, str]]] = {
         (_any("t", _NON_TEXT), "non-text content does not fit alpaca"),
     ],
     "catalyst": [],
+    "dpo": [_PROMPT_RULE],
+    "kto": [_PROMPT_RULE],
+    "openai-preference": [
+        _PROMPT_RULE,
+        *[(cond, f"openai-preference: {reason}") for cond, reason in _OPENAI_RULES],
+        # "DPO is currently only supported for text inputs and outputs" (OpenAI's DPO guide).
+        (_any("t", _NON_TEXT), "openai-preference: image content (preference fine-tuning takes text only)"),
+    ],
 }
 
 # The rules every format shares, in the order a row is tested (its first failure is its reason).
@@ -311,17 +377,34 @@ def _json_list(items: str, each: str) -> str:
 
 
 # The typed messages without the flags typed_messages adds for drop_reason.
-_CLEAN = (
-    "list_transform(t, lambda m: struct_pack(role := m.role, content := m.content, content_parts := m.content_parts, "
-    "tool_calls := m.tool_calls, tool_call_id := m.tool_call_id, name := m.name))"
-)
+def _clean(msgs: str) -> str:
+    return (f"list_transform({msgs}, lambda m: struct_pack(role := m.role, content := m.content, "
+            "content_parts := m.content_parts, tool_calls := m.tool_calls, tool_call_id := m.tool_call_id, name := m.name))")
+
+
+_CLEAN = _clean("t")
 
 
 def columns(fmt: str) -> dict[str, str]:
     """SQL per output column of ``fmt``, over typed messages ``t``, ``tools`` JSON, ``model`` and
     ``finish_reason`` (NULL when the source has none). Arrow types as in ``SCHEMAS[fmt]`` once
-    cast (DuckDB gives JSON as text)."""
+    cast (DuckDB gives JSON as text).
+
+    The preference formats read one pair (``dpo``, ``openai-preference``) or one side of it
+    (``kto``): ``t`` is the chosen row's typed messages (kto: the side's), ``rejected_t`` the
+    rejected row's, ``label`` the side's label (kto), ``tools`` the prompt's."""
     _check(fmt)
+    if fmt == "dpo":
+        return {"prompt": f"{_CLEAN}[1:-2]", "chosen": f"{_CLEAN}[-1:]", "rejected": f"{_clean('rejected_t')}[-1:]",
+                "tools": "tools"}
+    if fmt == "kto":
+        return {"prompt": f"{_CLEAN}[1:-2]", "completion": f"{_CLEAN}[-1:]", "label": "label", "tools": "tools"}
+    if fmt == "openai-preference":
+        messages = _json_list("t[1:-2]", _plain("m", empty_content=True))
+        return {"json": (f"'{{\"input\":{{\"messages\":' || {messages} || "
+                         "coalesce(',\"tools\":' || nullif(tools::varchar, '[]'), '') || "
+                         f"'}},\"preferred_output\":[' || {_plain('t[-1]', empty_content=True)} || "
+                         f"'],\"non_preferred_output\":[' || {_plain('rejected_t[-1]', empty_content=True)} || ']}}'")}
     if fmt == "messages":
         return {"messages": _CLEAN, "tools": "tools"}
     if fmt == "prompt-completion":
@@ -350,15 +433,81 @@ def columns(fmt: str) -> dict[str, str]:
     return {"json": f"'{{\"request\":' || {request} || ',\"response\":' || {response} || '}}'"}
 
 
+# ---------------------------------------------------------------- preference pairs
+
+# Why a prompt makes no pair, in the order they are tested.
+NO_RANK = "no answer has a rank"
+ONE_RANK = "only one answer has a rank"
+TIE = "the ranked answers tie"
+BELOW_MARGIN = "margin below --min-margin"
+SAME_ANSWER = "the chosen and rejected answers are the same"
+NO_PAIR = (NO_RANK, ONE_RANK, TIE, BELOW_MARGIN, SAME_ANSWER)
+
+
+def _canonical(json_text: str) -> str:
+    # As the conversations view compares messages: keys sorted at every depth, null members dropped.
+    return f"json_normalize(json_strip_nulls({json_text}))"
+
+
+def prompt_key(messages: str, tools: str) -> str:
+    """SQL: the key of a row's prompt (md5, 32 hex digits): its messages before the answer, as JSON
+    values with keys sorted and null members dropped (``messages``: JSON text of the whole
+    conversation, the answer last), and the tools offered (``tools``: JSON text; none and ``[]``
+    are the same). NULL unless ``messages`` is a JSON array. Two rows answer the same prompt
+    when their keys are equal."""
+    return f"""case when json_valid({messages}) and json_type({messages}) = 'ARRAY' then md5(
+      to_json(json_extract({_canonical(messages)}, '$[*]')[1:-2])::varchar || chr(30) ||
+      coalesce(case when json_valid({tools}) then nullif({_canonical(tools)}, '[]') end, '')) end"""
+
+
+def pairs(rows: str, min_margin: float | None) -> str:
+    """SQL: each prompt of ``rows`` and the pair it makes, if any (see "Preference formats").
+
+    ``rows`` is a table or a query with one row per answer: ``rid`` (a number naming it),
+    ``prompt_key``, ``rank`` (any number; NULL or NaN: no part), ``finished_at``, ``id`` and
+    ``content_hash`` (equal for equal answers to one prompt). One row per prompt: ``prompt_key``,
+    ``answers``, ``ranked``, ``chosen_rid``, ``rejected_rid``, ``chosen_rank``, ``rejected_rank``
+    (doubles) and ``no_pair``: NULL when the prompt makes a pair, else the first of ``NO_PAIR``
+    that holds. ``min_margin`` None: any positive margin makes a pair."""
+    if min_margin is not None and not (math.isfinite(min_margin) and min_margin > 0):
+        raise ValueError(f"min_margin must be a positive number, not {min_margin!r}")
+    margin = "" if min_margin is None else f"when chosen_rank - rejected_rank < {float(min_margin)!r} then '{BELOW_MARGIN}'"
+    # The top and the bottom, ties to the first finished, then the smallest id (then rid: a total order).
+    top = "order by rank desc, finished_at asc nulls last, id, rid) filter (where rank is not null)"
+    bottom = "order by rank asc, finished_at asc nulls last, id, rid) filter (where rank is not null)"
+    return f"""
+select prompt_key, answers, ranked, chosen_rid, rejected_rid, chosen_rank, rejected_rank,
+       case when ranked = 0 then '{NO_RANK}'
+            when ranked = 1 then '{ONE_RANK}'
+            when chosen_rank = rejected_rank then '{TIE}'
+            {margin}
+            when chosen_content = rejected_content then '{SAME_ANSWER}'
+       end as no_pair
+from (
+    select prompt_key, count(*) as answers, count(rank) as ranked,
+           first(rid {top} as chosen_rid, first(rid {bottom} as rejected_rid,
+           max(rank) as chosen_rank, min(rank) as rejected_rank,
+           first(content_hash {top} as chosen_content, first(content_hash {bottom} as rejected_content
+    from (select rid, prompt_key, nullif(rank::double, 'nan'::double) as rank, finished_at, id, content_hash
+          from ({rows}) as answers) as answers
+    group by prompt_key) as prompts"""
+
+
 # ---------------------------------------------------------------- one batch, for tests and notebooks
 
 
-def convert(batch: pa.RecordBatch | pa.Table, fmt: str) -> tuple[pa.Table, Invalid]:
+def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | None = None) -> tuple[pa.Table, Invalid]:
     """Convert rows with ``id``, ``messages`` (JSON text) and optionally ``tools``, ``model`` and
     ``finish_reason`` to ``fmt``; rows keep their order.
 
     Returns the rows that fit (``id`` first, then ``SCHEMAS[fmt]``) and the ones dropped, with
     the reason of each. The same SQL as ``curate export``, in a private in-memory DuckDB.
+
+    A preference format (``PREFERENCE_FORMATS``) pairs the rows first (``pairs``), ranked by their
+    ``rank`` column (none: no row is ranked, so no pair), ties broken by ``finished_at`` (when
+    given) then id; ``min_margin`` as ``--min-margin``. A row out is then a pair (kto: a side),
+    its ``id`` the chosen row's (kto: the side's), in the order of the chosen rows. The dropped
+    rows are the ones the format cannot hold; rows that only made no pair are in neither.
     """
     _check(fmt)
     names = batch.schema.names
@@ -370,7 +519,10 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str) -> tuple[pa.Table, Inval
     try:
         con.register("src", src)
         cols = columns(fmt)
-        rows = con.sql(f"""
+        if fmt in PREFERENCE_FORMATS:
+            rows = _convert_pairs(con, fmt, names, optional, min_margin)
+        else:
+            rows = con.sql(f"""
             with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional} from src),
                  d as (select *, {drop_reason(fmt)} as reason from r)
             select id, reason, {", ".join(f'{expr} as "{name}"' for name, expr in cols.items())}
@@ -384,6 +536,35 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str) -> tuple[pa.Table, Inval
     kept = rows.filter(rows.column("reason").is_null()).drop_columns(["reason"])
     schema = pa.schema([pa.field("id", pa.string()), *SCHEMAS[fmt]])
     return kept.select(schema.names).cast(schema), invalid
+
+
+def _convert_pairs(con: duckdb.DuckDBPyConnection, fmt: str, names: list[str], optional: str,
+                   min_margin: float | None) -> pa.Table:
+    """``convert`` for a preference format: the rows dropped (with their reason, columns NULL), then
+    the pairs (reason NULL)."""
+    rank = "rank" if "rank" in names else "null::double"
+    finished = "finished_at" if "finished_at" in names else "null::timestamptz"
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in columns(fmt).items())
+    nulls = ", ".join(f'null as "{name}"' for name in columns(fmt))
+    kto = "true" if fmt == "kto" else "false"
+    answers = "select n as rid, prompt_key, rank, finished_at, id, content_hash from d where reason is null"
+    return con.sql(f"""
+        with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional},
+                          messages::varchar as messages_text, {rank} as rank, {finished} as finished_at from src),
+             d as (select *, {drop_reason(fmt)} as reason, {prompt_key("messages_text", "tools")} as prompt_key,
+                          hash(list_transform(t, lambda m: hash(m)), tools) as content_hash from r),
+             p as ({pairs(answers, min_margin)}),
+             sides as (
+                 select p.chosen_rid as pair, 0 as side, c.id, c.t, j.t as rejected_t, c.tools, c.model,
+                        c.finish_reason, true as label
+                 from p join d c on c.n = p.chosen_rid join d j on j.n = p.rejected_rid where p.no_pair is null
+                 union all
+                 select p.chosen_rid, 1, j.id, j.t, null, j.tools, j.model, j.finish_reason, false
+                 from p join d j on j.n = p.rejected_rid where p.no_pair is null and {kto})
+        select * from (select 0 as part, n as pair, 0 as side, id, reason, {nulls} from d where reason is not null
+                       union all by name
+                       select 1 as part, pair, side, id, null as reason, {cols} from sides)
+        order by part, pair, side""").to_arrow_table().drop_columns(["part", "pair", "side"])
 
 
 # ---------------------------------------------------------------- reading formats back
@@ -544,4 +725,80 @@ def validate_openai(example: Mapping[str, Any]) -> list[str]:
                 err("tool message does not answer an earlier tool call")
     if assistants == 0:
         err("no assistant message")
+    return errors
+
+
+# ---------------------------------------------------------------- OpenAI's preference fine-tuning rules
+
+_PREFERENCE_TOP_KEYS = ("input", "preferred_output", "non_preferred_output")
+_PREFERENCE_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
+_OUTPUT_MESSAGE_KEYS = ("role", "content", "name", "tool_calls")
+_PREFERENCE_OUTPUTS = ("preferred_output", "non_preferred_output")
+
+
+def validate_openai_preference(example: Mapping[str, Any]) -> list[str]:
+    """The problems OpenAI's preference (DPO) fine-tuning checks would find in one JSONL example; [] if none.
+
+    Rules, from OpenAI's DPO guide and its API reference's preference input object: the example is
+    ``{"input": {"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool},
+    "preferred_output": [message], "non_preferred_output": [message]}`` and nothing more; each
+    output is a list of exactly one assistant message (keys role, content, name, tool_calls), the
+    last assistant message of a one-turn example, its content text (or null beside tool calls);
+    the input's messages, each followed by either output, obey the chat fine-tuning rules
+    (``validate_openai``), except that ``weight`` belongs to supervised examples only; text only
+    ("DPO is currently only supported for text inputs and outputs"): no image parts. And curate's
+    own rule, a pair of equal answers teaching nothing: the two outputs differ.
+    Each problem is a fixed sentence, so problems can be counted as reasons; the export's SQL
+    (``drop_reason("openai-preference")``) applies the same rules, and a test holds them together.
+    """
+    errors: list[str] = []
+
+    def err(text: str) -> None:
+        if text not in errors:
+            errors.append(text)
+
+    if not isinstance(example, Mapping):
+        return ["example is not an object"]
+    for key in example:
+        if key not in _PREFERENCE_TOP_KEYS:
+            err(f"unexpected top-level key {key}")
+    given = example.get("input")
+    if not isinstance(given, Mapping):
+        return [*errors, "input is missing or not an object"]
+    for key in given:
+        if key not in _PREFERENCE_INPUT_KEYS:
+            err(f"unexpected input key {key}")
+    if "parallel_tool_calls" in given and not isinstance(given["parallel_tool_calls"], bool):
+        err("parallel_tool_calls must be true or false")
+    messages = given.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return [*errors, "input.messages is missing or empty"]
+    outputs = []
+    for name in _PREFERENCE_OUTPUTS:
+        output = example.get(name)
+        if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+            err(f"{name} must be a list of one message")
+            continue
+        message = output[0]
+        outputs.append(message)
+        if message.get("role") != "assistant":
+            err(f"{name} is not an assistant message")
+        for key in message:
+            if key not in _OUTPUT_MESSAGE_KEYS:
+                err(f"{name}: unexpected message key {key}")
+        content = message.get("content")
+        if not (isinstance(content, str) or (content is None and message.get("tool_calls"))):
+            err(f"{name}: content is not text")
+        chat = {"messages": [*messages, message], **({"tools": given["tools"]} if "tools" in given else {})}
+        for problem in validate_openai(chat):
+            err(problem)
+    for m in messages:
+        if isinstance(m, dict) and "weight" in m:
+            err("weight is only allowed in supervised examples")
+    for m in [*messages, *outputs]:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            err("image content (preference fine-tuning takes text only)")
+    if len(outputs) == 2 and outputs[0] == outputs[1]:
+        err("preferred and non-preferred outputs are the same")
     return errors

@@ -63,6 +63,7 @@ def test_the_defaults_are_the_documented_ones() -> None:
         "fmt": "messages", "where": None, "limit": None, "test_size": 0.1, "split_by": None, "seed": 0,
         "dedup": "exact", "near_on": "prompt", "exclude_contaminated": False, "pii": "keep", "strict": False,
         "license_id": card.PLACEHOLDER_LICENSE, "shard_bytes": exporter.DEFAULT_SHARD_BYTES, "rescan": True,
+        "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None,
     }
 
 
@@ -109,7 +110,9 @@ def test_no_options_means_every_default(store: Store, tmp_path: Path) -> None:
 def test_keyword_arguments_are_the_options_fields(store: Store, tmp_path: Path) -> None:
     keywords: dict[str, Any] = {"fmt": "openai", "where": "model is not null", "limit": 5, "test_size": 0.2, "split_by": "model",
                 "seed": 7, "dedup": "none", "near_on": "conversation", "exclude_contaminated": True,
-                "pii": "redact", "strict": True, "license_id": "mit", "shard_bytes": 1000, "rescan": False}
+                "pii": "redact", "strict": True, "license_id": "mit", "shard_bytes": 1000, "rescan": False,
+                # rank_by and min_margin are for the preference formats only (tests/test_preference_export.py)
+                "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None}
     assert set(keywords) == set(FIELDS)  # every field can be given as a keyword
     assert _resolved(store, tmp_path / "out", **keywords) == ExportOptions(**keywords)
 
@@ -210,13 +213,14 @@ def test_the_command_lines_defaults_are_the_options_defaults() -> None:
         "test_size": defaults["test_size"], "split_by": defaults["split_by"], "seed": defaults["seed"],
         "dedup": defaults["dedup"].value, "exclude_contaminated": defaults["exclude_contaminated"],
         "pii": defaults["pii"].value, "strict": defaults["strict"], "license_id": defaults["license_id"],
-        "rescan": not defaults["no_rescan"],
+        "rescan": not defaults["no_rescan"], "rank_by": defaults["rank_by"], "min_margin": defaults["min_margin"],
     }
     defaults_of_the_library = dataclasses.asdict(ExportOptions())
     assert as_options == {name: defaults_of_the_library[name] for name in as_options}
     # What the command line does not offer stays at the library's default.
     assert set(FIELDS) - set(as_options) == {"near_on", "shard_bytes"}
     assert export_commands.DEDUP_MODES == DEDUP and export_commands.PII_MODES == PII
+    assert export_commands.DEFAULT_RANK_BY == exporter.DEFAULT_RANK_BY
 
 
 def test_the_command_builds_one_options_object(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from curate.formats import (
     _NOT_TEXT_CONTENT,
     FORMATS,
     JSONL_FORMATS,
+    ROW_FORMATS,
     SCHEMAS,
     convert,
     dumps,
@@ -188,7 +189,8 @@ def test_a_record_batch_converts_like_a_table(chat: pa.Table, fmt: str) -> None:
     assert from_batch.equals(from_table)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# One row out per row in: the row formats' (a preference format pairs rows: tests/test_preference_export.py).
+@pytest.mark.parametrize("fmt", ROW_FORMATS)
 def test_every_input_row_is_either_kept_or_counted_as_dropped(chat: pa.Table, fmt: str) -> None:
     rows, invalid = convert(chat, fmt)
     assert rows.num_rows + invalid.total == chat.num_rows
@@ -218,7 +220,7 @@ def test_empty_input_gives_an_empty_table_of_the_same_schema(chat: pa.Table, fmt
     assert rows.num_rows == 0 and rows.schema == _output_schema(fmt) and invalid.total == 0
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ROW_FORMATS)
 def test_optional_columns_may_be_missing_or_all_null(fmt: str) -> None:
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
     bare = pa.table({"id": ["x"], "messages": [json.dumps(msgs)]})
@@ -265,7 +267,7 @@ def test_malformed_rows_are_dropped_with_a_count_per_reason() -> None:
     assert invalid.dropped[2] == ("c", "message without a role")
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ROW_FORMATS)
 def test_non_ascii_text_survives_every_format_unchanged(fmt: str) -> None:
     system, question, answer = "Réponds en français, s'il te plaît.", "東京の天気は？ 🌧️ naïve 👩‍💻", "Il pleut à 東京 ☔ — 12 °C 🐱."
     city = "Zürich 東京 🐱"

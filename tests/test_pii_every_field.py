@@ -21,7 +21,7 @@ import pytest
 
 from curate import pii, synthetic
 from curate.exporter import export
-from curate.formats import FORMATS
+from curate.formats import ROW_FORMATS
 from curate.store import Store
 
 CALL_ARGS = "dave.calls@example.com"
@@ -169,7 +169,8 @@ def test_a_scan_before_this_version_is_stale(scanned: tuple[Store, dict[str, str
 
 
 @pytest.mark.parametrize("mode", ["drop", "redact"])
-@pytest.mark.parametrize("fmt", FORMATS)
+# The preference formats, which pair rows: tests/test_preference_export.py, with the same planted rows.
+@pytest.mark.parametrize("fmt", ROW_FORMATS)
 def test_no_planted_secret_is_exported(scanned: tuple[Store, dict[str, str]], tmp_path: Path,
                                        fmt: str, mode: str) -> None:
     store, planted = scanned

@@ -17,7 +17,8 @@ __all__ = ["export_command"]
 
 # curate.formats.FORMATS, for --help without importing duckdb and pyarrow (tests/test_imports.py
 # checks that the two agree).
-EXPORT_FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst")
+EXPORT_FORMATS = ("messages", "openai", "prompt-completion", "sharegpt", "alpaca", "catalyst", "dpo", "kto",
+                  "openai-preference")
 
 Format = Enum("Format", {name: name for name in EXPORT_FORMATS}, type=str)  # type: ignore[misc]
 
@@ -26,6 +27,9 @@ Format = Enum("Format", {name: name for name in EXPORT_FORMATS}, type=str)  # ty
 # the choices, and every default below, are the library's).
 DEDUP_MODES = ("exact", "near", "none")
 PII_MODES = ("keep", "drop", "redact")
+
+# curate.exporter.DEFAULT_RANK_BY, restated for the same reason.
+DEFAULT_RANK_BY = "judge_helpfulness"
 
 Dedup = Enum("Dedup", {name: name for name in DEDUP_MODES}, type=str)  # type: ignore[misc]
 Pii = Enum("Pii", {name: name for name in PII_MODES}, type=str)  # type: ignore[misc]
@@ -60,6 +64,14 @@ def export_command(
                             "--exclude-contaminated) has not seen every chat row as it is now.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Write nothing if any row is invalid for the format.")] = False,
     license_id: Annotated[str, typer.Option("--license", help="The card's license id.")] = "other",
+    rank_by: Annotated[str, typer.Option(
+        "--rank-by", help="dpo, kto, openai-preference: a SQL expression over SOURCE's columns ranking the answers to "
+                          "one prompt, higher is better (NULL: no part). The highest and the lowest make its pair.")
+    ] = DEFAULT_RANK_BY,
+    min_margin: Annotated[float | None, typer.Option(
+        "--min-margin", help="dpo, kto, openai-preference: a pair only when the chosen rank exceeds the rejected one "
+                             "by at least this [default: any positive margin; equal ranks make no pair].",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     db: DbOption = None,
     lake: LakeOption = None,
@@ -78,7 +90,7 @@ def export_command(
         options = ExportOptions(
             fmt=fmt.value, where=where, limit=limit, test_size=test_size, split_by=split_by, seed=seed,
             dedup=dedup.value, exclude_contaminated=exclude_contaminated, pii=pii.value, strict=strict,
-            license_id=license_id, rescan=not no_rescan,
+            license_id=license_id, rescan=not no_rescan, rank_by=rank_by, min_margin=min_margin,
         )
         result = export(store, source, out_dir, options, progress=None if as_json else lambda message: err.print(
             f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False))
@@ -88,6 +100,7 @@ def export_command(
             "invalid": result.invalid, "files": [str(p) for p in result.files],
             "shared_keys": result.shared_keys, "shared_prompts": result.shared_prompts,
             "fingerprint": result.fingerprint, "seconds": round(result.seconds, 2),
+            **({"pairing": result.pairing} if result.pairing else {}),
         }))
         return
     steps = Table("step", "rows", title=f"{result.format} → {result.folder}")
@@ -99,6 +112,16 @@ def export_command(
         for reason, n in result.invalid.items():
             reasons.add_row(reason, f"{n:,}", ", ".join(result.invalid_examples[reason]))
         out.print(reasons)
+    if result.pairing:
+        out.print(f"pairs: {result.pairing['prompts']:,} prompts, {result.pairing['pairs']:,} with a pair",
+                  highlight=False)
+        for heading, unit, found in (("no pair because", "prompts", result.pairing["no_pair"]),
+                                     ("pair dropped because", "pairs", result.pairing["dropped"])):
+            if found:
+                table = Table(heading, unit)
+                for reason, n in found.items():
+                    table.add_row(reason, f"{n:,}")
+                out.print(table)
     out.print(f"split check: {result.shared_keys} split keys and {result.shared_prompts} identical prompts "
               "in more than one split", highlight=False)
     for path in [*result.files, result.folder / "lineage.parquet", result.folder / "README.md"]:
