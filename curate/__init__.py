@@ -15,6 +15,9 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     db.views()                                                      # name, what a row is, rows
     db.snapshot("snapshot/")                                        # Parquet, read with no lock
     curate.export(db, "conversations", "out/", fmt="messages")      # a Hugging Face dataset folder
+    curate.sample(store, settings, "chat", curate.SampleOptions(model="big-teacher", n=3))   # a teacher's answers
+    curate.judge(store, settings, "samples", curate.JudgeOptions(model="judge", rubric=curate.rubric("helpfulness")))
+    curate.score(store)                                             # heuristic signals; then export `scored`
     lake = curate.open(lake="postgresql://me@db/curate?warehouse=/shared/lake")  # many writers' lake
     curate.publish("out/", "ORG/NAME")                              # to the Hub
 
@@ -37,9 +40,12 @@ if _typing.TYPE_CHECKING:  # what mypy and editors see; at run time each name is
     from curate.exporter import ExportError, ExportOptions, ExportSummary, export
     from curate.harvester import HarvestSummary, harvest
     from curate.importer import ImportSummary, import_file, import_files
+    from curate.judging import JudgeOptions, JudgeSummary, judge, rubric
     from curate.lake.reader import open_store as open  # the notebook's front door: a store, or the lake read as one
     from curate.publisher import PublishError, PublishSummary, publish
     from curate.records import WriteCounts
+    from curate.sampling import SampleOptions, SampleSummary, sample
+    from curate.signals import ScoreSummary, score
     from curate.store import QueryError, ReadableStore, Result, Store, StoreBehind, StoreLocked, ViewInfo
     from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
     from curate.views import ViewError
@@ -62,6 +68,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ImportSummary": ("curate.importer", "ImportSummary"),
     "InferenceClient": ("curate.client", "InferenceClient"),
     "InvalidRequests": ("curate.submit", "InvalidRequests"),
+    "JudgeOptions": ("curate.judging", "JudgeOptions"),
+    "JudgeSummary": ("curate.judging", "JudgeSummary"),
     "MissingApiKey": ("curate.config", "MissingApiKey"),
     "PublishError": ("curate.publisher", "PublishError"),
     "PublishResult": ("curate.publisher", "PublishSummary"),
@@ -69,6 +77,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "QueryError": ("curate.store", "QueryError"),
     "ReadableStore": ("curate.store", "ReadableStore"),
     "Result": ("curate.store", "Result"),
+    "SampleOptions": ("curate.sampling", "SampleOptions"),
+    "SampleSummary": ("curate.sampling", "SampleSummary"),
+    "ScoreSummary": ("curate.signals", "ScoreSummary"),
     "Settings": ("curate.config", "Settings"),
     "Store": ("curate.store", "Store"),
     "StoreBehind": ("curate.store", "StoreBehind"),
@@ -83,8 +94,12 @@ _LAZY: dict[str, tuple[str, str]] = {
     "harvest": ("curate.harvester", "harvest"),
     "import_file": ("curate.importer", "import_file"),
     "import_files": ("curate.importer", "import_files"),
+    "judge": ("curate.judging", "judge"),
     "open": ("curate.lake.reader", "open_store"),
     "publish": ("curate.publisher", "publish"),
+    "rubric": ("curate.judging", "rubric"),
+    "sample": ("curate.sampling", "sample"),
+    "score": ("curate.signals", "score"),
     "submit_file": ("curate.submit", "submit_file"),
 }
 
@@ -98,6 +113,8 @@ __all__ = [
     "ImportSummary",
     "InferenceClient",
     "InvalidRequests",
+    "JudgeOptions",
+    "JudgeSummary",
     "MissingApiKey",
     "PublishError",
     "PublishResult",
@@ -105,6 +122,9 @@ __all__ = [
     "QueryError",
     "ReadableStore",
     "Result",
+    "SampleOptions",
+    "SampleSummary",
+    "ScoreSummary",
     "Settings",
     "Store",
     "StoreBehind",
@@ -120,8 +140,12 @@ __all__ = [
     "harvest",
     "import_file",
     "import_files",
+    "judge",
     "open",
     "publish",
+    "rubric",
+    "sample",
+    "score",
     "submit_file",
 ]
 

@@ -14,14 +14,16 @@ did not take effect (it could not connect, or the answer was 429); any other fai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -46,9 +48,27 @@ __all__ = [
     "SubmitFailed",
     "SubmitUncertain",
     "retry_after_seconds",
+    "run_blocking",
 ]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+T = TypeVar("T")
+
+
+def run_blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end and return its result, as ``asyncio.run`` does, from any caller.
+
+    A notebook cell runs inside Jupyter's own event loop, where ``asyncio.run`` refuses to start
+    another: there, ``work`` gets its loop on a worker thread while the cell waits. Everywhere else
+    (the command line, a script) it runs on the caller's thread, so Ctrl-C reaches it as before.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-loop") as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 class ApiError(CurateError, RuntimeError):

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from curate import ledger, records, spool
 from curate.api_types import TERMINAL_STATES, first_id
-from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient
+from curate.client import ApiError, ApiUnavailable, Fetched, InferenceClient, run_blocking
 from curate.config import Settings
 from curate.store import Store, StoreLocked
 
@@ -266,7 +266,7 @@ def harvest(
             ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             run.add(ids, source=f"ids:{path.resolve()}")
         spool.drain(store, run.writer)  # what this or a crashed writer left, if the file is free
-        return asyncio.run(_harvest(run, settings, rpm, concurrency, once, progress, client_options or {}))
+        return run_blocking(_harvest(run, settings, rpm, concurrency, once, progress, client_options or {}))
     finally:
         spool.finish(store, run.writer)
 

@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from curate import spool, submissions
-from curate.client import ApiError, InferenceClient, SubmitFailed, SubmitUncertain
+from curate.client import ApiError, InferenceClient, SubmitFailed, SubmitUncertain, run_blocking
 from curate.config import Settings
 from curate.errors import MissingFile, UsageError
 from curate.store import Store
@@ -259,7 +259,7 @@ def _send(store: Store, settings: Settings, lines: Callable[[], Iterator[_Line]]
         # What a crashed submit left (ids the API gave it) must be in the store before lines are
         # claimed, or a line that was paid for would look unsent: wait for the file.
         spool.drain(store, writer, wait=None)
-        asyncio.run(run.go())
+        run_blocking(run.go())
         return run.summary
     finally:
         try:

@@ -305,3 +305,18 @@ def test_scored_has_a_column_for_each_shipped_rubric() -> None:
     sql = (Path(__file__).resolve().parent.parent / "queries" / "scored.sql").read_text()
     for name in judging.shipped_rubrics():
         assert f"judge_scores['{name}'] as judge_{name}" in sql
+
+
+def test_sample_and_harvest_run_inside_a_running_event_loop(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
+    """A Jupyter cell runs inside the kernel's event loop: asyncio.run() alone would refuse."""
+    import asyncio
+
+    traffic(store, sandbox, tmp_path, n=3)
+
+    async def cell() -> int:
+        summary = sample(store, settings(sandbox), "chat", SampleOptions(model=TEACHER, submit=FAST))
+        collect(store, sandbox)
+        return summary.submit.submitted
+
+    assert asyncio.run(cell()) == 3
+    assert rows(store, "select count(*) as n from samples")[0]["n"] == 3
