@@ -2,8 +2,9 @@
 # The curate tour, on loopback only: no API key, no network. It starts the sandbox (a local fake
 # of inference.net) and curate's webhook listener, submits requests in groups and singly and
 # harvests them, submits more that come back by webhook with no polling, imports the sample file
-# of every record shape, prints the store's overview and views, and exports two datasets it loads
-# back. README's quickstart lists the same `step` lines (a test holds them together).
+# of every record shape, prints the store's overview and views, exports two datasets, samples a
+# teacher and judges the answers, exports the best as SFT data and pairs as DPO data, and loads
+# the four datasets back. README's quickstart lists the same `step` lines (a test holds them together).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=demo-out
@@ -72,6 +73,17 @@ step curate snapshot demo-out/snapshot --view chat --view conversations
 # Datasets: the conversations as Hugging Face messages, and the stop-finished chats as OpenAI JSONL.
 step curate export conversations --out demo-out/dataset-messages --test-size 0.2
 step curate export chat --format openai --out demo-out/dataset-openai --where "finish_reason = 'stop'" --test-size 0.2
+# Distillation and preference data: a teacher answers the finished chats' prompts 3 times, a judge
+# scores every answer, heuristics flag refusals and truncation; then the best answers as SFT data
+# and best-against-worst pairs as DPO data.
+step curate sample chat --model teacher/big --n 3 --temperature 0.8 --where "finish_reason = 'stop'"
+step curate harvest
+step curate judge chat --rubric helpfulness --model judge/strict --where "finish_reason = 'stop'"
+step curate harvest
+step curate score
+step curate sql "select model, count(judge_helpfulness) as judged, round(avg(judge_helpfulness), 1) as helpfulness from scored group by all order by helpfulness desc nulls last"
+step curate export scored --out demo-out/dataset-best --where "judge_helpfulness >= 7 and not refusal and not truncated" --test-size 0.2
+step curate export scored --format dpo --out demo-out/dataset-dpo --min-margin 2 --test-size 0.2
 # Past one machine: the store's generations pushed to an Iceberg lake (a folder here), read back with the same views.
 step curate lake push --lake demo-out/lake
 step curate sql --lake demo-out/lake "select model, count(*) as chats from chat group by all order by chats desc"
@@ -79,7 +91,7 @@ python - "$out" <<'PY'
 import sys
 import datasets
 datasets.disable_progress_bars()
-for name in ("dataset-messages", "dataset-openai"):
+for name in ("dataset-messages", "dataset-openai", "dataset-best", "dataset-dpo"):
     loaded = datasets.load_dataset(f"{sys.argv[1]}/{name}", cache_dir=f"{sys.argv[1]}/hf-cache")
     print(name, {split: len(rows) for split, rows in loaded.items()}, "->", list(loaded["train"].features))
 PY
