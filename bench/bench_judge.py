@@ -1,6 +1,6 @@
 """API calls per judged row and per sampled answer, and judge throughput at a given --rpm, beside their floors.
 
-    .venv/bin/python bench/bench_judge.py [--n 1000] [--k 3] [--rpm 250]
+    .venv/bin/python bench/bench_judge.py [--n 1000] [--k 3] [--rpm 250] [--collect polling,webhooks]
 
 On the sandbox (its own process, enforcing --rpm per minute), a store holding --n
 chat rows of traffic is sampled --k times per prompt by a teacher (``curate.sampling.sample``),
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--rpm", type=int, default=250)
+    parser.add_argument("--collect", default="polling,webhooks", help="polling, webhooks, or both (comma-separated)")
     args = parser.parse_args()
     floor_rate = args.rpm * GROUP / 60
     print(f"{args.n} prompts x {args.k} samples, each answer judged; groups of {GROUP}; --rpm {args.rpm} "
@@ -134,6 +135,8 @@ def main() -> None:
           "| judge rows/s sending | floor rows/s (rpm x 50 / 60) | ratio | rate-limit violations |")
     print("|---|---|---|---|---|---|---|---|")
     for label, webhooks in (("polling (curate harvest)", False), ("webhooks (curate listen)", True)):
+        if ("webhooks" if webhooks else "polling") not in args.collect.split(","):
+            continue
         r = run(args.n, args.k, args.rpm, webhooks)
         answers = args.n * args.k
         per_answer = (r["sample_posts"] + r["sample_gets"]) / answers
