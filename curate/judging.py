@@ -7,9 +7,12 @@ JSON object ``{"score": 1-10, "rationale": "..."}`` by JSON schema (``--no-respo
 model that does not take one: the instructions ask for the same object either way). Requests go
 through ``curate submit``'s claim-then-send path, never twice.
 
-A request's ``metadata.custom_id`` is ``judge:<rubric hash>:<judge model digest>:<judged id>``: one
-judgment per (row, rubric text, judge model), so a re-run judges only rows it has not, and an
-edited rubric (another hash) judges again. Its metadata also carries ``curate_task`` = ``judge``,
+A request's ``metadata.custom_id`` is ``judge:<rubric hash>:<request digest>:<judged id>``, the
+digest covering the whole request less its metadata (instructions, rubric, the conversation as
+rendered, the judge model, ``response_format``): one judgment per row and request, so a re-run
+judges only rows it has not, and an edited rubric, another judge or a changed conversation
+judges again. A judgment that came back Failed or unreadable is asked again only when told
+(``retry_failed``), as a new attempt (``submissions.attempt_id``). Its metadata also carries ``curate_task`` = ``judge``,
 ``curate_judged_id``, ``curate_rubric`` (the name) and ``curate_rubric_hash``.
 
 When the judge's generations are stored (``curate harvest``, ``curate listen``), the
@@ -24,15 +27,17 @@ Markdown file; the name is the file's stem, the hash covers its text.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate import submissions
 from curate.config import Settings
 from curate.errors import UsageError
 from curate.prompts import Row, render, source_rows
-from curate.store import Store
+from curate.store import FOREVER, Store
 from curate.submit import SubmitOptions, SubmitSummary, submit_requests
 
 __all__ = [
@@ -102,6 +107,8 @@ def rubric(name_or_path: str | Path) -> Rubric:
         raise UsageError(f"--rubric {name_or_path}: cannot be read as UTF-8 text ({exc})") from None
     if not text:
         raise UsageError(f"--rubric {name_or_path}: the file is empty")
+    if any(ch < " " and ch not in "\n\t" for ch in text):
+        raise UsageError(f"--rubric {name_or_path}: holds control characters (a binary file?); a rubric is Markdown text")
     return Rubric(path.stem, text)
 
 
@@ -129,11 +136,11 @@ class JudgeSummary:
     rubric: str
     rubric_hash: str
     submit: SubmitSummary
+    retried: int = 0  # judgments whose every attempt had failed, asked again (--retry-failed)
 
 
-def request_for(row: Row, options: JudgeOptions) -> dict[str, Any]:
-    """The judge request of one row."""
-    model_digest = hashlib.sha256(options.model.encode()).hexdigest()[:8]
+def request_for(row: Row, options: JudgeOptions, retries: dict[str, int] | None = None) -> dict[str, Any]:
+    """The judge request of one row (``retries``: first custom_ids to ask again, with their last attempt)."""
     body: dict[str, Any] = {
         "model": options.model,
         "messages": [
@@ -141,31 +148,43 @@ def request_for(row: Row, options: JudgeOptions) -> dict[str, Any]:
             {"role": "user", "content": render(row.prompt, row.answer, row.tools)},
         ],
         "temperature": 0,
-        "metadata": {"custom_id": f"judge:{options.rubric.hash}:{model_digest}:{row.id}", "curate_task": TASK,
-                     "curate_judged_id": row.id, "curate_rubric": options.rubric.name,
-                     "curate_rubric_hash": options.rubric.hash},
     }
     if options.response_format:
         body["response_format"] = RESPONSE_FORMAT
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    first = f"judge:{options.rubric.hash}:{digest}:{row.id}"
+    custom_id = submissions.attempt_id(first, (retries or {})[first] + 1) if first in (retries or {}) else first
+    body["metadata"] = {"custom_id": custom_id, "curate_task": TASK, "curate_judged_id": row.id,
+                        "curate_rubric": options.rubric.name, "curate_rubric_hash": options.rubric.hash}
     return body
 
 
-def judge(store: Store, settings: Settings, source: str, options: JudgeOptions) -> JudgeSummary:
-    """Send one judge request per row of ``source`` not judged yet by this rubric and model."""
+def judge(store: Store, settings: Settings, source: str, options: JudgeOptions, *,
+          retry_failed: bool = False) -> JudgeSummary:
+    """Send one judge request per row of ``source`` not judged yet by this request (rubric, judge,
+    conversation). ``retry_failed``: also ask again, as a new attempt, each judgment whose every
+    attempt came back Failed or without a readable score (each attempt is paid for)."""
     counted: dict[str, int] = {}
+    retries: dict[str, int] = {}
+    if retry_failed:
+        with store.read(wait=FOREVER) as con:
+            scored = "g.state = 'Success' and g.id in (select judge_generation_id from judgments where score is not null)"
+            retries = submissions.failed_attempts(con, "judge:", scored)
 
-    with source_rows(store, source, options.where) as rows:
+    with source_rows(store, source, options.where, include_samples=True) as rows:
         def bodies() -> Iterator[dict[str, Any]]:
-            n = 0
+            n = retried = 0
             for row in rows():
                 if row.answer is None:
                     raise UsageError(f"SOURCE row {row.id}: no answer to judge (its last message is not the "
                                      "assistant's)")
                 n += 1
-                yield request_for(row, options)
-            counted["rows"] = n
+                body = request_for(row, options, retries)
+                retried += submissions.RETRY_SEPARATOR in body["metadata"]["custom_id"]
+                yield body
+            counted["rows"], counted["retried"] = n, retried
 
         summary = submit_requests(store, settings, bodies,
                                   f"judge:{options.rubric.name}:{options.model}", options.submit)
     return JudgeSummary(rows=counted.get("rows", 0), rubric=options.rubric.name,
-                        rubric_hash=options.rubric.hash, submit=summary)
+                        rubric_hash=options.rubric.hash, submit=summary, retried=counted.get("retried", 0))

@@ -23,9 +23,11 @@ from typing import Any
 
 from curate.errors import UsageError
 from curate.messages import loads_first_wins, message_text
-from curate.store import ReadableStore, source_query
+from curate.store import QueryError, ReadableStore, source_query
 
-__all__ = ["Row", "render", "source_rows", "split_answer"]
+__all__ = ["SAMPLE_TASK", "Row", "render", "source_rows", "split_answer"]
+
+SAMPLE_TASK = "sample"  # metadata.curate_task of the requests curate sample makes
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ def split_answer(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     return messages, None
 
 
-def _row(id_: str, messages_text: str | None, tools_text: str | None) -> Row:
+def _row(id_: str | None, messages_text: str | None, tools_text: str | None) -> Row:
+    if id_ is None:
+        raise UsageError("SOURCE has a row whose id is NULL: each row must be one generation, named by its id")
     try:
         messages = loads_first_wins(messages_text) if messages_text is not None else None
     except ValueError as exc:
@@ -56,32 +60,51 @@ def _row(id_: str, messages_text: str | None, tools_text: str | None) -> Row:
     prompt, answer = split_answer(messages)
     if not prompt:
         raise UsageError(f"SOURCE row {id_}: no prompt (its messages hold only an answer)")
-    tools = loads_first_wins(tools_text) if tools_text else None
-    return Row(id_, prompt, answer, tools if isinstance(tools, list) and tools else None)
+    try:
+        tools = loads_first_wins(tools_text) if tools_text else None
+    except ValueError as exc:
+        raise UsageError(f"SOURCE row {id_}: tools is not JSON ({exc})") from None
+    if tools is not None and (not isinstance(tools, list) or not all(
+            isinstance(t, dict) and (t.get("type") != "function" or isinstance(t.get("function"), dict)) for t in tools)):
+        raise UsageError(f"SOURCE row {id_}: tools is not a JSON array of tool objects (a function tool needs a "
+                         "\"function\" object)")
+    return Row(id_, prompt, answer, tools or None)
 
 
 @contextmanager
-def source_rows(store: ReadableStore, source: str, where: str | None = None) -> Iterator[Callable[[], Iterator[Row]]]:
+def source_rows(store: ReadableStore, source: str, where: str | None = None, *,
+                include_samples: bool = False) -> Iterator[Callable[[], Iterator[Row]]]:
     """Unload SOURCE's rows (``where``: a SQL condition over its columns) and yield a function that
     reads them, in id order, each call from the start. The file is removed on exit.
 
-    Refuses, before anything else, a SOURCE without ``id`` or ``messages`` and one that lists an id
-    twice (a request is keyed on the row's id, so two rows with one id would be one request)."""
+    Refuses, before anything else, a SOURCE without ``id`` or ``messages``, one that lists an id
+    twice (each row is one generation) and a SOURCE or ``where`` DuckDB cannot run (exit 2, as a
+    bad argument). Rows ``curate sample`` asked a teacher for are not prompts of their own (their
+    prompt is their source row's), so they are left out unless ``include_samples``."""
     query = source_query(source)
-    columns = store.arrow(f"select * from ({query}) as source limit 0").column_names
+    try:
+        columns = store.arrow(f"select * from ({query}) as source limit 0").column_names
+    except QueryError as exc:
+        raise UsageError(f"SOURCE: {exc}") from None
     missing = [name for name in ("id", "messages") if name not in columns]
     if missing:
         raise UsageError(f"SOURCE has no column {' or '.join(missing)}: it needs id and messages (as the chat and "
                          f"conversations views have); it has {', '.join(columns) or 'no columns'}")
     tools = "source.tools::varchar" if "tools" in columns else "null::varchar"
+    conditions = [f"coalesce(({where}), false)"] if where else []
+    if "metadata" in columns and not include_samples:
+        conditions.append(f"coalesce(try(source.metadata::json ->> '$.curate_task'), '') <> {SAMPLE_TASK!r}")
     selected = (f"select source.id::varchar as id, source.messages::varchar as messages, {tools} as tools "
-                f"from ({query}) as source" + (f" where coalesce(({where}), false)" if where else ""))
+                f"from ({query}) as source" + (" where " + " and ".join(conditions) if conditions else ""))
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     with store.scratch() as folder:
         path = Path(folder) / "source.parquet"
-        store.unload(f"{selected} order by id", path, row_group_rows=2000)
+        try:
+            store.unload(f"{selected} order by id", path, row_group_rows=2000)
+        except QueryError as exc:
+            raise UsageError(f"SOURCE{' or --where' if where else ''}: {exc}") from None
         ids = pq.read_table(path, columns=["id"]).column("id")
         if pc.count_distinct(ids, mode="all").as_py() != len(ids):
             counts = pc.value_counts(ids)

@@ -7,11 +7,14 @@ of up to 50, every answer's id made durable before anything else, a request neve
 
 What makes that hold across runs is each request's ``metadata.custom_id``::
 
-    sample:<24 hex digits of sha256 of (row id, prompt, tools, model, temperature, max_tokens)>:<k>
+    sample:<24 hex digits of sha256 of the request less its metadata (prompt, tools, model, temperature, max_tokens)>:<k>
 
 so running the same sample again finds every request sent, a larger ``--n`` sends only the
 samples ``k`` it did not send before, and other parameters (or a changed prompt) make new
-requests. The request's metadata also names its origin, all as strings (OpenAI-style metadata
+requests. Rows sharing a prompt are sampled once; the teacher's answers (in ``chat`` once
+harvested) are left out of SOURCE, and would share their source row's prompt anyway. A sample
+that came back Failed is sent again only when asked (``retry_failed``), as a new attempt
+(``submissions.attempt_id``). The request's metadata also names its origin, all as strings (OpenAI-style metadata
 holds string values): ``curate_task`` = ``sample``, ``curate_source_id``, ``curate_sample_index``,
 ``curate_params`` (JSON of model, temperature, max_tokens). The answers come back through
 ``curate harvest`` or ``curate listen`` like any generation; the ``samples`` view joins each
@@ -26,15 +29,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from curate import submissions
 from curate.config import Settings
 from curate.errors import UsageError
-from curate.prompts import Row, source_rows
-from curate.store import Store
+from curate.prompts import SAMPLE_TASK, Row, source_rows
+from curate.store import FOREVER, Store
 from curate.submit import SubmitOptions, SubmitSummary, submit_requests
 
 __all__ = ["TASK", "SampleOptions", "SampleSummary", "requests_for", "sample"]
 
-TASK = "sample"  # metadata.curate_task of a sample request
+TASK = SAMPLE_TASK  # metadata.curate_task of a sample request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,44 +72,75 @@ class SampleSummary:
     prompts: int
     requests: int
     submit: SubmitSummary
+    retried: int = 0  # samples whose every attempt had failed, sent again (--retry-failed)
 
 
 def _params(options: SampleOptions) -> dict[str, Any]:
     return {"model": options.model, "temperature": options.temperature, "max_tokens": options.max_tokens}
 
 
-def requests_for(row: Row, options: SampleOptions) -> list[dict[str, Any]]:
-    """The ``options.n`` request bodies of one row, sample index 0 to n - 1."""
-    params = _params(options)
-    digest = hashlib.sha256(json.dumps([row.id, row.prompt, row.tools, params], sort_keys=True,
-                                       ensure_ascii=False).encode()).hexdigest()[:24]
-    base: dict[str, Any] = {"model": options.model, "messages": row.prompt}
+def prompt_digest(row: Row, options: SampleOptions) -> str:
+    """What a sample request is keyed on: the request as sent, less its metadata (prompt, tools,
+    model and parameters). Two rows with one prompt share their samples; a sample's own row (whose
+    prompt is its source's) finds its prompt already sampled."""
+    body = _body(row, options)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+def _body(row: Row, options: SampleOptions) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": options.model, "messages": row.prompt}
     if row.tools:
-        base["tools"] = row.tools
+        body["tools"] = row.tools
     if options.temperature is not None:
-        base["temperature"] = options.temperature
+        body["temperature"] = options.temperature
     if options.max_tokens is not None:
-        base["max_tokens"] = options.max_tokens
-    params_text = json.dumps(params, sort_keys=True, separators=(",", ":"))
-    return [
-        {**base, "metadata": {"custom_id": f"sample:{digest}:{k}", "curate_task": TASK, "curate_source_id": row.id,
-                              "curate_sample_index": str(k), "curate_params": params_text}}
-        for k in range(options.n)
-    ]
+        body["max_tokens"] = options.max_tokens
+    return body
 
 
-def sample(store: Store, settings: Settings, source: str, options: SampleOptions) -> SampleSummary:
-    """Send ``options.n`` teacher requests per row of ``source`` that no run has sent; see the module."""
+def requests_for(row: Row, options: SampleOptions, retries: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The ``options.n`` request bodies of one row, sample index 0 to n - 1 (``retries``: the first
+    custom_ids to send again, with their last attempt; see ``sample``)."""
+    digest = prompt_digest(row, options)
+    params_text = json.dumps(_params(options), sort_keys=True, separators=(",", ":"))
+    bodies = []
+    for k in range(options.n):
+        first = f"sample:{digest}:{k}"
+        custom_id = submissions.attempt_id(first, (retries or {})[first] + 1) if first in (retries or {}) else first
+        bodies.append({**_body(row, options), "metadata": {
+            "custom_id": custom_id, "curate_task": TASK, "curate_source_id": row.id, "curate_sample_index": str(k),
+            "curate_params": params_text}})
+    return bodies
+
+
+def sample(store: Store, settings: Settings, source: str, options: SampleOptions, *,
+           retry_failed: bool = False) -> SampleSummary:
+    """Send ``options.n`` teacher requests per prompt of ``source`` that no run has sent; see the module.
+
+    Rows sharing a prompt (and the teacher's own answers, whose prompt is their source row's) are
+    sampled once, as the first of them by id. ``retry_failed``: also send again, as a new attempt,
+    each sample whose every attempt came back Failed (each attempt is paid for; none is sent twice)."""
     counted: dict[str, int] = {}
+    retries: dict[str, int] = {}
+    if retry_failed:
+        with store.read(wait=FOREVER) as con:
+            retries = submissions.failed_attempts(con, "sample:", "g.state = 'Success'")
 
     with source_rows(store, source, options.where) as rows:
         def bodies() -> Iterator[dict[str, Any]]:
-            prompts = 0
+            prompts, retried, seen = 0, 0, set()
             for row in rows():
+                digest = prompt_digest(row, options)
+                if digest in seen:
+                    continue
+                seen.add(digest)
                 prompts += 1
-                yield from requests_for(row, options)
-            counted["prompts"] = prompts
+                for body in requests_for(row, options, retries):
+                    retried += submissions.RETRY_SEPARATOR in body["metadata"]["custom_id"]
+                    yield body
+            counted["prompts"], counted["retried"] = prompts, retried
 
         summary = submit_requests(store, settings, bodies, f"sample:{options.model}", options.submit)
     prompts = counted.get("prompts", 0)
-    return SampleSummary(prompts=prompts, requests=prompts * options.n, submit=summary)
+    return SampleSummary(prompts=prompts, requests=prompts * options.n, submit=summary,
+                         retried=counted.get("retried", 0))

@@ -47,9 +47,25 @@ import pyarrow as pa
 from curate import ledger
 
 __all__ = [
-    "OP", "RECORDED", "STATES", "Claimed", "Line", "State", "claim", "claimant", "custom_id_of", "finished", "line_key",
+    "OP",
+    "RECORDED",
+    "RETRY_SEPARATOR",
+    "STATES",
+    "Claimed",
+    "Line",
+    "State",
+    "attempt_id",
+    "claim",
+    "claimant",
+    "custom_id_of",
+    "failed_attempts",
+    "finished",
+    "line_key",
     "listing",
-    "record", "release", "resolve", "running",
+    "record",
+    "release",
+    "resolve",
+    "running",
 ]
 
 State = Literal["claimed", "sending", "submitted", "uncertain", "failed"]
@@ -83,6 +99,31 @@ def line_key(body: dict[str, Any]) -> str:
         keyed["metadata"] = metadata
     canonical = json.dumps(keyed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# A request curate makes again on purpose (``--retry-failed``): its custom_id is the first
+# attempt's, then this and the attempt's number, so it is a new line, sent once like any other.
+RETRY_SEPARATOR = "~retry"
+
+
+def attempt_id(custom_id: str, attempt: int) -> str:
+    """The custom_id of attempt ``attempt`` (0: the first) of the request whose first is ``custom_id``."""
+    return custom_id if attempt == 0 else f"{custom_id}{RETRY_SEPARATOR}{attempt}"
+
+
+def failed_attempts(con: duckdb.DuckDBPyConnection, prefix: str, succeeded: str) -> dict[str, int]:
+    """The requests (first custom_id, starting with ``prefix``) every attempt of which has come back and
+    failed, each with its last attempt's number: those ``--retry-failed`` sends again. ``succeeded``
+    is SQL over ``g`` (a ``generation_rows`` row) saying the attempt gave what was asked. A request
+    with an attempt still running, or never seen, is not listed."""
+    rows = con.execute(f"""
+        select regexp_replace(g.custom_id, '{RETRY_SEPARATOR}[0-9]+$', '') as first,
+               max(coalesce(try_cast(regexp_extract(g.custom_id, '{RETRY_SEPARATOR}([0-9]+)$', 1) as integer), 0))
+        from generation_rows g
+        where starts_with(g.custom_id, ?)
+        group by first
+        having not bool_or(g.state in ('Queued', 'In Progress') or ({succeeded}))""", [prefix]).fetchall()
+    return {first: int(last) for first, last in rows}
 
 
 def custom_id_of(body: dict[str, Any], key: str) -> str:

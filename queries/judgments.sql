@@ -1,11 +1,14 @@
 -- One row per judgment: the last judge generation of each (judged row, rubric text, judge model), with its score or why it has none.
 --
 -- A judgment is a generation `curate judge` asked for (request.metadata.curate_task = 'judge')
--- that has finished, Success or Failed. Its answer is read defensively: the text from its first
--- '{' to its last '}' (so prose or a ```json fence around the object does no harm) must be a JSON
--- object whose "score" is a number from 1 to 10 (curate.judging.SCORE_RANGE). When it is not, the
--- row is kept, its score NULL and parse_error saying what is wrong. A row judged twice by one
--- rubric text and one judge model (a resent request) counts its last finished judgment.
+-- that has finished, Success or Failed. Its answer is read defensively: the JSON object is the
+-- text from its first '{' to its last '}' (so prose or a ```json fence around it does no harm),
+-- or, when that is not an object with a "score", the last brace-delimited object in the text
+-- that is (so braces in the prose before it do no harm either); its "score" must be a number, or
+-- a string holding one, from 1 to 10 (curate.judging.SCORE_RANGE). When it is not, the row is
+-- kept, its score NULL and parse_error saying what is wrong. A row judged more than once by one
+-- rubric text and one judge model (`curate judge --retry-failed`, an edited conversation) counts
+-- its last finished judgment that gave a score, else its last finished one.
 -- Rows come in no particular order.
 --
 -- judged_id            varchar      the id of the row judged (request.metadata.curate_judged_id)
@@ -27,7 +30,13 @@ with judge as (
     where custom_id like 'judge:%' and state in ('Success', 'Failed')
 ),
 read as (
-    select *, nullif(regexp_extract(answer, '(?s)\{.*\}'), '') as object
+    select *,
+           coalesce(
+               list_filter(list_prepend(regexp_extract(answer, '(?s)\{.*\}'),
+                                        list_reverse(regexp_extract_all(answer, '\{[^{}]*\}'))),
+                           lambda o: case when json_valid(o) then json_type(o) = 'OBJECT' and json_exists(o, '$.score')
+                                          else false end)[1],
+               nullif(regexp_extract(answer, '(?s)\{.*\}'), '')) as object
     from judge
     where metadata ->> '$.curate_task' = 'judge'
 ),
@@ -67,4 +76,4 @@ from (
     from scored
 )
 qualify row_number() over (partition by judged_id, rubric_hash, judge_model
-                           order by finished_at desc nulls last, judge_generation_id desc) = 1
+                           order by score is not null desc, finished_at desc nulls last, judge_generation_id desc) = 1

@@ -320,3 +320,133 @@ def test_sample_and_harvest_run_inside_a_running_event_loop(sandbox: Sandbox, st
 
     assert asyncio.run(cell()) == 3
     assert rows(store, "select count(*) as n from samples")[0]["n"] == 3
+
+
+# --- found by review: each a defect first, then fixed ----------------------------------------
+
+
+def test_sample_again_after_the_answers_are_harvested_sends_nothing(
+    sandbox: Sandbox, store: Store, tmp_path: Path
+) -> None:
+    traffic(store, sandbox, tmp_path, n=10)
+    options = SampleOptions(model=TEACHER, n=3, temperature=0.8, submit=FAST)
+    sample(store, settings(sandbox), "chat", options)
+    collect(store, sandbox)  # the teacher's answers are chat rows now, with the same prompts
+    again = sample(store, settings(sandbox), "chat", options)
+    assert (again.prompts, again.submit.submitted, again.submit.already_submitted) == (10, 0, 30)
+    assert max(sent(sandbox).values()) == 1
+
+
+def test_rows_sharing_a_prompt_are_sampled_once(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
+    traffic(store, sandbox, tmp_path, n=4)
+    twice = "select * from chat union all select * replace ('copy-' || id as id) from chat"
+    summary = sample(store, settings(sandbox), twice, SampleOptions(model=TEACHER, n=2, submit=FAST))
+    assert (summary.prompts, summary.submit.submitted) == (4, 8)
+
+
+def test_retry_failed_asks_again_once_for_samples_that_failed(store: Store, tmp_path: Path) -> None:
+    with Sandbox(queue_delay=0.02, run_delay=0.02, failure_rate=0.3) as sandbox:
+        traffic(store, sandbox, tmp_path, n=20)
+        options = SampleOptions(model=TEACHER, n=2, temperature=0.5, submit=FAST)
+        sample(store, settings(sandbox), "chat", options)
+        collect(store, sandbox)
+        failed = rows(store, "select count(*) as n from generation_rows where starts_with(custom_id, 'sample:') "
+                             "and state = 'Failed'")[0]["n"]
+        assert failed > 0
+        plain = sample(store, settings(sandbox), "chat", options)
+        assert plain.submit.submitted == 0  # never without asking: each attempt is paid for
+        retried = sample(store, settings(sandbox), "chat", options, retry_failed=True)
+        assert retried.retried == retried.submit.submitted == failed
+        again = sample(store, settings(sandbox), "chat", options, retry_failed=True)
+        assert again.submit.submitted == 0  # the new attempts are not back yet: nothing is asked twice
+        assert max(sent(sandbox).values()) == 1
+
+
+def test_retry_failed_asks_again_for_unreadable_judgments_and_the_score_wins(
+    sandbox: Sandbox, store: Store, tmp_path: Path
+) -> None:
+    traffic(store, sandbox, tmp_path, n=40)
+    options = JudgeOptions(model=JUDGE, rubric=rubric("helpfulness"), submit=FAST)
+    judge(store, settings(sandbox), "chat", options)
+    collect(store, sandbox)
+    unreadable = rows(store, "select count(*) as n from judgments where parse_error is not null")[0]["n"]
+    assert unreadable > 0
+    retried = judge(store, settings(sandbox), "chat", options, retry_failed=True)
+    assert retried.retried == retried.submit.submitted == unreadable
+    assert max(sent(sandbox).values()) == 1
+
+
+def test_a_changed_conversation_or_request_shape_is_judged_again(
+    sandbox: Sandbox, store: Store, tmp_path: Path
+) -> None:
+    traffic(store, sandbox, tmp_path, n=3)
+    base = JudgeOptions(model=JUDGE, rubric=rubric("correctness"), submit=FAST)
+    judge(store, settings(sandbox), "chat", base)
+    plain = judge(store, settings(sandbox), "chat", JudgeOptions(model=JUDGE, rubric=rubric("correctness"),
+                                                                 response_format=False, submit=FAST))
+    edited = judge(store, settings(sandbox), "select * replace (replace(messages::varchar, 'Tell', 'TELL') as messages) "
+                   "from chat", base)
+    assert (plain.submit.submitted, plain.submit.changed) == (3, 0)
+    assert (edited.submit.submitted, edited.submit.changed) == (3, 0)
+
+
+def test_a_later_failed_judgment_does_not_hide_an_earlier_score(store: Store) -> None:
+    from curate.synthetic import generation_record
+
+    def judgment(seed: int, custom_id: str, state: str, finished: str) -> str:
+        record = generation_record(seed, state=state)
+        record["finishedAt"] = finished
+        record["request"]["metadata"] = {"custom_id": custom_id, "curate_task": "judge", "curate_judged_id": "row1",
+                                         "curate_rubric": "r", "curate_rubric_hash": "h"}
+        record["request"]["model"] = "j"
+        if state == "Success":
+            record["response"]["choices"][0]["message"] = {"role": "assistant", "content": '{"score": 8}'}
+        return json.dumps(record)
+
+    store.ingest_texts([judgment(1, "judge:h:d:row1", "Success", "2026-11-01T10:00:00Z"),
+                        judgment(2, "judge:h:d:row1~retry1", "Failed", "2026-11-02T10:00:00Z")], source="test")
+    assert [(r["score"], r["parse_error"]) for r in rows(store, "select * from judgments")] == [(8.0, None)]
+
+
+def test_braces_in_the_prose_before_the_json_do_no_harm(store: Store) -> None:
+    from curate.synthetic import generation_record
+
+    record = generation_record(1, state="Success")
+    record["request"]["metadata"] = {"custom_id": "judge:h:d:row1", "curate_task": "judge", "curate_judged_id": "row1",
+                                     "curate_rubric": "r", "curate_rubric_hash": "h"}
+    record["response"]["choices"][0]["message"] = {
+        "role": "assistant", "content": 'It builds a dict {a: 1} on a scale {1-10}. {"score": 9, "rationale": "good"}'}
+    store.ingest_texts([json.dumps(record)], source="test")
+    assert [(r["score"], r["rationale"]) for r in rows(store, "select * from judgments")] == [(9.0, "good")]
+
+
+@pytest.mark.parametrize(("tools", "why"), [
+    ("'nope'", "tools is not JSON"),
+    ("'{\"a\": 1}'", "tools is not a JSON array"),
+    ("'[{\"type\": \"function\", \"function\": null}]'", "tools is not a JSON array"),
+])
+def test_bad_tools_in_a_source_are_refused_naming_the_row(
+    sandbox: Sandbox, store: Store, tmp_path: Path, tools: str, why: str
+) -> None:
+    traffic(store, sandbox, tmp_path, n=2)
+    before = sandbox.stats().submitted
+    with pytest.raises(UsageError, match=f"SOURCE row .*: {why}"):
+        sample(store, settings(sandbox), f"select * replace ({tools} as tools) from chat",
+               SampleOptions(model=TEACHER, submit=FAST))
+    assert sandbox.stats().submitted == before
+
+
+def test_a_bad_where_is_a_usage_error_exit_2(sandbox: Sandbox, store: Store, tmp_path: Path) -> None:
+    traffic(store, sandbox, tmp_path, n=2)
+    env = {"INFERENCE_API_KEY": sandbox.api_key, "INFERENCE_BASE_URL": sandbox.url, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([CURATE, "judge", "chat", "--rubric", "helpfulness", "--model", JUDGE, "--db",
+                           str(store.path), "--where", "nosuch = 1"], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and "nosuch" in done.stderr
+
+
+def test_a_binary_rubric_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.md"
+    path.write_bytes(b"# R\n\x00\x01binary")
+    with pytest.raises(UsageError, match="control characters"):
+        rubric(path)

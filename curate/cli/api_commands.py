@@ -118,6 +118,9 @@ WebhookOption = Annotated[str | None, typer.Option(help="Set metadata.webhook_id
 RpmOption = Annotated[int, typer.Option(help="Requests per minute the account allows.")]
 WhereOption = Annotated[str | None, typer.Option(help="Only SOURCE rows matching this SQL condition.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+RetryOption = Annotated[bool, typer.Option(
+    "--retry-failed", help="Also ask again, as a new attempt (paid again), for each request whose every attempt "
+                           "came back Failed (judge: or without a readable score).")]
 
 
 def sample_command(
@@ -128,6 +131,7 @@ def sample_command(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: the API's).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="max_tokens of each answer (default: the API's).")] = None,
     where: WhereOption = None,
+    retry_failed: RetryOption = False,
     db: DbOption = None,
     group_size: GroupSizeOption = 50,
     webhook_id: WebhookOption = None,
@@ -146,9 +150,10 @@ def sample_command(
         settings, store = open_api(db)
         options = SampleOptions(model=model, n=n, temperature=temperature, max_tokens=max_tokens, where=where,
                                 submit=SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm))
-        summary = sample(store, settings, source, options)
+        summary = sample(store, settings, source, options, retry_failed=retry_failed)
+    retried = f" ({summary.retried:,} failed before, asked again)" if summary.retried else ""
     report_submit(summary.submit, store.path, as_json=as_json, noun="requests",
-                  prefix=f"{summary.prompts:,} prompts x {n}: ")
+                  prefix=f"{summary.prompts:,} prompts x {n}{retried}: ")
 
 
 def judge_command(
@@ -161,6 +166,7 @@ def judge_command(
     response_format: Annotated[bool, typer.Option(
         help="Ask for the JSON answer by response_format (a JSON schema); --no-response-format for a model "
              "without it.")] = True,
+    retry_failed: RetryOption = False,
     db: DbOption = None,
     group_size: GroupSizeOption = 50,
     webhook_id: WebhookOption = None,
@@ -180,9 +186,10 @@ def judge_command(
         settings, store = open_api(db)
         options = JudgeOptions(model=model, rubric=load_rubric(rubric), where=where, response_format=response_format,
                                submit=SubmitOptions(group_size=group_size, webhook_id=webhook_id, rpm=rpm))
-        summary = judge(store, settings, source, options)
+        summary = judge(store, settings, source, options, retry_failed=retry_failed)
+    retried = f", {summary.retried:,} failed or unreadable before, asked again" if summary.retried else ""
     report_submit(summary.submit, store.path, as_json=as_json, noun="requests",
-                  prefix=f"{summary.rows:,} rows, rubric {summary.rubric} ({summary.rubric_hash}): ")
+                  prefix=f"{summary.rows:,} rows, rubric {summary.rubric} ({summary.rubric_hash}){retried}: ")
 
 
 def submissions_command(
