@@ -15,6 +15,7 @@ functions are what the ``curate`` command calls, so a notebook can do everything
     db.views()                                                      # name, what a row is, rows
     db.snapshot("snapshot/")                                        # Parquet, read with no lock
     curate.export(db, "conversations", "out/", fmt="messages")      # a Hugging Face dataset folder
+    curate.token_lengths(db, "conversations", "Qwen/Qwen3-8B")      # (id, tokens) by the target's chat template
     curate.sample(store, settings, "chat", curate.SampleOptions(model="big-teacher", n=3))   # a teacher's answers
     curate.judge(store, settings, "samples", curate.JudgeOptions(model="judge", rubric=curate.rubric("helpfulness")))
     curate.score(store)                                             # heuristic signals; then export `scored`
@@ -48,6 +49,7 @@ if _typing.TYPE_CHECKING:  # what mypy and editors see; at run time each name is
     from curate.signals import ScoreSummary, score
     from curate.store import QueryError, ReadableStore, Result, Store, StoreBehind, StoreLocked, ViewInfo
     from curate.submit import InvalidRequests, SubmitOptions, SubmitSummary, submit_file
+    from curate.tokens import token_lengths
     from curate.views import ViewError
 
     # The names these had before the result types were named by one rule (<Operation>Summary).
@@ -101,6 +103,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "sample": ("curate.sampling", "sample"),
     "score": ("curate.signals", "score"),
     "submit_file": ("curate.submit", "submit_file"),
+    "token_lengths": ("curate.tokens", "token_lengths"),
 }
 
 __all__ = [
@@ -147,6 +150,7 @@ __all__ = [
     "sample",
     "score",
     "submit_file",
+    "token_lengths",
 ]
 
 

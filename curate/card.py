@@ -38,8 +38,8 @@ import yaml
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["END", "PLACEHOLDER_LICENSE", "START", "Facts", "Options", "PairFacts", "block", "compose", "merge", "render",
-           "split"]
+__all__ = ["END", "PLACEHOLDER_LICENSE", "START", "Facts", "Options", "PairFacts", "TokenFacts", "block", "compose",
+           "merge", "render", "split"]
 
 START = "<!-- curate:generated:start -->"
 END = "<!-- curate:generated:end -->"
@@ -154,6 +154,19 @@ def _block_span(text: str) -> tuple[int, int] | None:
 # ---------------------------------------------------------------- an export's card
 
 
+def _reasoning_prose(facts: Facts) -> str:
+    rows = f"{facts.reasoning_rows:,} exported row{'s' if facts.reasoning_rows != 1 else ''}"
+    if not facts.reasoning_rows:
+        return "none in the exported rows."
+    if facts.reasoning == "keep":
+        return (f"{rows} have it, kept as `reasoning_content` on their assistant messages (earlier turns "
+                "included), the key chat templates read.")
+    if facts.reasoning == "inline":
+        return (f"{rows} have it, written into the assistant messages' content before the answer, between think "
+                "tags (`--reasoning inline`).")
+    return f"{rows} had it; dropped (`--reasoning drop`, or a format with no field for it)."
+
+
 class Options(Protocol):
     """The export options a card states (``curate.exporter.ExportOptions`` has them, read-only)."""
 
@@ -173,6 +186,18 @@ class Options(Protocol):
     def rank_by(self) -> str: ...
     @property
     def min_margin(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class TokenFacts:
+    """Each exported row's length counted with the target model's tokenizer and chat template (``curate.tokens``)."""
+
+    tokenizer: str  # as given: a Hub id, or a folder's path
+    revision: str  # the Hub commit, or sha256: of the folder's tokenizer files
+    max_tokens: int | None  # --max-tokens: rows over it were dropped; None: only counted
+    reason: str  # what the rows dropped for their length are counted under (in Facts.invalid too)
+    dropped: int  # rows dropped as over max_tokens
+    splits: list[tuple[Any, ...]]  # split, rows, min, p50, p90, p99, max, total tokens of the rows written
 
 
 @dataclass(frozen=True)
@@ -210,6 +235,9 @@ class Facts:
     files: list[str]  # the data files, relative to the folder, in POSIX form
     sizes: dict[str, int]  # split → bytes of its files
     pairs: PairFacts | None = None  # a preference format's pairing; None for the others
+    reasoning: str = "drop"  # what the files do with reasoning (formats.REASONING), as written
+    reasoning_rows: int = 0  # exported rows with reasoning in any assistant message
+    lengths: TokenFacts | None = None  # --tokenizer: lengths by the target model's chat template
 
 
 def render(options: Options, facts: Facts) -> str:
@@ -230,7 +258,7 @@ def render(options: Options, facts: Facts) -> str:
     data_files = [
         {"split": split, "path": f"data/{split}.jsonl" if jsonl else f"data/{split}-*"} for split in facts.splits
     ]
-    features = formats.FEATURES[fmt] if jsonl else [_feature(f.name, f.type) for f in formats.SCHEMAS[fmt]]
+    features = formats.FEATURES[fmt] if jsonl else [_feature(f.name, f.type) for f in formats.schema(fmt, facts.reasoning)]
     header: dict[str, Any] = {
         "license": options.license_id,
         "task_categories": ["text-generation"],
@@ -263,6 +291,7 @@ def render(options: Options, facts: Facts) -> str:
         f"- Store: `{facts.store}`, fingerprint `{facts.fingerprint}` ({facts.generations:,} generations).",
         (f"- Split: test fraction {options.test_size:g}, seed {options.seed}, by {split_rule}; "
          f"duplicates: {options.dedup}."),
+        f"- Reasoning: {_reasoning_prose(facts)}",
         "- Query:",
         "",
         "```sql",
@@ -284,9 +313,12 @@ def render(options: Options, facts: Facts) -> str:
     for what, counts in facts.removed.items():
         lines += ["", f"Rows removed as found in {what}:", "", "| name | rows |", "|---|---:|"]
         lines += [f"| {name} | {n:,} |" for name, n in counts.items()] or ["| (none) | 0 |"]
-    if facts.invalid:
+    # The rows dropped for their length are in invalid too (the summary's reasons); stated with the lengths here.
+    length_reason = None if facts.lengths is None else facts.lengths.reason
+    invalid = {reason: n for reason, n in facts.invalid.items() if reason != length_reason}
+    if invalid:
         lines += ["", "Rows dropped as invalid for this format:", "", "| reason | rows |", "|---|---:|"]
-        lines += [f"| {reason} | {n:,} |" for reason, n in facts.invalid.items()]
+        lines += [f"| {reason} | {n:,} |" for reason, n in invalid.items()]
     lines += [
         "",
         "## Split check",
@@ -315,6 +347,8 @@ def render(options: Options, facts: Facts) -> str:
             for label, (n, total, mean, p50, p90, top) in (("prompt", vals[0:6]), ("completion", vals[6:12])):
                 if n:
                     lines.append(f"| {split} | {label} | {n:,} | {total:,} | {int(mean):,} | {p50:,} | {p90:,} | {top:,} |")
+    if facts.lengths is not None:
+        lines += _length_lines(fmt, facts.lengths)
     lines += ["", "## Files", ""]
     lines += [f"- `{path}`" for path in facts.files]
     lineage = ("- `lineage.parquet`: one row per exported row: `split`, `row` (its position in the split), `id`, "
@@ -363,6 +397,32 @@ def _pair_lines(options: Options, pairs: PairFacts) -> list[str]:
     if pairs.models:
         lines += ["", "Models of the answers in the pairs kept:", "", "| model | chosen | rejected |", "|---|---:|---:|"]
         lines += [f"| {model} | {chosen:,} | {rejected:,} |" for model, chosen, rejected in pairs.models]
+    return lines
+
+
+def _length_lines(fmt: str, lengths: TokenFacts) -> list[str]:
+    """The card's account of the lengths counted with the target model's tokenizer (``--tokenizer``)."""
+    what = {"dpo": "; a pair is the longer of prompt + chosen and prompt + rejected",
+            "openai-preference": "; a pair is the longer of prompt + preferred and prompt + non-preferred output",
+            "kto": "; a row is its prompt + completion", "prompt-completion": "; a row is its prompt + completion",
+            "sharegpt": "; the conversation as messages (human: user, gpt: assistant)",
+            "alpaca": "; system, instruction (and input) as the user's message, output as the assistant's"}.get(fmt, "")
+    if lengths.max_tokens is None:
+        limit = "No row was dropped for its length (no `--max-tokens`)."
+    else:
+        limit = (f"Rows over {lengths.max_tokens:,} tokens (`--max-tokens {lengths.max_tokens}`) were dropped, not "
+                 f"truncated: **{lengths.dropped:,}**.")
+    lines = [
+        "", "## Tokens by the target model's tokenizer", "",
+        (f"Counted with `{lengths.tokenizer}` (revision `{lengths.revision}`) as a trainer counts them: each row's "
+         "messages and tools through the tokenizer's chat template, "
+         f"`len(tokenizer.apply_chat_template(messages, tools=tools, tokenize=True))`{what}. "
+         "p50, p90, p99: nearest rank."),
+        "", limit, "",
+        "| split | rows | min | p50 | p90 | p99 | max | total |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {split} | " + " | ".join(f"{value:,}" for value in values) + " |"
+              for split, *values in lengths.splits]
     return lines
 
 

@@ -140,7 +140,14 @@ class ExportOptions:
     ``rank_by`` (preference formats only): a SQL expression over the source's columns giving each
     answer a number, higher is better (NULL: the answer takes no part). ``min_margin`` (preference
     formats only): a pair only when the chosen answer's rank exceeds the rejected one's by at
-    least this much (None: by any positive margin; equal ranks never make a pair).
+    least this much (None: by any positive margin; equal ranks never make a pair). ``reasoning``:
+    what the assistant messages' reasoning becomes (``formats.REASONING``: ``drop``, ``keep`` as
+    ``reasoning_content``, ``inline`` before the content between ``think_tags``); None: the format's
+    default (``formats.default_reasoning``: ``drop`` for the formats with no field for it, else ``keep``).
+    ``tokenizer``: a local folder or Hub id whose tokenizer and chat template count every exported
+    row's tokens, as a trainer would (``curate.tokens``; the card gets per-split statistics).
+    ``max_tokens`` (needs ``tokenizer``): the rows longer than this are dropped, counted by reason
+    (``over N tokens``), never truncated.
 
     Keyword-only, so that a call names each option it sets. Made with a bad value, it raises
     :class:`ExportError` naming the command line's option; ``dataclasses.replace`` checks again.
@@ -162,6 +169,15 @@ class ExportOptions:
     rescan: bool = True
     rank_by: str = DEFAULT_RANK_BY
     min_margin: float | None = None
+    reasoning: str | None = None
+    think_tags: tuple[str, str] = formats.THINK
+    tokenizer: str | None = None
+    max_tokens: int | None = None
+
+    @property
+    def reasoning_mode(self) -> str:
+        """What this export does with reasoning: ``reasoning``, else the format's default."""
+        return self.reasoning or formats.default_reasoning(self.fmt)
 
     def __post_init__(self) -> None:
         if self.fmt not in formats.FORMATS:
@@ -176,6 +192,14 @@ class ExportOptions:
             raise ExportError(f"--pii {self.pii}: expected one of {', '.join(PII)}")
         if self.shard_bytes < 1:
             raise ExportError("shard_bytes must be positive")
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer.strip()):
+            raise ExportError("--tokenizer: expected a local folder or a Hugging Face Hub id (org/name)")
+        if self.max_tokens is not None:
+            if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+                raise ExportError(f"--max-tokens {self.max_tokens}: expected a positive number of tokens")
+            if self.tokenizer is None:
+                raise ExportError(f"--max-tokens {self.max_tokens} needs --tokenizer: lengths are counted with the "
+                                  "target model's tokenizer and chat template")
         if not isinstance(self.rank_by, str) or not self.rank_by.strip():
             raise ExportError("--rank-by: expected a SQL expression over SOURCE's columns (a number per row)")
         margin = self.min_margin
@@ -191,7 +215,16 @@ class ExportOptions:
                 raise ExportError(f"--dedup near: --format {self.fmt} keeps one pair per cluster of near-duplicate "
                                   f"prompts; clusters on {self.near_on} would part the answers to one prompt "
                                   "(use near_on='prompt')")
-        elif self.rank_by != DEFAULT_RANK_BY or self.min_margin is not None:
+        if self.reasoning is not None and self.reasoning not in formats.REASONING:
+            raise ExportError(f"--reasoning {self.reasoning}: expected one of {', '.join(formats.REASONING)}")
+        if self.reasoning == "keep" and self.fmt in formats.NO_REASONING_FIELD:
+            raise ExportError(f"--reasoning keep: --format {self.fmt} has no field for reasoning; --reasoning inline "
+                              "writes it before the content, between think tags")
+        tags = self.think_tags
+        if (not isinstance(tags, tuple) or len(tags) != 2 or not all(isinstance(t, str) and t.strip() for t in tags)):
+            raise ExportError(f"--think-tags {tags!r}: expected an opening and a closing tag, e.g. <think> and </think>")
+        if self.fmt not in formats.PREFERENCE_FORMATS and (self.rank_by != DEFAULT_RANK_BY
+                                                            or self.min_margin is not None):
             raise ExportError(f"--rank-by and --min-margin pair answers for --format "
                               f"{', '.join(formats.PREFERENCE_FORMATS)}; --format {self.fmt} has no pairs")
 
@@ -230,6 +263,15 @@ class ExportSummary:
     card: str = field(repr=False)
     # Preference formats: prompts seen, pairs made, prompts without a pair and pairs dropped per reason.
     pairing: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, **kwargs: Any) -> Any:
+        """The folder as a ``datasets.DatasetDict``: ``datasets.load_dataset(folder, **kwargs)``, so a
+        notebook goes from a view to a dataset in one line (needs ``datasets``: the ``notebook`` extra)."""
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError("ExportSummary.load() needs datasets: pip install 'curate[notebook]'") from None
+        return datasets.load_dataset(str(self.folder), **kwargs)
 
 
 def _source_query(source: str) -> str:
@@ -721,8 +763,8 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 # ---------------------------------------------------------------- pass 3: streaming the splits out
 
 
-def _write_parquet(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: str, rows: int, nbytes: int,
-                   data: Path, shard_bytes: int) -> list[Path]:
+def _write_parquet(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], split: str, rows: int,
+                   nbytes: int, data: Path, shard_bytes: int) -> list[Path]:
     """The split as Parquet shards of about ``shard_bytes`` of source JSON each, written by DuckDB.
 
     DuckDB's own writer, fed in stored order, writes the same bytes for the same rows (tested),
@@ -736,7 +778,7 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: 
             select rowid, (row_number() over (order by rowid) - 1) // {per_shard} as shard
             from {table} where keep and split = {_sql_text(split)})
         group by shard order by shard""").fetchall()
-    cols = ", ".join(f'{expr} as "{name}"' for name, expr in formats.columns(fmt).items())
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in columns.items())
     paths = []
     for i, (low, high) in enumerate(bounds):
         path = data / f"{split}-{i:05d}-of-{len(bounds):05d}.parquet"
@@ -748,11 +790,12 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: 
     return paths
 
 
-def _write_jsonl(con: duckdb.DuckDBPyConnection, table: str, fmt: str, split: str, data: Path) -> list[Path]:
+def _write_jsonl(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], split: str,
+                 data: Path) -> list[Path]:
     """The split as one JSON line per row, written by DuckDB: a one-column CSV with no quoting is
     the lines as they are (a JSON line holds no raw newline or control character to quote)."""
     path = data / f"{split}.jsonl"
-    (name, expr), = formats.columns(fmt).items()
+    (name, expr), = columns.items()
     con.execute(f"""
         copy (select {expr} as "{name}" from {table} where keep and split = {_sql_text(split)})
         to {_sql_text(str(path))} (format csv, header false, quote '', escape '', delimiter '\x01')""")
@@ -797,6 +840,74 @@ def _stats(con: duckdb.DuckDBPyConnection, table: str) -> tuple[list[tuple[Any, 
                quantile_disc(completion_tokens, 0.5), quantile_disc(completion_tokens, 0.9), max(completion_tokens)
         from {table} where keep group by split order by split desc""").fetchall()
     return models, tokens
+
+
+# ---------------------------------------------------------------- lengths by the target model's tokenizer
+
+
+def _count_tokens(con: duckdb.DuckDBPyConnection, decisions: _Decisions, options: ExportOptions,
+                  say: Callable[[str], None]) -> card.TokenFacts | None:
+    """``--tokenizer``: each kept row's length by the target model's chat template (``curate.tokens``),
+    counted on the row as the writer writes it, into ``work.export_tokens`` (rid, tokens). With
+    ``--max-tokens``, the rows over it are dropped and counted by reason (``over N tokens``), and
+    the splits and the split check are counted again. None without ``--tokenizer``."""
+    if options.tokenizer is None:
+        return None
+    from curate import tokens
+
+    tokenizer = tokens.load(options.tokenizer)
+    table, limit = decisions.table, options.max_tokens
+    kept = sum(decisions.splits.values())
+    say(f"counting the tokens of {kept:,} rows with {tokenizer.name} ({tokenizer.revision})")
+    # The writer's columns. With keep and no row having reasoning the writer leaves the field out;
+    # a field of nulls renders the same (transformers drops None members), so the counts are the same.
+    columns = formats.columns(options.fmt, options.reasoning_mode, options.think_tags)
+    lengths = tokens.count_rows(con, f"(select rowid, * from {table} where keep)", options.fmt, columns, tokenizer)
+    con.register("export_token_counts", lengths)
+    con.execute("create table work.export_tokens as select key as rid, tokens from export_token_counts")
+    con.unregister("export_token_counts")
+    reason, dropped = (f"over {limit} tokens" if limit is not None else ""), 0
+    if limit is not None:
+        over = f"select rid from work.export_tokens where tokens > {int(limit)}"
+        [(dropped, examples)] = con.execute(
+            f"select count(*), list(id order by id)[1:3] from {table} where keep and rowid in ({over})").fetchall()
+        if dropped:
+            con.execute(f"update {table} set keep = false where keep and rowid in ({over})")
+            decisions.invalid[reason] = dropped
+            decisions.invalid_examples[reason] = list(examples)
+            _count_again(con, decisions, options.fmt)
+        steps = {step: n for step, n in decisions.counts.items() if step not in ("train", "test")}
+        decisions.counts = {**steps, f"at most {limit} tokens": kept - dropped, **decisions.splits}
+        if not decisions.splits:
+            raise ExportError(f"nothing to export: all {kept:,} rows are over --max-tokens {limit} "
+                              f"(counted with {tokenizer.name})")
+    return card.TokenFacts(tokenizer=tokenizer.name, revision=tokenizer.revision, max_tokens=limit, reason=reason,
+                           dropped=dropped, splits=tokens.split_stats(con, table, "work.export_tokens"))
+
+
+def _count_again(con: duckdb.DuckDBPyConnection, decisions: _Decisions, fmt: str) -> None:
+    """The splits, the split check and (pairs) the models of the answers, of the rows still kept."""
+    table = decisions.table
+    splits = dict(con.execute(f"select split, count(*) from {table} where keep group by split").fetchall())
+    decisions.splits = {name: splits[name] for name in ("train", "test") if name in splits}
+    decisions.shared_keys = _one(con, f"""select count(*) from (select split_group from {table} where keep
+                                          group by split_group having count(distinct split) > 1)""")
+    decisions.shared_prompts = _one(con, f"""select count(*) from (select prompt_hash from {table}
+                                             where keep and prompt_hash is not null
+                                             group by prompt_hash having count(distinct split) > 1)""")
+    row_id = "id" if decisions.pairs is None else "chosen_id"
+    decisions.straddling_clusters = _one(con, f"""select count(*) from (select n.cluster_id from {table} r
+                                                  join work.near n on n.id = r.{row_id}
+                                                  where r.keep group by n.cluster_id having count(distinct r.split) > 1)""")
+    if decisions.pairs is not None:
+        sides = ("select id, case when label then 0 else 1 end as side from work.export_pairs where keep" if fmt == "kto"
+                 else "select chosen_id as id, 0 as side from work.export_pairs where keep "
+                      "union all select rejected_id, 1 from work.export_pairs where keep")
+        models = con.execute(f"""
+            select coalesce(x.model, '(none)') as model, count(*) filter (where s.side = 0), count(*) filter (where s.side = 1)
+            from ({sides}) s join (select id, any_value(model) as model from work.export_rows group by id) x using (id)
+            group by 1 order by 1""").fetchall()
+        decisions.pairs = replace(decisions.pairs, models=[tuple(row) for row in models])
 
 
 # ---------------------------------------------------------------- the passes an export acts on
@@ -1011,7 +1122,10 @@ def _export_into(
                 pairing = f", {decisions.pairs.prompts} prompts, {decisions.pairs.pairs} pairs ({why or 'no prompt'})"
             raise ExportError(f"nothing to export: {decisions.counts['filtered']} rows matched, "
                               f"{decisions.counts['valid']} fit {fmt}{pairing}")
+        lengths = _count_tokens(con, decisions, options, say)
         table = decisions.table
+        reasoning, reasoning_rows = _reasoning(con, table, options, paired=decisions.pairs is not None)
+        columns = formats.columns(fmt, reasoning, options.think_tags)
         files: dict[str, list[Path]] = {}
         # One thread for the files: with two, DuckDB's writer cut row groups differently from run
         # to run when memory was short (1M rows, 1 GB), so the bytes differed. It costs ~10 %.
@@ -1019,10 +1133,11 @@ def _export_into(
         for split, rows in decisions.splits.items():
             say(f"writing {split}: {rows:,} rows")
             if fmt in formats.JSONL_FORMATS:
-                files[split] = _write_jsonl(con, table, fmt, split, scratch / "data")
+                files[split] = _write_jsonl(con, table, columns, split, scratch / "data")
             else:
                 nbytes = _one(con, f"select sum(nbytes) from {table} where keep and split = {_sql_text(split)}")
-                files[split] = _write_parquet(con, table, fmt, split, rows, nbytes, scratch / "data", options.shard_bytes)
+                files[split] = _write_parquet(con, table, columns, split, rows, nbytes, scratch / "data",
+                                              options.shard_bytes)
         if decisions.pairs is not None:
             _write_pair_lineage(con, fmt, scratch / "lineage.parquet")
         else:
@@ -1037,12 +1152,23 @@ def _export_into(
             removed=decisions.removed, shared_keys=decisions.shared_keys,
             straddling_clusters=decisions.straddling_clusters, shared_prompts=decisions.shared_prompts,
             models=models, tokens=tokens, notes=passes.notes, pairs=decisions.pairs,
+            reasoning=reasoning, reasoning_rows=reasoning_rows, lengths=lengths,
             files=[p.relative_to(out).as_posix() for paths in final_files.values() for p in paths],
             sizes={split: sum(p.stat().st_size for p in paths) for split, paths in files.items()},
         ))
     finally:
         con.close()
     return decisions, final_files, fingerprint, text
+
+
+def _reasoning(con: duckdb.DuckDBPyConnection, table: str, options: ExportOptions, *, paired: bool) -> tuple[str, int]:
+    """What the files do with reasoning, and how many exported rows have any. ``keep`` with no row
+    that has reasoning writes no ``reasoning_content`` field: data without any exports as before."""
+    has = "list_bool_or(list_transform({}, lambda m: m.reasoning_content is not null))"
+    any_side = has.format("t") + (f" or {has.format('rejected_t')}" if paired else "")
+    rows = _one(con, f"select count(*) from {table} where keep and ({any_side})")
+    mode = options.reasoning_mode
+    return ("drop" if mode == "keep" and not rows else mode), rows
 
 
 def _full_query(query: str, options: ExportOptions) -> str:

@@ -13,7 +13,12 @@ notebooks). A row goes through three expressions:
 
 * ``typed_messages(col)``: the messages JSON parsed once into ``MESSAGE_TYPE``;
 * ``drop_reason(fmt)``: NULL when the row fits ``fmt``, else a fixed sentence (counted per reason);
-* ``columns(fmt)``: the format's output columns, computed from the typed messages.
+* ``columns(fmt, reasoning)``: the format's output columns, computed from the typed messages.
+
+The same rules, and a few of TRL's, say what a trainer needs of any dataset's messages, curate's
+or not (``MESSAGE_RULES``, ``CONVERSATION_RULES``, ``SFT_RULES``, ``PROMPT_RULES``,
+``ANSWER_RULES``, which ``curate validate`` runs with ``first_reason``); ``message_list_json``
+turns a dataset's list of message structs back into the JSON text ``typed_messages`` reads.
 
 Typing decisions
 ----------------
@@ -33,8 +38,21 @@ Typing decisions
   which a struct type cannot do. Arguments that do not parse are refused. In ``openai`` and
   ``catalyst`` they are JSON strings, as OpenAI's API sends and its fine-tuning expects.
 * **Tools** are JSON (``Json()``): JSON schemas are arbitrary. NULL when none were offered.
-* Message keys other than role, content, tool_calls, tool_call_id and name (refusal, reasoning
-  fields, legacy function_call, ...) are not carried. An empty ``tool_calls`` list is read as none.
+* **Reasoning** (``curate.messages``' rule: ``reasoning_content``, else ``reasoning``) is read into
+  ``reasoning_content`` on every message, and each format writes it as ``--reasoning`` says
+  (``REASONING``): ``keep`` as a ``reasoning_content`` key on the assistant messages (the key
+  TRL's chat templates read; for the Parquet formats the messages' struct has the field only
+  when some exported row has reasoning, so data without any exports as before), ``inline`` as
+  ``THINK[0]\nREASONING\nTHINK[1]\n\n`` before the content (what DeepSeek-R1 and Qwen3 templates
+  render; tags configurable; a message whose content is a list of parts keeps its parts and
+  loses the reasoning), ``drop`` not at all. Earlier assistant turns follow the same rule as the
+  answer; what a chat template then does with them is the template's (Qwen3's drops the
+  reasoning of turns before the last user message; TRL passes messages as they are).
+  ``default_reasoning(fmt)``: ``drop`` where the format has no place for it (openai,
+  openai-preference, sharegpt, alpaca: ``keep`` is refused there, ``inline`` works), ``keep``
+  elsewhere.
+* Message keys other than role, content, tool_calls, tool_call_id, name and the reasoning keys
+  (refusal, legacy function_call, ...) are not carried. An empty ``tool_calls`` list is read as none.
 * JSON text is minified by DuckDB, so a round trip gives the same JSON values, not the same bytes.
 
 Preference formats (``PREFERENCE_FORMATS``)
@@ -83,30 +101,42 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from curate.messages import typed_message_text
+from curate.messages import REASONING_KEYS, typed_message_text
 
 __all__ = [
+    "ANSWER_RULES",
     "BELOW_MARGIN",
+    "CONVERSATION_RULES",
     "FEATURES",
     "FORMATS",
     "JSONL_FORMATS",
+    "MESSAGE_RULES",
     "MESSAGE_TYPE",
     "NO_PAIR",
     "NO_RANK",
     "ONE_RANK",
     "PREFERENCE_FORMATS",
+    "PROMPT_RULES",
+    "REASONING",
     "ROW_FORMATS",
     "SAME_ANSWER",
     "SCHEMAS",
+    "SFT_RULES",
+    "THINK",
     "TIE",
     "Invalid",
+    "Rule",
     "columns",
     "convert",
+    "default_reasoning",
     "drop_reason",
     "dumps",
+    "first_reason",
+    "message_list_json",
     "messages_from_arrow",
     "pairs",
     "prompt_key",
+    "schema",
     "typed_messages",
     "validate_openai",
     "validate_openai_preference",
@@ -119,6 +149,16 @@ PREFERENCE_FORMATS = ("dpo", "kto", "openai-preference")
 FORMATS = (*ROW_FORMATS, *PREFERENCE_FORMATS)
 # Written as one JSON line per example, as OpenAI's and inference.net's uploads read them.
 JSONL_FORMATS = ("openai", "catalyst", "openai-preference")
+
+# What --reasoning can do with a message's reasoning; the formats with no field for it; the tags inline writes.
+REASONING = ("drop", "keep", "inline")
+NO_REASONING_FIELD = ("openai", "openai-preference", "sharegpt", "alpaca")
+THINK = ("<think>", "</think>")
+
+
+def default_reasoning(fmt: str) -> str:
+    """What ``fmt`` does with reasoning unless told: ``drop`` where it has no field for it, else ``keep``."""
+    return "drop" if fmt in NO_REASONING_FIELD else "keep"
 
 _TOOL_CALL = pa.struct(
     [
@@ -145,6 +185,7 @@ MESSAGE_TYPE = pa.struct(
     ]
 )
 _MESSAGES = pa.list_(MESSAGE_TYPE)
+_MESSAGES_WITH_REASONING = pa.list_(pa.struct([*MESSAGE_TYPE, ("reasoning_content", pa.string())]))
 
 # The columns each format writes (lineage is kept apart, in lineage.parquet).
 SCHEMAS: dict[str, pa.Schema] = {
@@ -160,6 +201,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     "kto": pa.schema([("prompt", _MESSAGES), ("completion", _MESSAGES), ("label", pa.bool_()), ("tools", pa.json_())]),
     "openai-preference": pa.schema([("json", pa.string())]),
 }
+
+
+
+def schema(fmt: str, reasoning: str = "drop") -> pa.Schema:
+    """``fmt``'s columns when its messages carry reasoning as ``reasoning`` says (``SCHEMAS[fmt]`` but for ``keep``)."""
+    if reasoning != "keep":
+        return SCHEMAS[fmt]
+    return pa.schema([pa.field(f.name, _MESSAGES_WITH_REASONING) if f.type == _MESSAGES else f for f in SCHEMAS[fmt]])
+
 
 # Hugging Face features, in the dataset card's YAML form, for the JSONL formats (the Parquet
 # formats carry theirs in the files' schema). Each line is kept as sent: messages, tools,
@@ -208,12 +258,18 @@ def dumps(value: Any) -> str:
 # anything but a quote or null, which a string's escaped quotes cannot fake), content is read as
 # text by the same parse: the fast path, nearly every row. Otherwise content is read as JSON, so
 # that a list of parts is told from text and a number or an object is refused.
+_READ_REASONING = "".join(f',"{key}":"JSON"' for key in REASONING_KEYS)
 _FAST_MESSAGE = (
-    '[{"role":"VARCHAR","content":"VARCHAR","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"}]'
+    '[{"role":"VARCHAR","content":"VARCHAR","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"'
+    + _READ_REASONING + '}]'
 )
 _SLOW_MESSAGE = (
-    '[{"role":"VARCHAR","content":"JSON","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"}]'
+    '[{"role":"VARCHAR","content":"JSON","tool_calls":"JSON","tool_call_id":"VARCHAR","name":"VARCHAR"'
+    + _READ_REASONING + '}]'
 )
+# A message's reasoning: the first of REASONING_KEYS that holds a JSON string (curate.messages' rule).
+_REASONING = "coalesce(" + ", ".join(f"case when starts_with(m.{key}, '\"') then m.{key} ->> '$' end"
+                                     for key in REASONING_KEYS) + ")"
 _RAW_CALLS = '[{"id":"VARCHAR","type":"VARCHAR","function":{"name":"VARCHAR","arguments":"JSON"}}]'
 _RAW_PARTS = '[{"type":"VARCHAR","text":"JSON","image_url":{"url":"VARCHAR","detail":"VARCHAR"}}]'
 _NOT_TEXT_CONTENT = r'"content"\s*:\s*[^"n\s]'
@@ -240,14 +296,14 @@ def typed_messages(col: str = "messages") -> str:
     fast = f"""list_transform(json_transform({col}, '{_FAST_MESSAGE}'), lambda m: struct_pack(
     role := m.role, content := m.content, content_parts := null::{_PARTS_SQL},
     tool_calls := {_CALLS},
-    tool_call_id := m.tool_call_id, name := m.name, _bad_content := false,
+    tool_call_id := m.tool_call_id, name := m.name, reasoning_content := {_REASONING}, _bad_content := false,
     _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
     slow = f"""list_transform(json_transform({col}, '{_SLOW_MESSAGE}'), lambda m: struct_pack(
     role := m.role,
     content := case when starts_with(m.content, '"') then m.content ->> '$' end,
     content_parts := case when starts_with(m.content, '[') then {_PARTS} end,
     tool_calls := {_CALLS},
-    tool_call_id := m.tool_call_id, name := m.name,
+    tool_call_id := m.tool_call_id, name := m.name, reasoning_content := {_REASONING},
     _bad_content := coalesce(left(m.content, 1) not in ('"', '[', 'n'), false),
     _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
     return f"""case when not json_valid({col}) or json_type({col}) <> 'ARRAY' then null
@@ -265,14 +321,21 @@ def _any(msgs: str, predicate: str) -> str:
 _NON_TEXT = "list_bool_or(list_transform(coalesce(m.content_parts, []), lambda p: p.type <> 'text'))"
 _HAS_CALLS = "m.tool_calls is not null or m.role = 'tool'"
 
+# A rule: (SQL condition over the typed messages `t` and the tools JSON `tools`, the reason when it holds).
+Rule = tuple[str, str]
+
+_UNKNOWN_ROLE: Rule = (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant', 'tool')"),
+                       "role is not one of system, developer, user, assistant, tool")
+_CALLS_OFF_ASSISTANT: Rule = (_any("t", "m.tool_calls is not null and m.role <> 'assistant'"),
+                              "tool_calls is only allowed on assistant messages")
+
 # Each format's own rules, after the common ones, as (condition over the typed `t`, reason).
 _OPENAI_RULES: list[tuple[str, str]] = [
-    (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant', 'tool')"),
-     "role is not one of system, developer, user, assistant, tool"),
+    _UNKNOWN_ROLE,
     (_any("t", "m.role = 'assistant' and m.content is null and m.content_parts is null and m.tool_calls is null"),
      "content is null or missing outside an assistant tool call"),
     (_any("t", "m.content_parts is not null and m.role <> 'user'"), "content parts are only allowed in user messages"),
-    (_any("t", "m.tool_calls is not null and m.role <> 'assistant'"), "tool_calls is only allowed on assistant messages"),
+    _CALLS_OFF_ASSISTANT,
     (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: coalesce(c.id, '') = ''))"),
      "tool call has no id"),
     (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.type is distinct from 'function'))"),
@@ -318,23 +381,35 @@ _RULES: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+_NOT_A_LIST: Rule = ("t is null or len(t) = 0", "messages is not a non-empty JSON array")
+_NO_ROLE: Rule = (_any("t", "m.role is null"), "message without a role")
+_BAD_CONTENT: Rule = (_any("t", "m._bad_content"), "content is neither text nor parts")
+_CALLS_NOT_LIST: Rule = (_any("t", "coalesce(m._bad_calls, false)"), "tool_calls is not a list")
+_NO_FUNCTION_NAME: Rule = (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.name is null))"),
+                           "tool call without a function name")
+# typed_messages leaves NULL arguments where they were missing or did not parse.
+_BAD_ARGUMENTS: Rule = (
+    _any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.arguments is null))"),
+    "tool call arguments are not valid JSON")
+_TOOLS_NOT_ARRAY: Rule = ("tools is not null and (not json_valid(tools) or json_type(tools) <> 'ARRAY')",
+                          "tools is not a JSON array")
+_EMPTY_ANSWER: Rule = ("t[-1].tool_calls is null and coalesce(t[-1].content, '') = '' and t[-1].content_parts is null",
+                       "empty answer")
+
 # The rules every format shares, in the order a row is tested (its first failure is its reason).
 _COMMON: list[tuple[str, str]] = [
-    ("t is null or len(t) = 0", "messages is not a non-empty JSON array"),
-    (_any("t", "m.role is null"), "message without a role"),
-    (_any("t", "m._bad_content"), "content is neither text nor parts"),
+    _NOT_A_LIST,
+    _NO_ROLE,
+    _BAD_CONTENT,
     (_any("t", "list_bool_or(list_transform(coalesce(m.content_parts, []), lambda p: "
                 "not coalesce((p.type = 'text' and p.text is not null) or (p.type = 'image_url' and p.image_url.url is not null), false)))"),
      "unsupported content part"),
-    (_any("t", "coalesce(m._bad_calls, false)"), "tool_calls is not a list"),
-    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.name is null))"),
-     "tool call without a function name"),
-    # typed_messages leaves NULL arguments where they were missing or did not parse.
-    (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.function.arguments is null))"),
-     "tool call arguments are not valid JSON"),
-    ("tools is not null and (not json_valid(tools) or json_type(tools) <> 'ARRAY')", "tools is not a JSON array"),
+    _CALLS_NOT_LIST,
+    _NO_FUNCTION_NAME,
+    _BAD_ARGUMENTS,
+    _TOOLS_NOT_ARRAY,
     ("t[-1].role <> 'assistant'", "last message is not an assistant answer"),
-    ("t[-1].tool_calls is null and coalesce(t[-1].content, '') = '' and t[-1].content_parts is null", "empty answer"),
+    _EMPTY_ANSWER,
 ]
 
 
@@ -349,85 +424,184 @@ def drop_reason(fmt: str) -> str:
     The common rules first, then the format's own; a row's first failure is its reason.
     """
     _check(fmt)
-    whens = "\n".join(f"  when {cond} then '{reason}'" for cond, reason in [*_COMMON, *_RULES[fmt]])
+    return first_reason([*_COMMON, *_RULES[fmt]])
+
+
+def first_reason(rules: Sequence[Rule]) -> str:
+    """SQL: the reason of the first of ``rules`` whose condition holds; NULL when none does."""
+    whens = "\n".join(f"  when {cond} then '{reason}'" for cond, reason in rules)
     return f"case\n{whens}\nend"
+
+
+# ---------------------------------------------------------------- what a trainer reads (curate validate)
+
+# What a trainer needs of the messages it reads (TRL's conversational dataset types, rendered by a
+# chat template), whoever wrote the dataset: the rules above that hold for every list of messages,
+# and these. They take the shape of a tool call as TRL's dataset guide shows it: an id is optional
+# (its example has none, and answers by the tool's name), so a tool message must follow an assistant
+# tool call and, when it names a call (tool_call_id), name one made before it. OpenAI's rules, which
+# need ids, are `validate_openai`'s.
+_TOOL_ANSWERS_NOTHING: Rule = (
+    ("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and ("
+     "not coalesce(list_bool_or(list_transform(t[1:i - 1], lambda m: m.tool_calls is not null)), false) or "
+     "(t[i].tool_call_id is not null and not coalesce(list_contains(flatten(list_transform(t[1:i - 1], "
+     "lambda m: list_transform(coalesce(m.tool_calls, []), lambda c: c.id))), t[i].tool_call_id), false))))), false)"),
+    "tool message does not answer an earlier tool call")
+# SFT trains on the assistant turns: a conversation with none teaches nothing (and TRL's
+# assistant_only_loss stops on it).
+_NO_ASSISTANT: Rule = ("not " + _any("t", "m.role = 'assistant'"), "no assistant message")
+# TRL's apply_chat_template continues a prompt ending with an assistant message, adds the
+# generation prompt after a user or tool message, and refuses any other last role.
+_PROMPT_END: Rule = ("t[-1].role not in ('user', 'tool', 'assistant')",
+                     "the prompt does not end with a user, tool or assistant message")
+# What a prompt is answered with (completion, chosen, rejected): assistant turns, with the tool
+# results between them, from an assistant message to an assistant message.
+_ASSISTANT_TURNS: Rule = (
+    "len(t) = 0 or t[1].role <> 'assistant' or t[-1].role <> 'assistant' or "
+    + _any("t", "m.role not in ('assistant', 'tool')"),
+    "not a list of assistant messages")
+
+# Every list of messages (messages, prompt, completion, chosen, rejected), in this order.
+MESSAGE_RULES: tuple[Rule, ...] = (_NOT_A_LIST, _NO_ROLE, _UNKNOWN_ROLE, _BAD_CONTENT, _CALLS_NOT_LIST,
+                                   _CALLS_OFF_ASSISTANT, _NO_FUNCTION_NAME, _BAD_ARGUMENTS)
+# A whole conversation (the prompt and one answer together) and the tools it was offered.
+CONVERSATION_RULES: tuple[Rule, ...] = (_TOOLS_NOT_ARRAY, _TOOL_ANSWERS_NOTHING)
+# A conversation trained on whole (TRL's language-modeling type, `messages`).
+SFT_RULES: tuple[Rule, ...] = (_NO_ASSISTANT,)
+# A prompt (prompt-completion, preference, unpaired preference).
+PROMPT_RULES: tuple[Rule, ...] = (_PROMPT_END,)
+# An answer to a prompt: completion, chosen, rejected.
+ANSWER_RULES: tuple[Rule, ...] = (_ASSISTANT_TURNS, _EMPTY_ANSWER)
+
+
+def message_list_json(col: str, fields: Sequence[str]) -> str:
+    """SQL: the JSON text of ``col``, a list of messages as a dataset holds them (structs with
+    ``fields``), shaped as OpenAI's API sends messages, which ``typed_messages`` reads: a message
+    typed as the ``messages`` format types it has its ``content_parts`` back in ``content``. Other
+    fields are kept as they are; JSON fields (tool-call arguments) stay JSON values."""
+    if "content_parts" not in fields:
+        return f"to_json({col})::varchar"
+
+    def name(field: str) -> str:
+        return '"' + field.replace('"', '""') + '"'
+
+    kept = [f"{name(f)} := m.{name(f)}" for f in fields if f not in ("content", "content_parts")]
+    text = "to_json(m.content)" if "content" in fields else "null::json"
+    content = f"content := case when m.content_parts is not null then to_json(m.content_parts) else {text} end"
+    return f"to_json(list_transform({col}, lambda m: struct_pack({', '.join([*kept, content])})))::varchar"
 
 
 # ---------------------------------------------------------------- output columns per format
 
 # A typed message as an OpenAI request body carries it: null members left out (an assistant's
 # content beside its tool calls too), arguments as JSON strings.
-def _plain(m: str, *, empty_content: bool) -> str:
-    content = f"coalesce({m}.content, '')" if empty_content else f"{m}.content"
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _think(m: str, think: tuple[str, str]) -> str:
+    """SQL: ``m``'s reasoning between the think tags, then a blank line (NULL when it has none)."""
+    return f"({_sql_text(think[0])} || chr(10) || {m}.reasoning_content || chr(10) || {_sql_text(think[1])} || chr(10) || chr(10))"
+
+
+def _content(m: str, reasoning: str, think: tuple[str, str]) -> str:
+    """SQL: ``m``'s content as exported: with ``inline``, its reasoning first (not into a list of parts)."""
+    if reasoning != "inline":
+        return f"{m}.content"
+    return (f"case when {m}.reasoning_content is not null and {m}.content_parts is null "
+            f"then {_think(m, think)} || coalesce({m}.content, '') else {m}.content end")
+
+
+def _text(m: str, reasoning: str, think: tuple[str, str]) -> str:
+    """SQL: ``m``'s text (sharegpt, alpaca): with ``inline``, its reasoning first."""
+    if reasoning != "inline":
+        return typed_message_text(m)
+    return f"coalesce({_think(m, think)}, '') || {typed_message_text(m)}"
+
+
+def _plain(m: str, *, empty_content: bool, reasoning: str = "drop", think: tuple[str, str] = THINK) -> str:
+    content = f"coalesce({_content(m, reasoning, think)}, '')" if empty_content else _content(m, reasoning, think)
+    kept = f",\n    reasoning_content := {m}.reasoning_content" if reasoning == "keep" else ""
     return f"""json_strip_nulls(to_json(struct_pack(
     role := {m}.role,
     content := case when {m}.content_parts is not null then to_json(list_transform({m}.content_parts, lambda p:
         case when p.type = 'text' then to_json(struct_pack(type := p.type, text := p.text))
              else json_strip_nulls(to_json(struct_pack(type := p.type, image_url := p.image_url))) end))
-      when {m}.role = 'assistant' and {m}.tool_calls is not null then to_json({m}.content)
+      when {m}.role = 'assistant' and {m}.tool_calls is not null then to_json({_content(m, reasoning, think)})
       else to_json({content}) end,
     tool_calls := list_transform({m}.tool_calls, lambda c: struct_pack(id := c.id, type := c.type,
         function := struct_pack(name := c.function.name, arguments := c.function.arguments::varchar))),
     tool_call_id := {m}.tool_call_id,
-    name := {m}.name)))"""
+    name := {m}.name{kept})))"""
 
 
 def _json_list(items: str, each: str) -> str:
     return f"('[' || array_to_string(list_transform({items}, lambda m: {each}), ',') || ']')"
 
 
-# The typed messages without the flags typed_messages adds for drop_reason.
-def _clean(msgs: str) -> str:
-    return (f"list_transform({msgs}, lambda m: struct_pack(role := m.role, content := m.content, "
-            "content_parts := m.content_parts, tool_calls := m.tool_calls, tool_call_id := m.tool_call_id, name := m.name))")
+# The typed messages without the flags typed_messages adds for drop_reason, their reasoning as
+# ``reasoning`` says (a field only for keep).
+def _clean(msgs: str, reasoning: str = "drop", think: tuple[str, str] = THINK) -> str:
+    kept = ", reasoning_content := m.reasoning_content" if reasoning == "keep" else ""
+    return (f"list_transform({msgs}, lambda m: struct_pack(role := m.role, content := {_content('m', reasoning, think)}, "
+            "content_parts := m.content_parts, tool_calls := m.tool_calls, tool_call_id := m.tool_call_id, "
+            f"name := m.name{kept}))")
 
 
-_CLEAN = _clean("t")
-
-
-def columns(fmt: str) -> dict[str, str]:
+def columns(fmt: str, reasoning: str | None = None, think: tuple[str, str] = THINK) -> dict[str, str]:
     """SQL per output column of ``fmt``, over typed messages ``t``, ``tools`` JSON, ``model`` and
-    ``finish_reason`` (NULL when the source has none). Arrow types as in ``SCHEMAS[fmt]`` once
-    cast (DuckDB gives JSON as text).
+    ``finish_reason`` (NULL when the source has none). Arrow types as in ``schema(fmt, reasoning)``
+    once cast (DuckDB gives JSON as text). ``reasoning``: ``REASONING``, default the format's
+    (``default_reasoning``); ``keep`` where the format has no field for it is a ValueError.
 
     The preference formats read one pair (``dpo``, ``openai-preference``) or one side of it
     (``kto``): ``t`` is the chosen row's typed messages (kto: the side's), ``rejected_t`` the
     rejected row's, ``label`` the side's label (kto), ``tools`` the prompt's."""
     _check(fmt)
+    mode = reasoning or default_reasoning(fmt)
+    if mode not in REASONING:
+        raise ValueError(f"reasoning must be one of {', '.join(REASONING)}, not {mode!r}")
+    if mode == "keep" and fmt in NO_REASONING_FIELD:
+        raise ValueError(f"--format {fmt} has no field for reasoning: --reasoning inline writes it into the content")
+    clean = _clean("t", mode, think)
+
+    def plain(m: str, empty_content: bool) -> str:
+        return _plain(m, empty_content=empty_content, reasoning=mode, think=think)
+
     if fmt == "dpo":
-        return {"prompt": f"{_CLEAN}[1:-2]", "chosen": f"{_CLEAN}[-1:]", "rejected": f"{_clean('rejected_t')}[-1:]",
-                "tools": "tools"}
+        return {"prompt": f"{clean}[1:-2]", "chosen": f"{clean}[-1:]",
+                "rejected": f"{_clean('rejected_t', mode, think)}[-1:]", "tools": "tools"}
     if fmt == "kto":
-        return {"prompt": f"{_CLEAN}[1:-2]", "completion": f"{_CLEAN}[-1:]", "label": "label", "tools": "tools"}
+        return {"prompt": f"{clean}[1:-2]", "completion": f"{clean}[-1:]", "label": "label", "tools": "tools"}
     if fmt == "openai-preference":
-        messages = _json_list("t[1:-2]", _plain("m", empty_content=True))
+        messages = _json_list("t[1:-2]", plain("m", True))
         return {"json": (f"'{{\"input\":{{\"messages\":' || {messages} || "
                          "coalesce(',\"tools\":' || nullif(tools::varchar, '[]'), '') || "
-                         f"'}},\"preferred_output\":[' || {_plain('t[-1]', empty_content=True)} || "
-                         f"'],\"non_preferred_output\":[' || {_plain('rejected_t[-1]', empty_content=True)} || ']}}'")}
+                         f"'}},\"preferred_output\":[' || {plain('t[-1]', True)} || "
+                         f"'],\"non_preferred_output\":[' || {plain('rejected_t[-1]', True)} || ']}}'")}
     if fmt == "messages":
-        return {"messages": _CLEAN, "tools": "tools"}
+        return {"messages": clean, "tools": "tools"}
     if fmt == "prompt-completion":
-        return {"prompt": f"{_CLEAN}[1:-2]", "completion": f"{_CLEAN}[-1:]", "tools": "tools"}
+        return {"prompt": f"{clean}[1:-2]", "completion": f"{clean}[-1:]", "tools": "tools"}
     if fmt == "sharegpt":
         return {"conversations": "list_transform(t, lambda m: struct_pack(\"from\" := case m.role when 'user' then "
                                  "'human' when 'assistant' then 'gpt' else 'system' end, value := "
-                                 f"{typed_message_text('m')}))"}
+                                 f"{_text('m', mode, think)}))"}
     if fmt == "alpaca":
         return {
             "instruction": typed_message_text("list_filter(t, lambda m: m.role = 'user')[1]"),
             "input": "''",
-            "output": typed_message_text("t[-1]"),
+            "output": _text("t[-1]", mode, think),
             "system": f"case when t[1].role in ('system', 'developer') then {typed_message_text('t[1]')} end",
         }
     if fmt == "openai":
-        messages = _json_list("t", _plain("m", empty_content=True))
+        messages = _json_list("t", plain("m", True))
         # An empty tools list says no more than none, and stricter validators refuse it: left out.
         return {"json": f"'{{\"messages\":' || {messages} || coalesce(',\"tools\":' || nullif(tools::varchar, '[]'), '') || '}}'"}
     # catalyst: {"request": {model, messages, tools}, "response": {choices: [{index, message, finish_reason}], model}}
     request = (f"'{{' || coalesce('\"model\":' || to_json(model) || ',', '') || '\"messages\":' || "
-               f"{_json_list('t[1:-2]', _plain('m', empty_content=False))} || coalesce(',\"tools\":' || tools, '') || '}}'")
-    response = (f"'{{\"choices\":[{{\"index\":0,\"message\":' || {_plain('t[-1]', empty_content=False)} || "
+               f"{_json_list('t[1:-2]', plain('m', False))} || coalesce(',\"tools\":' || tools, '') || '}}'")
+    response = (f"'{{\"choices\":[{{\"index\":0,\"message\":' || {plain('t[-1]', False)} || "
                 "coalesce(',\"finish_reason\":' || to_json(finish_reason), '') || '}]' || "
                 "coalesce(',\"model\":' || to_json(model), '') || '}'")
     return {"json": f"'{{\"request\":' || {request} || ',\"response\":' || {response} || '}}'"}
@@ -496,12 +670,14 @@ from (
 # ---------------------------------------------------------------- one batch, for tests and notebooks
 
 
-def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | None = None) -> tuple[pa.Table, Invalid]:
+def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | None = None,
+            reasoning: str = "drop", think: tuple[str, str] = THINK) -> tuple[pa.Table, Invalid]:
     """Convert rows with ``id``, ``messages`` (JSON text) and optionally ``tools``, ``model`` and
     ``finish_reason`` to ``fmt``; rows keep their order.
 
-    Returns the rows that fit (``id`` first, then ``SCHEMAS[fmt]``) and the ones dropped, with
-    the reason of each. The same SQL as ``curate export``, in a private in-memory DuckDB.
+    Returns the rows that fit (``id`` first, then ``schema(fmt, reasoning)``) and the ones dropped,
+    with the reason of each. The same SQL as ``curate export``, in a private in-memory DuckDB.
+    ``reasoning`` and ``think`` as ``--reasoning`` and its tags (here ``drop`` unless asked).
 
     A preference format (``PREFERENCE_FORMATS``) pairs the rows first (``pairs``), ranked by their
     ``rank`` column (none: no row is ranked, so no pair), ties broken by ``finished_at`` (when
@@ -518,9 +694,9 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | N
     con = duckdb.connect()
     try:
         con.register("src", src)
-        cols = columns(fmt)
+        cols = columns(fmt, reasoning, think)
         if fmt in PREFERENCE_FORMATS:
-            rows = _convert_pairs(con, fmt, names, optional, min_margin)
+            rows = _convert_pairs(con, fmt, names, optional, min_margin, cols)
         else:
             rows = con.sql(f"""
             with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional} from src),
@@ -534,18 +710,18 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | N
         if reason is not None:
             invalid.add(row_id, reason)
     kept = rows.filter(rows.column("reason").is_null()).drop_columns(["reason"])
-    schema = pa.schema([pa.field("id", pa.string()), *SCHEMAS[fmt]])
-    return kept.select(schema.names).cast(schema), invalid
+    out = pa.schema([pa.field("id", pa.string()), *schema(fmt, reasoning)])
+    return kept.select(out.names).cast(out), invalid
 
 
 def _convert_pairs(con: duckdb.DuckDBPyConnection, fmt: str, names: list[str], optional: str,
-                   min_margin: float | None) -> pa.Table:
+                   min_margin: float | None, columns: dict[str, str]) -> pa.Table:
     """``convert`` for a preference format: the rows dropped (with their reason, columns NULL), then
     the pairs (reason NULL)."""
     rank = "rank" if "rank" in names else "null::double"
     finished = "finished_at" if "finished_at" in names else "null::timestamptz"
-    cols = ", ".join(f'{expr} as "{name}"' for name, expr in columns(fmt).items())
-    nulls = ", ".join(f'null as "{name}"' for name in columns(fmt))
+    cols = ", ".join(f'{expr} as "{name}"' for name, expr in columns.items())
+    nulls = ", ".join(f'null as "{name}"' for name in columns)
     kto = "true" if fmt == "kto" else "false"
     answers = "select n as rid, prompt_key, rank, finished_at, id, content_hash from d where reason is null"
     return con.sql(f"""

@@ -27,6 +27,12 @@ The forms, which tests/test_messages.py holds together on many message shapes:
   is NULL unless the JSON held a string there);
 * ``conversation_text(messages)``: SQL over a list of JSON messages.
 
+**A message's reasoning** (what a reasoning model thought before answering) is the string under
+its first key of ``REASONING_KEYS`` that holds a string: ``reasoning_content`` (DeepSeek, vLLM,
+SGLang and what TRL's chat templates read), else ``reasoning`` (newer vLLM, OpenRouter); NULL (None)
+when neither does. Reasoning is not text: the passes do not compare it. Its forms:
+``message_reasoning(message)`` (Python) and ``json_message_reasoning(m)`` (SQL over a JSON message).
+
 **Duplicate keys.** JSON text may repeat a key (``{"content": "a", "content": "b"}``). DuckDB's
 JSON functions (``->>``, ``json_extract``, ``json_transform``, and so every export format) take
 the FIRST occurrence; Python's ``json.loads`` keeps the LAST. Python code that must see what the
@@ -43,14 +49,20 @@ import json
 from typing import Any
 
 __all__ = [
+    "REASONING_KEYS",
     "SEPARATOR",
     "JsonObject",
     "conversation_text",
+    "json_message_reasoning",
     "json_message_text",
     "loads_first_wins",
+    "message_reasoning",
     "message_text",
     "typed_message_text",
 ]
+
+# Where a message carries its reasoning, in the order they are read.
+REASONING_KEYS = ("reasoning_content", "reasoning")
 
 # Between the text parts of one message.
 SEPARATOR = "\n"
@@ -95,6 +107,22 @@ def message_text(message: Any) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def message_reasoning(message: Any) -> str | None:
+    """The reasoning of one chat message (a parsed JSON value), by ``REASONING_KEYS``; None when it has none."""
+    if not isinstance(message, dict):
+        return None
+    for key in REASONING_KEYS:
+        if isinstance(message.get(key), str):
+            return str(message[key])
+    return None
+
+
+def json_message_reasoning(m: str) -> str:
+    """SQL: the reasoning of ``m``, one chat message as a JSON value (NULL when it has none)."""
+    return "coalesce(" + ", ".join(f"case when json_type({m}, '$.{key}') = 'VARCHAR' then {m} ->> '$.{key}' end"
+                                   for key in REASONING_KEYS) + ")"
 
 
 def json_message_text(m: str) -> str:

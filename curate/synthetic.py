@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "JUDGE_MARK",
     "MODELS",
+    "THINKING_MARK",
     "chat_request",
     "chat_response",
     "generation_id",
@@ -104,6 +105,10 @@ def chat_request(seed: int, *, custom_id: str | None = None) -> dict[str, Any]:
     return body
 
 
+# A model whose name holds this answers as a reasoning model does: its thinking beside the answer,
+# in choices[0].message.reasoning_content (DeepSeek's and vLLM's key).
+THINKING_MARK = "think"
+
 # What marks a judge's request (curate.judging renders the judged answer under this heading): the
 # sandbox answers it as a judge would, without reading curate's metadata, as a real model could not.
 JUDGE_MARK = "THE ANSWER TO JUDGE"
@@ -131,7 +136,8 @@ def _judgment(judged: str, rng_key: int) -> str:
 
 def chat_response(seed: int, request: dict[str, Any], *, created: int) -> dict[str, Any]:
     """The ChatCompletion a model would return for ``request``: tool calls when tools are offered,
-    a judgment when asked to judge (``JUDGE_MARK``). A request ``curate sample`` made is answered
+    a judgment when asked to judge (``JUDGE_MARK``), and with ``reasoning_content`` beside the answer
+    when the model's name holds ``THINKING_MARK``. A request ``curate sample`` made is answered
     from its messages, model, temperature and, above temperature 0, its sample index (a model at
     temperature 0 answers alike every time), so its K samples differ as a teacher's would."""
     metadata: dict[str, Any] = request["metadata"] if isinstance(request.get("metadata"), dict) else {}
@@ -166,6 +172,9 @@ def chat_response(seed: int, request: dict[str, Any], *, created: int) -> dict[s
         message["content"] = _sentence(rng, n_words)
         finish_reason = "length" if seed % 11 == 5 else "stop"
         completion_tokens = n_words * 4 // 3
+    if THINKING_MARK in str(request.get("model", "")).lower():
+        message["reasoning_content"] = "Let me think. " + _sentence(rng, rng.randint(15, 40))
+        completion_tokens += 30
     return {
         "id": f"chatcmpl-{generation_id(seed)}",
         "object": "chat.completion",

@@ -44,8 +44,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Macros every connection has before its views, so a view file states a rule by calling it rather
 # than by restating it: ``message_text(m)`` is the text of one chat message given as JSON
-# (``curate.messages``' one rule; '' when it has none).
-MACROS = {"message_text": f"(m) as ({messages.json_message_text('m')})"}
+# (``curate.messages``' one rule; '' when it has none), ``message_reasoning(m)`` its reasoning (NULL when none).
+MACROS = {"message_text": f"(m) as ({messages.json_message_text('m')})",
+          "message_reasoning": f"(m) as ({messages.json_message_reasoning('m')})"}
 _LINE = re.compile(r"\nLINE (\d+): .*", re.DOTALL)
 
 

@@ -17,6 +17,7 @@
 -- completion_tokens  bigint       response.usage.completion_tokens
 -- finished_at        timestamptz  when the generation finished (finishedAt)
 -- metadata           json         request.metadata, a JSON object; NULL when absent
+-- reasoning          varchar      the answer's reasoning (a reasoning model's thinking): choices[0].message.reasoning_content, else .reasoning, the first that is a string (curate.messages.REASONING_KEYS); NULL when none. The answer in messages keeps it under the key it came with
 
 with fields as (
     select id, custom_id, model, prompt_tokens, completion_tokens, finished_at,
@@ -43,7 +44,8 @@ calls as (
            nullif(f[2], 'null') as tools,
            f[5] ->> '$' as finish_reason,
            prompt_tokens, completion_tokens, finished_at,
-           nullif(f[3], 'null') as metadata
+           nullif(f[3], 'null') as metadata,
+           message_reasoning(f[4]) as reasoning
     from fields
     where starts_with(f[1], '[') and starts_with(f[4], '{')
       -- A judge's answer (`curate judge`) is a score of another row, not a conversation to train

@@ -33,6 +33,7 @@
 -- completion_tokens  bigint       its response.usage.completion_tokens
 -- finished_at        timestamptz  when it finished
 -- metadata           json         its request.metadata
+-- reasoning          varchar      its answer's reasoning (as in `chat`); NULL when none
 -- n_calls            bigint       calls in the trajectory: 1 + len(folded_ids)
 -- folded_ids         varchar[]    ids of the calls folded into it, shortest first (then by finished_at, id); empty when none
 

@@ -15,6 +15,7 @@
 -- completion_tokens  bigint       response.usage.completion_tokens
 -- finished_at        timestamptz  when the sample finished
 -- metadata           json         request.metadata: curate_task, curate_source_id, curate_sample_index, curate_params
+-- reasoning          varchar      the teacher's reasoning (as in `chat`); NULL when none
 -- source_id          varchar      the id of the row whose prompt was sent (request.metadata.curate_source_id)
 -- sample_index       integer      which of the K samples of that prompt (0 to K - 1)
 -- temperature        double       the temperature asked for; NULL when the API's default was used

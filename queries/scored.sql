@@ -19,6 +19,7 @@
 -- completion_tokens  bigint                response.usage.completion_tokens
 -- finished_at        timestamptz           when the generation finished
 -- metadata           json                  request.metadata
+-- reasoning          varchar               the answer's reasoning (as in `chat`); NULL when none
 -- refusal            boolean               signals: the answer starts with a listed refusal phrase
 -- refusal_phrase     varchar               signals: that phrase
 -- repetition         double                signals: share of the answer's word 4-grams repeating an earlier one

@@ -76,7 +76,7 @@ step curate export chat --format openai --out demo-out/dataset-openai --where "f
 # Distillation and preference data: a teacher answers the finished chats' prompts 3 times, a judge
 # scores every answer, heuristics flag refusals and truncation; then the best answers as SFT data
 # and best-against-worst pairs as DPO data.
-step curate sample chat --model teacher/big --n 3 --temperature 0.8 --where "finish_reason = 'stop'"
+step curate sample chat --model teacher/big-thinking --n 3 --temperature 0.8 --where "finish_reason = 'stop'"
 step curate harvest
 step curate judge chat --rubric helpfulness --model judge/strict --where "finish_reason = 'stop'"
 step curate harvest

@@ -52,6 +52,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     yield store
 
 
+def load(path: Path, **kwargs: Any) -> Any:
+    """datasets.load_dataset with a cache of the test's own (a shared cache can serve an older folder's rows)."""
+    return datasets.load_dataset(str(path), cache_dir=str(path.parent / f"hf-cache-{path.name}"), **kwargs)
+
+
 def rows(store: Store, sql: str) -> list[dict[str, Any]]:
     return store.arrow(sql).to_pylist()
 
@@ -75,7 +80,7 @@ def test_dpo_pairs_are_what_the_scores_imply(loop: Store, tmp_path: Path) -> Non
         where margin > 0""")[0]["n"]
     result = export(loop, "scored", tmp_path / "dpo", fmt="dpo", test_size=0.2)
     assert expected > 0 and result.pairing["pairs"] == expected
-    loaded = datasets.load_dataset(str(tmp_path / "dpo"))
+    loaded = load(tmp_path / "dpo")
     assert sum(len(split) for split in loaded.values()) == expected
     row = loaded["train"][0]
     assert {"prompt", "chosen", "rejected", "tools"} <= set(loaded["train"].column_names)
@@ -86,7 +91,8 @@ def test_dpo_pairs_are_what_the_scores_imply(loop: Store, tmp_path: Path) -> Non
 def test_a_pairs_sides_name_their_generations_and_scores(loop: Store, tmp_path: Path) -> None:
     export(loop, "scored", tmp_path / "dpo", fmt="dpo", test_size=0)
     scores = {r["id"]: r["judge_helpfulness"] for r in rows(loop, "select id, judge_helpfulness from scored")}
-    lineage = datasets.load_dataset("parquet", data_files=str(tmp_path / "dpo" / "lineage.parquet"))["train"]
+    lineage = datasets.load_dataset("parquet", data_files=str(tmp_path / "dpo" / "lineage.parquet"),
+                                    cache_dir=str(tmp_path / "hf-cache-lineage"))["train"]
     for pair in lineage:
         assert scores[pair["chosen_id"]] == pair["chosen_rank"] > pair["rejected_rank"] == scores[pair["rejected_id"]]
 
@@ -94,13 +100,13 @@ def test_a_pairs_sides_name_their_generations_and_scores(loop: Store, tmp_path: 
 def test_kto_and_openai_preference_load_with_datasets(loop: Store, tmp_path: Path) -> None:
     kto = export(loop, "scored", tmp_path / "kto", fmt="kto", test_size=0)
     openai = export(loop, "scored", tmp_path / "oai", fmt="openai-preference", test_size=0)
-    loaded = datasets.load_dataset(str(tmp_path / "kto"))["train"]
+    loaded = load(tmp_path / "kto")["train"]
     assert {"prompt", "completion", "label"} <= set(loaded.column_names)
     assert sorted(set(loaded["label"])) == [False, True] and len(loaded) == 2 * kto.pairing["pairs"]
     lines = [json.loads(line) for line in (tmp_path / "oai" / "data" / "train.jsonl").read_text().splitlines()]
     assert len(lines) == openai.splits["train"] > 0
     assert all(set(line) == {"input", "preferred_output", "non_preferred_output"} for line in lines)
-    assert datasets.load_dataset(str(tmp_path / "oai"))["train"].num_rows == len(lines)
+    assert load(tmp_path / "oai")["train"].num_rows == len(lines)
 
 
 def test_the_best_answers_export_as_sft_data_filtered_on_scores_and_signals(loop: Store, tmp_path: Path) -> None:
@@ -108,5 +114,5 @@ def test_the_best_answers_export_as_sft_data_filtered_on_scores_and_signals(loop
     wanted = rows(loop, f"select count(*) as n from scored where {where}")[0]["n"]
     result = export(loop, "scored", tmp_path / "sft", where=where, test_size=0, dedup="none")
     assert 0 < wanted == result.counts["filtered"]
-    assert datasets.load_dataset(str(tmp_path / "sft"))["train"].num_rows == result.splits["train"]
+    assert load(tmp_path / "sft")["train"].num_rows == result.splits["train"]
     assert where in (tmp_path / "sft" / "README.md").read_text()

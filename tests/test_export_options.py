@@ -63,7 +63,8 @@ def test_the_defaults_are_the_documented_ones() -> None:
         "fmt": "messages", "where": None, "limit": None, "test_size": 0.1, "split_by": None, "seed": 0,
         "dedup": "exact", "near_on": "prompt", "exclude_contaminated": False, "pii": "keep", "strict": False,
         "license_id": card.PLACEHOLDER_LICENSE, "shard_bytes": exporter.DEFAULT_SHARD_BYTES, "rescan": True,
-        "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None,
+        "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None, "reasoning": None, "think_tags": ("<think>", "</think>"),
+        "tokenizer": None, "max_tokens": None,
     }
 
 
@@ -76,6 +77,10 @@ def test_the_defaults_are_the_documented_ones() -> None:
     ({"dedup": "fuzzy"}, "--dedup fuzzy: expected one of exact, near, none"),
     ({"pii": "hide"}, "--pii hide: expected one of keep, drop, redact"),
     ({"shard_bytes": 0}, "shard_bytes must be positive"),
+    ({"max_tokens": 100}, "--max-tokens 100 needs --tokenizer"),
+    ({"tokenizer": "tok", "max_tokens": 0}, "--max-tokens 0: expected a positive number of tokens"),
+    ({"tokenizer": "tok", "max_tokens": True}, "--max-tokens True: expected a positive number of tokens"),
+    ({"tokenizer": " "}, "--tokenizer: expected a local folder or a Hugging Face Hub id"),
 ])
 def test_a_bad_value_is_refused_when_the_options_are_made(changes: dict[str, Any], message: str,
                                                            store: Store, tmp_path: Path) -> None:
@@ -92,6 +97,7 @@ def test_a_bad_value_is_refused_when_the_options_are_made(changes: dict[str, Any
 def test_the_edges_of_each_range_are_accepted() -> None:
     ExportOptions(test_size=0, limit=1, shard_bytes=1)
     ExportOptions(test_size=0.999)
+    ExportOptions(tokenizer="org/model", max_tokens=1)
     for fmt in formats.FORMATS:
         ExportOptions(fmt=fmt)
     for dedup in DEDUP:
@@ -112,7 +118,8 @@ def test_keyword_arguments_are_the_options_fields(store: Store, tmp_path: Path) 
                 "seed": 7, "dedup": "none", "near_on": "conversation", "exclude_contaminated": True,
                 "pii": "redact", "strict": True, "license_id": "mit", "shard_bytes": 1000, "rescan": False,
                 # rank_by and min_margin are for the preference formats only (tests/test_preference_export.py)
-                "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None}
+                "rank_by": exporter.DEFAULT_RANK_BY, "min_margin": None, "reasoning": "inline",
+                "think_tags": ("<t>", "</t>"), "tokenizer": "org/model", "max_tokens": 2048}
     assert set(keywords) == set(FIELDS)  # every field can be given as a keyword
     assert _resolved(store, tmp_path / "out", **keywords) == ExportOptions(**keywords)
 
@@ -214,6 +221,8 @@ def test_the_command_lines_defaults_are_the_options_defaults() -> None:
         "dedup": defaults["dedup"].value, "exclude_contaminated": defaults["exclude_contaminated"],
         "pii": defaults["pii"].value, "strict": defaults["strict"], "license_id": defaults["license_id"],
         "rescan": not defaults["no_rescan"], "rank_by": defaults["rank_by"], "min_margin": defaults["min_margin"],
+        "reasoning": defaults["reasoning"], "think_tags": export_commands._tags(defaults["think_tags"]),
+        "tokenizer": defaults["tokenizer"], "max_tokens": defaults["max_tokens"],
     }
     defaults_of_the_library = dataclasses.asdict(ExportOptions())
     assert as_options == {name: defaults_of_the_library[name] for name in as_options}
@@ -221,6 +230,8 @@ def test_the_command_lines_defaults_are_the_options_defaults() -> None:
     assert set(FIELDS) - set(as_options) == {"near_on", "shard_bytes"}
     assert export_commands.DEDUP_MODES == DEDUP and export_commands.PII_MODES == PII
     assert export_commands.DEFAULT_RANK_BY == exporter.DEFAULT_RANK_BY
+    assert export_commands.REASONING_MODES == formats.REASONING
+    assert export_commands._tags(export_commands.THINK_TAGS) == formats.THINK
 
 
 def test_the_command_builds_one_options_object(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,11 +246,13 @@ def test_the_command_builds_one_options_object(store: Store, tmp_path: Path, mon
     result = CliRunner().invoke(app, [
         "export", "chat", "--out", str(tmp_path / "out"), "--format", "sharegpt", "--where", "true", "--limit", "9",
         "--test-size", "0.25", "--split-by", "model", "--seed", "5", "--dedup", "none", "--exclude-contaminated",
-        "--pii", "drop", "--no-rescan", "--strict", "--license", "mit", "--db", str(store.path)])
+        "--pii", "drop", "--no-rescan", "--strict", "--license", "mit", "--tokenizer", "org/model", "--max-tokens", "512",
+        "--db", str(store.path)])
     assert result.exit_code == 2, result.output
     assert calls == [("chat", tmp_path / "out", ExportOptions(
         fmt="sharegpt", where="true", limit=9, test_size=0.25, split_by="model", seed=5, dedup="none",
-        exclude_contaminated=True, pii="drop", strict=True, license_id="mit", rescan=False), ["progress"])]
+        exclude_contaminated=True, pii="drop", strict=True, license_id="mit", rescan=False, tokenizer="org/model",
+        max_tokens=512), ["progress"])]
 
 
 def test_the_command_line_with_no_options_asks_for_the_defaults(store: Store, tmp_path: Path,

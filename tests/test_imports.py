@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("huggingface_hub", "datasets", "pyiceberg", "rensa", "starlette")
+HEAVY = ("huggingface_hub", "datasets", "pyiceberg", "rensa", "starlette", "transformers", "tokenizers")
 # What the command line once imported as it started, and imports now only in the commands that use it.
 LAZY = ("duckdb", "pyarrow", "numpy", "httpx", "pydantic", "tenacity", "yaml", "asyncio")
 # curate's modules a bare `import curate` or `import curate.cli` may load: no stage.
@@ -119,7 +119,7 @@ def test_no_module_of_curate_imports_the_package_facade() -> None:
 FOUNDATION = {"errors", "config", "_version", "api_types", "messages"}
 STORE_FLOOR = {"store", "merge", "migrations", "records", "views", "spool", "ledger", "submissions"}
 CURATION = {"neardup", "pii", "decontaminate", "signals"}
-EXPORT = {"exporter", "formats", "card", "publisher"}
+EXPORT = {"exporter", "formats", "card", "publisher", "tokens"}
 
 
 def _import_graph() -> dict[str, set[str]]:

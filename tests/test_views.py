@@ -169,6 +169,7 @@ def chat_row(id: str) -> dict[str, Any]:
         "finish_reason": record["response"]["choices"][0]["finish_reason"],
         "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
         "finished_at": datetime.fromisoformat(record["finishedAt"]), "metadata": compact({"custom_id": f"cid-{id}"}),
+        "reasoning": None,
     }
 
 
@@ -208,6 +209,7 @@ def test_chat_column_types_export_as_plain_arrow_types(db: Store) -> None:
     assert types == {
         "id": "string", "custom_id": "string", "model": "string", "messages": "string", "tools": "string",
         "finish_reason": "string", "prompt_tokens": "int64", "completion_tokens": "int64", "metadata": "string",
+        "reasoning": "string",
     }
 
 
@@ -224,7 +226,7 @@ def test_chat_reads_webhook_group_and_hugging_face_records_like_the_others(store
         {**chat_row("tool-2"), "id": "grp-tool-2"},
         {"id": got[1]["id"], "custom_id": None, "model": None, "messages": compact([PICTURE, CAT]), "tools": None,
          "finish_reason": "stop", "prompt_tokens": None, "completion_tokens": None, "finished_at": None,
-         "metadata": "{}"},
+         "metadata": "{}", "reasoning": None},
         {**chat_row("conv-2"), "id": "wh-conv-2"},
     ]
     assert got[1]["id"].startswith("sha256-")

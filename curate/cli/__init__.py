@@ -23,6 +23,7 @@ from curate.cli.lake_commands import lake_app
 from curate.cli.neardup_commands import dedup_app
 from curate.cli.pii_commands import scan_app
 from curate.cli.score_commands import score_command
+from curate.cli.validate_commands import validate_command
 
 __all__ = ["app", "main"]
 
@@ -39,6 +40,7 @@ for _name, _command in (
     ("stats", stats_commands.stats_command),
     ("snapshot", view_commands.snapshot_command),
     ("export", export_commands.export_command),
+    ("validate", validate_command),
     ("publish", publish_commands.publish_command),
     ("decontaminate", decontaminate_command),
     ("score", score_command),

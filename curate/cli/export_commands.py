@@ -31,8 +31,18 @@ PII_MODES = ("keep", "drop", "redact")
 # curate.exporter.DEFAULT_RANK_BY, restated for the same reason.
 DEFAULT_RANK_BY = "judge_helpfulness"
 
+# curate.formats.REASONING and THINK, restated for the same reason.
+REASONING_MODES = ("drop", "keep", "inline")
+THINK_TAGS = "<think>,</think>"
+Reasoning = Enum("Reasoning", {name: name for name in REASONING_MODES}, type=str)  # type: ignore[misc]
+
 Dedup = Enum("Dedup", {name: name for name in DEDUP_MODES}, type=str)  # type: ignore[misc]
 Pii = Enum("Pii", {name: name for name in PII_MODES}, type=str)  # type: ignore[misc]
+
+
+def _tags(text: str) -> tuple[str, str]:
+    opening, _, closing = text.partition(",")
+    return opening.strip(), closing.strip()
 
 
 def export_command(
@@ -72,6 +82,21 @@ def export_command(
         "--min-margin", help="dpo, kto, openai-preference: a pair only when the chosen rank exceeds the rejected one "
                              "by at least this [default: any positive margin; equal ranks make no pair].",
         show_default=False)] = None,
+    reasoning: Annotated[Reasoning | None, typer.Option(
+        help="What reasoning models' thinking becomes: keep (reasoning_content on the assistant messages), inline "
+             "(before the content, between --think-tags) or drop [default: drop for openai, openai-preference, "
+             "sharegpt and alpaca, which have no field for it; keep for the others].", show_default=False)] = None,
+    think_tags: Annotated[str, typer.Option(
+        help="--reasoning inline: the opening and closing tags, comma-separated.")] = THINK_TAGS,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", metavar="NAME_OR_PATH",
+        help="Count each row's tokens with the target model's tokenizer and chat template, as a trainer does (a "
+             "local folder or a Hugging Face Hub id; needs curate[tokenizer]); the card gets per-split statistics.",
+        show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", metavar="N",
+        help="With --tokenizer: drop the rows longer than N tokens (counted by reason), never truncate them "
+             "[default: drop none, only count].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     db: DbOption = None,
     lake: LakeOption = None,
@@ -91,6 +116,8 @@ def export_command(
             fmt=fmt.value, where=where, limit=limit, test_size=test_size, split_by=split_by, seed=seed,
             dedup=dedup.value, exclude_contaminated=exclude_contaminated, pii=pii.value, strict=strict,
             license_id=license_id, rescan=not no_rescan, rank_by=rank_by, min_margin=min_margin,
+            reasoning=None if reasoning is None else reasoning.value, think_tags=_tags(think_tags),
+            tokenizer=tokenizer, max_tokens=max_tokens,
         )
         result = export(store, source, out_dir, options, progress=None if as_json else lambda message: err.print(
             f"[{time.perf_counter() - started:5.1f}s] {message}", style="dim", highlight=False))
