@@ -163,7 +163,8 @@ def _reasoning_prose(facts: Facts) -> str:
                 "included), the key chat templates read.")
     if facts.reasoning == "inline":
         return (f"{rows} have it, written into the assistant messages' content before the answer, between think "
-                "tags (`--reasoning inline`).")
+                "tags (`--reasoning inline`; a message whose content is a list of parts keeps its parts and loses "
+                "its reasoning).")
     return f"{rows} had it; dropped (`--reasoning drop`, or a format with no field for it)."
 
 

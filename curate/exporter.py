@@ -401,7 +401,7 @@ keyed as (
     -- are hashes of these, not of copies of the messages.
     select *,
            case when matched and reason is null then md5(coalesce(split_key, {opening}, id)) end as split_group,
-           case when matched and reason is null then list_transform(t, lambda m: hash(m)) end as message_hashes
+           case when matched and reason is null then list_transform(t, lambda m: {formats.message_hash("m", options.reasoning_mode)}) end as message_hashes
     from checked
 )
 select id, generation_ids, model, finish_reason, prompt_tokens, completion_tokens, finished_at,
@@ -864,8 +864,23 @@ def _count_tokens(con: duckdb.DuckDBPyConnection, decisions: _Decisions, options
     columns = formats.columns(options.fmt, options.reasoning_mode, options.think_tags)
     lengths = tokens.count_rows(con, f"(select rowid, * from {table} where keep)", options.fmt, columns, tokenizer)
     con.register("export_token_counts", lengths)
-    con.execute("create table work.export_tokens as select key as rid, tokens from export_token_counts")
+    con.execute("create table work.export_tokens as select key as rid, tokens, refused from export_token_counts")
     con.unregister("export_token_counts")
+    # A row the chat template refuses would stop the trainer: dropped, counted by the template's words.
+    for why, n, examples in con.execute(f"""
+            select 'the chat template refuses it: ' || e.refused, count(*), list(r.id order by r.id)[1:3]
+            from {table} r join work.export_tokens e on e.rid = r.rowid
+            where r.keep and e.refused is not null group by all order by 2 desc, 1""").fetchall():
+        decisions.invalid[why] = n
+        decisions.invalid_examples[why] = list(examples)
+    refused = sum(n for why, n in decisions.invalid.items() if why.startswith("the chat template refuses it: "))
+    if refused:
+        con.execute(f"update {table} set keep = false where keep and rowid in "
+                    "(select rid from work.export_tokens where refused is not null)")
+        _count_again(con, decisions, options.fmt)
+        kept -= refused
+        if not decisions.splits:
+            raise ExportError(f"nothing to export: the chat template of {tokenizer.name} refuses all {refused:,} rows")
     reason, dropped = (f"over {limit} tokens" if limit is not None else ""), 0
     if limit is not None:
         over = f"select rid from work.export_tokens where tokens > {int(limit)}"

@@ -132,6 +132,7 @@ __all__ = [
     "drop_reason",
     "dumps",
     "first_reason",
+    "message_hash",
     "message_list_json",
     "messages_from_arrow",
     "pairs",
@@ -154,6 +155,12 @@ JSONL_FORMATS = ("openai", "catalyst", "openai-preference")
 REASONING = ("drop", "keep", "inline")
 NO_REASONING_FIELD = ("openai", "openai-preference", "sharegpt", "alpaca")
 THINK = ("<think>", "</think>")
+
+
+def message_hash(m: str, reasoning: str) -> str:
+    """SQL: the hash of one typed message as the files hold it, by which exact duplicates and equal
+    answers are found: with ``drop``, two messages that differ only in reasoning are the same."""
+    return f"hash(struct_update({m}, reasoning_content := null::varchar))" if reasoning == "drop" else f"hash({m})"
 
 
 def default_reasoning(fmt: str) -> str:
@@ -696,7 +703,7 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | N
         con.register("src", src)
         cols = columns(fmt, reasoning, think)
         if fmt in PREFERENCE_FORMATS:
-            rows = _convert_pairs(con, fmt, names, optional, min_margin, cols)
+            rows = _convert_pairs(con, fmt, names, optional, min_margin, cols, reasoning)
         else:
             rows = con.sql(f"""
             with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional} from src),
@@ -715,7 +722,7 @@ def convert(batch: pa.RecordBatch | pa.Table, fmt: str, *, min_margin: float | N
 
 
 def _convert_pairs(con: duckdb.DuckDBPyConnection, fmt: str, names: list[str], optional: str,
-                   min_margin: float | None, columns: dict[str, str]) -> pa.Table:
+                   min_margin: float | None, columns: dict[str, str], reasoning: str) -> pa.Table:
     """``convert`` for a preference format: the rows dropped (with their reason, columns NULL), then
     the pairs (reason NULL)."""
     rank = "rank" if "rank" in names else "null::double"
@@ -728,7 +735,8 @@ def _convert_pairs(con: duckdb.DuckDBPyConnection, fmt: str, names: list[str], o
         with r as (select row_number() over () as n, id, {typed_messages("messages")} as t, {optional},
                           messages::varchar as messages_text, {rank} as rank, {finished} as finished_at from src),
              d as (select *, {drop_reason(fmt)} as reason, {prompt_key("messages_text", "tools")} as prompt_key,
-                          hash(list_transform(t, lambda m: hash(m)), tools) as content_hash from r),
+                          hash(list_transform(t, lambda m: {message_hash("m", reasoning)}), tools) as content_hash
+                   from r),
              p as ({pairs(answers, min_margin)}),
              sides as (
                  select p.chosen_rid as pair, 0 as side, c.id, c.t, j.t as rejected_t, c.tools, c.model,

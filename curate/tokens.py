@@ -363,8 +363,10 @@ def _row_json(fmt: str, columns: Mapping[str, str]) -> str:
 def count_rows(con: duckdb.DuckDBPyConnection, rows: str, fmt: str, columns: Mapping[str, str],
                tokenizer: Tokenizer, *, key: str = "rowid",
                progress: Callable[[int], None] | None = None) -> pa.Table:
-    """Each row's token count, as ``(key, tokens)``: ``rows`` is a table or a subquery with the
-    columns ``columns`` reads (``t``, ``tools``, ...; see ``curate.formats.columns``) and ``key``.
+    """Each row's token count, as ``(key, tokens, refused)``: ``rows`` is a table or a subquery with
+    the columns ``columns`` reads (``t``, ``tools``, ...; see ``curate.formats.columns``) and ``key``.
+    A row the chat template refuses to render (Mistral's and Gemma's raise on roles they do not
+    take) has no count (NULL) and ``refused`` says why, in one line; it does not stop the others.
 
     Read in Arrow batches of ``BATCH_ROWS``; each row becomes its format's conversations
     (:func:`conversations`), rendered per tools (:meth:`Tokenizer.render`), and the batch's texts
@@ -380,22 +382,26 @@ def count_rows(con: duckdb.DuckDBPyConnection, rows: str, fmt: str, columns: Map
                      f"from {rows} as rows").to_arrow_reader(BATCH_ROWS)
     keys: list[pa.Array] = []
     counts: list[pa.Array] = []
+    refusals: list[pa.Array] = []
     parsed_tools: dict[str, Any] = {}
     done = 0
 
-    def finish(batch_keys: pa.Array, owners: list[int], encoded: Future[list[int]]) -> None:
+    def finish(batch_keys: pa.Array, owners: list[int], encoded: Future[list[int]], refused: dict[int, str]) -> None:
         nonlocal done
-        lengths = [0] * len(batch_keys)
+        lengths: list[int | None] = [0] * len(batch_keys)
         for i, n in zip(owners, encoded.result(), strict=True):
-            lengths[i] = max(lengths[i], n)
+            lengths[i] = max(lengths[i] or 0, n)
+        for i in refused:
+            lengths[i] = None
         keys.append(batch_keys)
         counts.append(pa.array(lengths, pa.int64()))
+        refusals.append(pa.array([refused.get(i) for i in range(len(batch_keys))], pa.string()))
         done += len(batch_keys)
         if progress is not None:
             progress(done)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-tokens") as encoder:
-        pending: tuple[pa.Array, list[int], Future[list[int]]] | None = None
+        pending: tuple[pa.Array, list[int], Future[list[int]], dict[int, str]] | None = None
         for batch in reader:
             groups: dict[str | None, tuple[list[int], list[list[Any]]]] = {}
             for i, (text, tools) in enumerate(zip(batch.column(2).to_pylist(), batch.column(1).to_pylist(),
@@ -406,19 +412,30 @@ def count_rows(con: duckdb.DuckDBPyConnection, rows: str, fmt: str, columns: Map
                     convs.append(conversation)
             owners: list[int] = []
             texts: list[str] = []
+            refused: dict[int, str] = {}
             for tools, (members, convs) in groups.items():
                 if tools is not None and tools not in parsed_tools:
                     parsed_tools[tools] = orjson.loads(tools)
-                texts += tokenizer.render(convs, None if tools is None else parsed_tools[tools])
-                owners += members
+                offered = None if tools is None else parsed_tools[tools]
+                try:
+                    texts += tokenizer.render(convs, offered)
+                    owners += members
+                except Exception:  # noqa: BLE001 - a template may raise anything: find the rows, one by one
+                    for member, conversation in zip(members, convs, strict=True):
+                        try:
+                            texts += tokenizer.render([conversation], offered)
+                            owners.append(member)
+                        except Exception as exc:  # noqa: BLE001 - the row is refused, with the template's words
+                            refused.setdefault(member, _first_line(exc)[:120])
             encoded = encoder.submit(tokenizer.lengths, texts)
             if pending is not None:
                 finish(*pending)
-            pending = (batch.column(0), owners, encoded)
+            pending = (batch.column(0), owners, encoded, refused)
         if pending is not None:
             finish(*pending)
     key_type = reader.schema.field(0).type
-    return pa.table({"key": pa.chunked_array(keys, key_type), "tokens": pa.chunked_array(counts, pa.int64())})
+    return pa.table({"key": pa.chunked_array(keys, key_type), "tokens": pa.chunked_array(counts, pa.int64()),
+                     "refused": pa.chunked_array(refusals, pa.string())})
 
 
 def split_stats(con: duckdb.DuckDBPyConnection, table: str, lengths: str) -> list[tuple[Any, ...]]:
@@ -454,8 +471,9 @@ def token_lengths(store: ReadableStore, source: str, tokenizer: str | os.PathLik
                   where: str | None = None, fmt: str = "messages") -> pa.Table:
     """Each row of ``source`` (a view name or a SELECT with ``id`` and ``messages``) matching
     ``where``, with its length in tokens as a trainer counts it with ``tokenizer`` (a folder, a Hub
-    id, or a tokenizer already loaded): ``(id, tokens)``, in the source's order, for plotting the
-    distribution before choosing ``curate export --max-tokens``.
+    id, or a tokenizer already loaded): ``(id, tokens, refused)``, in the source's order, for plotting
+    the distribution before choosing ``curate export --max-tokens``; ``tokens`` is NULL and
+    ``refused`` says why for a row the chat template refuses to render.
 
     Counted as an export in ``fmt`` counts (default ``messages``): the rows ``fmt`` cannot hold are
     left out; nothing is deduplicated. For ``dpo``, ``kto`` and ``openai-preference`` each answer
@@ -493,7 +511,7 @@ def token_lengths(store: ReadableStore, source: str, tokenizer: str | os.PathLik
             counted = _SIDE_FORMAT.get(fmt, fmt)
             lengths = count_rows(con, "fitting", counted, formats.columns(counted), loaded, key="n")
             con.register("lengths", lengths)
-            return con.sql(f"""select rows.id, lengths.tokens from read_parquet({quoted}) as rows
+            return con.sql(f"""select rows.id, lengths.tokens, lengths.refused from read_parquet({quoted}) as rows
                                join lengths on lengths.key = rows.n order by rows.n""").to_arrow_table()
         finally:
             con.close()

@@ -163,3 +163,26 @@ def test_an_export_loads_itself_as_a_dataset_dict(thinking: Store, tmp_path: Pat
     result = export(thinking, "chat", tmp_path / "out", test_size=0, dedup="none")
     loaded = result.load(cache_dir=str(tmp_path / "hf-cache"))
     assert isinstance(loaded, datasets.DatasetDict) and loaded["train"].num_rows == result.splits["train"] == 6
+
+
+def test_rows_differing_only_in_reasoning_are_duplicates_where_reasoning_is_dropped(store: Store, tmp_path: Path) -> None:
+    same = [record(1, reasoning={"reasoning_content": thought}) for thought in ("one way", "another way", "")]
+    for rec in same:  # one request and one answer, three thoughts
+        rec["id"] = f"{rec['id']}-{len(rec['response']['choices'][0]['message']['reasoning_content'])}"
+    store.ingest_texts([json.dumps(r) for r in same], source="test")
+    dropped = export(store, "chat", tmp_path / "openai", fmt="openai", test_size=0)
+    kept = export(store, "chat", tmp_path / "messages", test_size=0)
+    assert dropped.counts["deduplicated"] == 1  # the files would hold three identical lines
+    assert kept.counts["deduplicated"] == 3  # the files hold three different thoughts
+
+
+def test_answers_differing_only_in_reasoning_make_no_pair_where_it_is_dropped(store: Store, tmp_path: Path) -> None:
+    a = record(1, reasoning={"reasoning_content": "careful"})
+    b = record(1, reasoning={"reasoning_content": "hasty"})
+    b["id"] = a["id"] + "-b"
+    a["response"]["usage"]["completion_tokens"], b["response"]["usage"]["completion_tokens"] = 50, 10
+    store.ingest_texts([json.dumps(a), json.dumps(b)], source="test")
+    with pytest.raises(ExportError, match="the chosen and rejected answers are the same"):
+        export(store, "chat", tmp_path / "pref", fmt="openai-preference", rank_by="completion_tokens", test_size=0)
+    result = export(store, "chat", tmp_path / "dpo", fmt="dpo", rank_by="completion_tokens", test_size=0)
+    assert result.pairing["pairs"] == 1  # dpo keeps the reasoning, so the two answers differ

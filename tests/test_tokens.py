@@ -245,7 +245,7 @@ def test_token_lengths_are_the_trainers_counts_of_the_exported_rows(filled: Stor
     expected = {row_id: _trainer_count(reference, row["messages"], row["tools"]) for row_id, row in zip(lineage, rows,
                                                                                                         strict=True)}
     lengths = token_lengths(filled, "chat", tokenizer_dir)
-    assert lengths.column_names == ["id", "tokens"]
+    assert lengths.column_names == ["id", "tokens", "refused"]
     assert dict(zip(lengths.column("id").to_pylist(), lengths.column("tokens").to_pylist(), strict=True)) == expected
     assert _card_stats(result.card) == {"train": _stats(list(expected.values()))}
     # The rows the synthetic traffic lacks were among them, and counted with what they hold.
@@ -496,3 +496,17 @@ def test_the_command_line_counts_and_drops(filled: Store, tmp_path: Path, tokeni
                                        "--tokenizer", str(tmp_path / "nowhere") + "/tok"])
     assert missing.exit_code == 2 and "no such folder" in missing.output
 
+
+
+def test_a_row_the_chat_template_refuses_is_dropped_and_counted_not_a_crash(filled: Store, tmp_path: Path) -> None:
+    # Mistral's and Gemma's templates raise on roles they do not take; here: tool messages.
+    refusing = TEMPLATE.replace("{%- for m in messages %}", "{%- for m in messages %}{% if m.role == 'tool' %}"
+                                "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}")
+    folder = _train(tmp_path / "refusing", template=refusing)
+    result = export(filled, "chat", tmp_path / "out", test_size=0, dedup="none", tokenizer=str(folder))
+    reason = "the chat template refuses it: Conversation roles must alternate user/assistant"
+    assert result.invalid[reason] == 1 and result.invalid_examples[reason] == ["special-tool-result"]
+    assert "special-tool-result" not in pq.read_table(tmp_path / "out" / "lineage.parquet").column("id").to_pylist()
+    lengths = {r["id"]: r for r in token_lengths(filled, "chat", folder).to_pylist()}
+    assert lengths["special-tool-result"]["tokens"] is None
+    assert lengths["special-tool-result"]["refused"].startswith("Conversation roles must alternate")
