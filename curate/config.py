@@ -9,6 +9,8 @@ ids, the path token, a lake URI that may carry a password) never show in a repr 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,8 +19,17 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 
 from curate.errors import UsageError
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_DB", "DEFAULT_LAKE_BATCH_ROWS", "DEFAULT_MEMORY_LIMIT", "ENVIRONMENT", "BadSetting", "MissingApiKey",
-           "Settings"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_DB",
+    "DEFAULT_LAKE_BATCH_ROWS",
+    "DEFAULT_MEMORY_LIMIT",
+    "ENVIRONMENT",
+    "BadSetting",
+    "MissingApiKey",
+    "Settings",
+    "environment_set",
+]
 
 DEFAULT_BASE_URL = "https://api.inference.net"
 DEFAULT_DB = Path("curate.duckdb")
@@ -141,3 +152,19 @@ class Settings(BaseModel):
         if self.api_key is None or not self.api_key.get_secret_value().strip():
             raise MissingApiKey()
         return self.api_key.get_secret_value()
+
+
+@contextmanager
+def environment_set(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` in the environment while the block runs, then as it was: for a
+    library that reads the environment itself (transformers' advice that PyTorch is missing, which
+    a tokenizer does not need). Here so that the environment is touched in one module."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

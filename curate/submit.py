@@ -188,11 +188,11 @@ def _parse(path: Path) -> Iterator[tuple[int, _Line | str]]:
             yield number, why if why else _Line(number, submissions.line_key(body), body)
 
 
-def _check(path: Path | str, parsed: Iterable[tuple[int, _Line | str]]) -> None:
-    """Refuse the file, naming every bad line, before anything is sent."""
+def _check(path: Path | str, parsed: Iterable[tuple[int, _Line | str]] | None = None) -> None:
+    """Refuse the file (or ``parsed``, the requests named ``path``), naming every bad line, before anything is sent."""
     problems: list[tuple[int, str]] = []
     first_seen: dict[str, int] = {}
-    for number, line in parsed:
+    for number, line in parsed if parsed is not None else _parse(Path(path)):
         if isinstance(line, str):
             problems.append((number, line))
         elif line.key in first_seen:
@@ -203,10 +203,10 @@ def _check(path: Path | str, parsed: Iterable[tuple[int, _Line | str]]) -> None:
         raise InvalidRequests(path, problems)
 
 
-def _read(path: Path | str, parsed: Iterable[tuple[int, _Line | str]]) -> Iterator[_Line]:
+def _read(path: Path | str, parsed: Iterable[tuple[int, _Line | str]] | None = None) -> Iterator[_Line]:
     """The lines ``_check`` passed; a file changed since then is refused where it changed."""
     seen: set[str] = set()
-    for number, line in parsed:
+    for number, line in parsed if parsed is not None else _parse(Path(path)):
         if isinstance(line, str) or line.key in seen:
             why = line if isinstance(line, str) else "the same request as an earlier line"
             raise InvalidRequests(path, [(number, f"{why} (the file changed while it was being sent)")])

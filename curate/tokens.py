@@ -178,18 +178,14 @@ class Tokenizer:
 def _transformers() -> Any:
     """The transformers module, imported now; its advice that PyTorch is missing is not shown (a
     tokenizer needs no PyTorch)."""
-    previous = os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS")
-    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
-    try:
-        import transformers
-    except ImportError as exc:
-        raise TokenizerError(f"--tokenizer needs transformers, tokenizers and jinja2, which are not installed "
-                             f"({exc}): {EXTRA}") from None
-    finally:
-        if previous is None:
-            os.environ.pop("TRANSFORMERS_NO_ADVISORY_WARNINGS", None)
-        else:
-            os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = previous
+    from curate.config import environment_set
+
+    with environment_set("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"):
+        try:
+            import transformers
+        except ImportError as exc:
+            raise TokenizerError(f"--tokenizer needs transformers, tokenizers and jinja2, which are not installed "
+                                 f"({exc}): {EXTRA}") from None
     return transformers
 
 
