@@ -117,6 +117,7 @@ def make_store(conversations: int, memory_limit: str) -> Path:
     DATA.mkdir(exist_ok=True)
     db = DATA / f"export-{conversations}.duckdb"
     if db.exists():
+        Store(db, memory_limit=memory_limit).migrate()  # a store built by an older curate: readers refuse it
         return db
     # 4 lines make 3 trajectories, and ~4 % of lines are Failed; a few extra lines cover both.
     lines = int(conversations * 4 / 3 / 0.955) + 1000
