@@ -80,7 +80,7 @@ import pyarrow as pa
 
 from curate import card, formats
 from curate.errors import UsageError
-from curate.store import ReadableStore, Store, no_progress_bar
+from curate.store import ReadableStore, Store, no_progress_bar, source_query
 
 __all__ = [
     "DEDUP",
@@ -272,15 +272,6 @@ class ExportSummary:
         except ImportError:
             raise ImportError("ExportSummary.load() needs datasets: pip install 'curate[notebook]'") from None
         return datasets.load_dataset(str(self.folder), **kwargs)
-
-
-def _source_query(source: str) -> str:
-    text = source.strip().rstrip(";").strip()
-    if not text:
-        raise ExportError("SOURCE is empty: give a view name (chat, conversations, ...) or a SELECT")
-    if _IDENT.fullmatch(text):
-        return f'select * from "{text}"'
-    return text
 
 
 def _check_folder(folder: Path) -> str | None:
@@ -536,8 +527,28 @@ def _drop_unseen(con: duckdb.DuckDBPyConnection, counts: dict[str, int], step: s
         counts[step] = _drop(con, unseen)
 
 
+def _drop_by_eval_sets_and_pii(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes,
+                               counts: dict[str, int], removed: dict[str, dict[str, int]]) -> None:
+    """``--exclude-contaminated`` and ``--pii drop|redact`` on the kept rows, each a counted step
+    (the rows a pass has not seen as they are, first); what they removed, into ``removed``."""
+    if options.exclude_contaminated:
+        _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
+        removed["eval sets"] = dict(con.execute("""
+            select eval_set, count(*) from (
+                select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
+                where r.keep)
+            group by eval_set order by eval_set""").fetchall())
+        counts["decontaminated"] = _drop(con, "select id from work.contaminated")
+    if options.pii in ("drop", "redact"):
+        _drop_unseen(con, counts, "scanned for PII", ["pii"] if passes.pii else [])
+    if options.pii == "drop":
+        counts["without PII"] = _drop(con, "select id from work.pii")
+    elif options.pii == "redact":
+        counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
+
+
 def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes) -> _Decisions:
-    limit, dedup, pii = options.limit, options.dedup, options.pii
+    limit, dedup = options.limit, options.dedup
     source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
         # A seeded sample: the first N matching rows in the stored (shuffled) order.
@@ -566,20 +577,7 @@ def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Pas
     if dedup == "near":  # one row per cluster: its representative
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
         counts["near-deduplicated"] = _drop(con, "select id from work.near where id <> cluster_id")
-    if options.exclude_contaminated:
-        _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
-        removed["eval sets"] = dict(con.execute("""
-            select eval_set, count(*) from (
-                select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
-                where r.keep)
-            group by eval_set order by eval_set""").fetchall())
-        counts["decontaminated"] = _drop(con, "select id from work.contaminated")
-    if pii in ("drop", "redact"):
-        _drop_unseen(con, counts, "scanned for PII", ["pii"] if passes.pii else [])
-    if pii == "drop":
-        counts["without PII"] = _drop(con, "select id from work.pii")
-    elif pii == "redact":
-        counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
+    _drop_by_eval_sets_and_pii(con, options, passes, counts, removed)
     splits = dict(con.execute(
         "select split, count(*) from work.export_rows where keep group by split order by split desc").fetchall())
     shared_keys = _one(con, """select count(*) from (select split_group from work.export_rows where keep
@@ -609,7 +607,7 @@ def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes
     near-duplicate prompts) and written, each on the side of its chosen row's split key (the
     prompt's opening or cluster: both answers share it). The table written is ``work.export_pairs``:
     one row per pair, or for kto one per side, the chosen side first."""
-    limit, dedup, pii = options.limit, options.dedup, options.pii
+    limit, dedup = options.limit, options.dedup
     prompt = "coalesce(prompt_key, 'row:' || id)"
     source = _one(con, "select count(*) from work.export_rows")
     if limit is not None:
@@ -628,20 +626,7 @@ def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes
     # The passes that act on rows act before the pairing: a row they drop takes no part.
     if dedup == "near":
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
-    if options.exclude_contaminated:
-        _drop_unseen(con, counts, "checked against the eval sets", [f"decontaminate:{n}" for n in passes.eval_sets])
-        removed["eval sets"] = dict(con.execute("""
-            select eval_set, count(*) from (
-                select unnest(c.eval_sets) as eval_set from work.export_rows r join work.contaminated c using (id)
-                where r.keep)
-            group by eval_set order by eval_set""").fetchall())
-        counts["decontaminated"] = _drop(con, "select id from work.contaminated")
-    if pii in ("drop", "redact"):
-        _drop_unseen(con, counts, "scanned for PII", ["pii"] if passes.pii else [])
-    if pii == "drop":
-        counts["without PII"] = _drop(con, "select id from work.pii")
-    elif pii == "redact":
-        counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
+    _drop_by_eval_sets_and_pii(con, options, passes, counts, removed)
     answers = (f"select rowid as rid, {prompt} as prompt_key, rank, finished_at, id, content_hash "
                "from work.export_rows where keep")
     try:
@@ -1061,7 +1046,7 @@ def export(
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     options = _options(options, changes)
-    query = _source_query(source)
+    query = source_query(source)
     out = Path(folder)
     existing_card = _check_folder(out)
     passes = _bring_passes_up_to_date(store, options, say)

@@ -447,17 +447,6 @@ def split_stats(con: duckdb.DuckDBPyConnection, table: str, lengths: str) -> lis
 # ---------------------------------------------------------------- for a notebook
 
 
-def _source_query(source: str) -> str:
-    import re
-
-    text = source.strip().rstrip(";").strip()
-    if not text:
-        raise UsageError("SOURCE is empty: give a view name (chat, conversations, ...) or a SELECT")
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
-        return f'select * from "{text}"'
-    return text
-
-
 # The row formats a preference format's answer rows are counted as: one side of a pair is an
 # answer row's whole conversation (prompt + answer), written the same way.
 _SIDE_FORMAT = {"dpo": "messages", "kto": "messages", "openai-preference": "openai"}
@@ -481,7 +470,9 @@ def token_lengths(store: ReadableStore, source: str, tokenizer: str | os.PathLik
     if fmt not in formats.FORMATS:
         raise UsageError(f"fmt {fmt!r}: expected one of {', '.join(formats.FORMATS)}")
     loaded = load(tokenizer)
-    query = _source_query(source)
+    from curate.store import source_query
+
+    query = source_query(source)
     described = store.arrow(f"describe select * from ({query}) as source")
     names = set(described.column("column_name").to_pylist())
     missing = [name for name in ("id", "messages") if name not in names]
