@@ -454,6 +454,17 @@ _TOOL_ANSWERS_NOTHING: Rule = (
      "(t[i].tool_call_id is not null and not coalesce(list_contains(flatten(list_transform(t[1:i - 1], "
      "lambda m: list_transform(coalesce(m.tool_calls, []), lambda c: c.id))), t[i].tool_call_id), false))))), false)"),
     "tool message does not answer an earlier tool call")
+# What curate writes for TRL must pass what `curate validate` checks of it: the formats a trainer
+# reads as conversations also drop a row with an unknown role, a tool call off an assistant turn,
+# or a tool message answering nothing, and, where there is a prompt (all but the answer), one
+# whose prompt ends in a role a chat template refuses (tests/test_validate.py holds them together).
+_ANSWERED_PROMPT_END: Rule = ("len(t) > 1 and t[-2].role not in ('user', 'tool', 'assistant')",
+                              "the prompt does not end with a user, tool or assistant message")
+for _fmt in ("messages", "prompt-completion", "dpo", "kto"):
+    _RULES[_fmt] += [_UNKNOWN_ROLE, _CALLS_OFF_ASSISTANT, _TOOL_ANSWERS_NOTHING]
+for _fmt in ("prompt-completion", "dpo", "kto"):
+    _RULES[_fmt].append(_ANSWERED_PROMPT_END)
+
 # SFT trains on the assistant turns: a conversation with none teaches nothing (and TRL's
 # assistant_only_loss stops on it).
 _NO_ASSISTANT: Rule = ("not " + _any("t", "m.role = 'assistant'"), "no assistant message")

@@ -391,3 +391,39 @@ def test_the_exit_status_as_a_user_sees_it(exported: dict[str, Path], tmp_path: 
     bad = subprocess.run([CURATE, "validate", str(broken)], capture_output=True, text=True, env=env, timeout=120,
                          check=False)
     assert bad.returncode == 1 and "no assistant message" in bad.stdout
+
+
+def _malformed_records() -> list[dict[str, Any]]:
+    """Conversations a store can hold that a trainer cannot read (found by review)."""
+    from curate.synthetic import generation_record
+
+    def with_messages(seed: int, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        record = generation_record(seed, state="Success")
+        record["id"] = f"malformed-{seed}"
+        record["request"].pop("tools", None)
+        record["request"]["messages"] = messages
+        record["response"]["choices"][0]["message"] = {"role": "assistant", "content": "ok"}
+        return record
+
+    return [
+        with_messages(1, [{"role": "user", "content": "hi"},
+                          {"role": "tool", "tool_call_id": "call_nowhere", "content": "{}"}]),  # answers nothing
+        with_messages(2, [{"role": "system", "content": "Be terse."}]),  # the prompt ends with a system message
+        with_messages(3, [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"},
+                          {"role": "user", "content": "and?"}]),  # an unknown role
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["messages", "prompt-completion"])
+def test_what_curate_writes_of_malformed_conversations_passes_validate(store: Store, tmp_path: Path, fmt: str) -> None:
+    from curate.synthetic import generation_record
+
+    records = [generation_record(seed, state="Success") for seed in range(20)] + _malformed_records()
+    store.ingest_texts([json.dumps(r) for r in records], source="test")
+    result = export(store, "chat", tmp_path / "out", fmt=fmt, test_size=0, dedup="none")
+    dropped = {i for ids in result.invalid_examples.values() for i in ids}
+    assert {"malformed-1", "malformed-3"} <= dropped
+    if fmt == "prompt-completion":
+        assert "malformed-2" in dropped
+    report = validate(tmp_path / "out", cache_dir=tmp_path / "hf-cache")
+    assert report.broken == 0, report
