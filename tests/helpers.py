@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CURATE", "free_port", "held", "listen_process"]
+__all__ = ["CURATE", "free_port", "held", "listen_process", "spooled_done"]
 
 CURATE = str(Path(sys.executable).parent / "curate")
 
@@ -84,3 +84,19 @@ def empty_lake(folder: Path) -> str:
     with Lake(str(folder)) as lake:
         lake.catalog  # noqa: B018 -- connecting makes the catalog
     return str(folder)
+
+
+def spooled_done(folder: Path, segment_prefix: str = "") -> set[str]:
+    """Ids the spool's segments (those whose name starts with ``segment_prefix``: one process's)
+    record as polled to the end, in their ``polled`` frames' ``done``. A harvest appends those
+    frames with the bodies they are about, in one write."""
+    from curate import spool
+
+    done: set[str] = set()
+    for path in spool.segments(folder):
+        if path.name.startswith(segment_prefix):
+            records, _, _ = spool.read_records(path.read_bytes(), len(spool.MAGIC))
+            for record in records:
+                if record.header.get("op") == "polled":
+                    done.update(i for i, _ in record.header.get("done") or [])
+    return done

@@ -22,7 +22,7 @@ from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request, generation_record
 from tests.conftest import write_jsonl
-from tests.helpers import CURATE, held
+from tests.helpers import CURATE, held, spooled_done
 
 WEBHOOK_ID = "wh-Sekr1tW3bh00kId"
 
@@ -96,16 +96,22 @@ def test_a_harvest_spools_no_webhook_id_while_another_process_holds_the_store(tm
         requests = write_jsonl(tmp_path / "r.jsonl", [chat_request(seed) for seed in range(3)])
         submit_file(store, settings, requests, SubmitOptions(group_size=1, rpm=None, webhook_id=WEBHOOK_ID))
         time.sleep(0.3)  # finished in the sandbox
+        made = set(sandbox.generation_ids())
         leaked: list[str] = []
         with held(store.path, 60, mode="ro"):
             done = threading.Event()
             worker = threading.Thread(target=lambda: (harvest(store, settings, rpm=None, once=True,
                                                               client_options={"backoff": 0.01}), done.set()))
             worker.start()
+            # Looked at until the harvest has spooled every generation (each body is in the write
+            # that says it is done; then it only waits for the file), or for 10 s at most.
             deadline = time.monotonic() + 10
             while not leaked and time.monotonic() < deadline:
                 time.sleep(0.1)
+                spooled_all = made <= spooled_done(store.spool_dir)
                 leaked = [p.name for p in store.spool_dir.glob("*") if WEBHOOK_ID.encode() in p.read_bytes()]
+                if spooled_all:
+                    break
         worker.join(timeout=30)
         assert done.is_set()
     assert leaked == []

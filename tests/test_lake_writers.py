@@ -175,7 +175,9 @@ def test_four_killed_writers_and_a_maintainer_leave_every_generation_once(
             ]
             for proc in restarted:
                 assert proc.wait(180) == 0, [(tmp_path / f"{n}.log").read_text()[-2000:] for n in db]
-            time.sleep(4)  # the sandbox's retries of deliveries the dead listener missed
+            # The sandbox's retries of deliveries the dead listener missed: its backoff (0.5, 1, 2 s)
+            # ends within 4 s, and nothing is left to retry once none is scheduled or in flight.
+            sandbox.wait_for_webhooks(timeout=4)
             listener.send_signal(signal.SIGTERM)
             assert listener.wait(60) == 0, (tmp_path / "listen.log").read_text()[-3000:]
             # What no delivery brought is in the listener's ledger: a harvest collects it.

@@ -1,7 +1,7 @@
 """Writers killed at any moment, or kept off the file by a reader: what was acknowledged is stored once.
 
 Real processes: ``curate listen`` and harvests SIGKILLed at random moments, and a read-only holder
-of the store's file for a whole minute while both work. ``CURATE_KILL_TRIALS``,
+of the store's file for four of the writers' lock timeouts while both work. ``CURATE_KILL_TRIALS``,
 ``CURATE_HARVEST_KILL_TRIALS`` and ``CURATE_HOLD_SECONDS`` scale them (the benchmark runs more).
 """
 
@@ -30,12 +30,20 @@ from curate.store import Store
 from curate.submit import SubmitOptions, submit_file
 from curate.synthetic import chat_request
 from tests.conftest import write_jsonl
-from tests.helpers import CURATE, held, listen_process
+from tests.helpers import CURATE, held, listen_process, spooled_done
 
 WID = "wh-Sp00lK1ll"
 KILL_TRIALS = int(os.environ.get("CURATE_KILL_TRIALS", "5"))
 HARVEST_KILL_TRIALS = int(os.environ.get("CURATE_HARVEST_KILL_TRIALS", "3"))
-HOLD_SECONDS = float(os.environ.get("CURATE_HOLD_SECONDS", "60"))
+# The reader's hold has to outlast the writers' lock timeout: a writer that waited for the file
+# the way a reader does (``lock_timeout``, then StoreLocked) would give up during it. With the
+# default 30 s lock timeout that took the 60 s hold in the test's name; the listener and the
+# harvest here are given a lock timeout of a quarter of the hold instead (CURATE_LOCK_TIMEOUT),
+# so 30 s prove the same (four lock timeouts, where 60 s were two) in half the time. (20 s left
+# too little room for the harvest's polling on a loaded machine: it failed once at load 10.)
+# CURATE_HOLD_SECONDS=60 holds a whole minute again.
+HOLD_SECONDS = float(os.environ.get("CURATE_HOLD_SECONDS", "30"))
+WRITER_LOCK_TIMEOUT = HOLD_SECONDS / 4
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -44,8 +52,8 @@ def environment(**extra: str) -> dict[str, str]:
     return base | extra
 
 
-def listening(db: Path, log: Path) -> Any:
-    return listen_process(db, "--webhook-id", WID, log=log)
+def listening(db: Path, log: Path, **env: str) -> Any:
+    return listen_process(db, "--webhook-id", WID, log=log, env=env)
 
 
 def healthz(url: str) -> dict[str, Any]:
@@ -162,18 +170,6 @@ def test_harvest_killed_at_random_moments_stores_every_generation_once(tmp_path:
 # -- a reader holding the file ---------------------------------------------------------------------
 
 
-def spooled_done(folder: Path, segment_prefix: str) -> set[str]:
-    """Ids a process's segments record as polled to the end (its ``polled`` frames' ``done``)."""
-    done: set[str] = set()
-    for path in spool.segments(folder):
-        if path.name.startswith(segment_prefix):
-            records, _, _ = spool.read_records(path.read_bytes(), len(spool.MAGIC))
-            for record in records:
-                if record.header.get("op") == "polled":
-                    done.update(i for i, _ in record.header.get("done") or [])
-    return done
-
-
 def test_a_reader_holding_the_store_for_60_seconds_stops_neither_listen_nor_harvest(tmp_path: Path) -> None:
     db, log = tmp_path / "c.duckdb", tmp_path / "listen.log"
     store = Store(db, lock_timeout=30)
@@ -181,14 +177,15 @@ def test_a_reader_holding_the_store_for_60_seconds_stops_neither_listen_nor_harv
     with Sandbox(queue_delay=0.05, run_delay=0.1, delay_spread=0.3, failure_rate=0.1) as sandbox:
         submitted(store, sandbox, tmp_path, 100)
         made = set(sandbox.generation_ids())
-        with held(db, HOLD_SECONDS + 60, "ro") as holder, listening(db, log) as (listener, url):
+        lock_timeout = {"CURATE_LOCK_TIMEOUT": f"{WRITER_LOCK_TIMEOUT:g}"}
+        with held(db, HOLD_SECONDS + 60, "ro") as holder, listening(db, log, **lock_timeout) as (listener, url):
             hold_ends = time.monotonic() + HOLD_SECONDS
             thread, result = loading(url, envelopes(30_000, webhook_id=WID, start=500_000),
                                      duration=load_seconds, timeout=30)
             harvest = subprocess.Popen(
                 [CURATE, "harvest", "--db", str(db), "--rpm", "60000", "--json"], stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True,
-                env=environment(INFERENCE_API_KEY=sandbox.api_key, INFERENCE_BASE_URL=sandbox.url),
+                env=environment(INFERENCE_API_KEY=sandbox.api_key, INFERENCE_BASE_URL=sandbox.url, **lock_timeout),
             )
             try:
                 thread.join(load_seconds + 60)
