@@ -851,6 +851,13 @@ def _count_tokens(con: duckdb.DuckDBPyConnection, decisions: _Decisions, options
     con.register("export_token_counts", lengths)
     con.execute("create table work.export_tokens as select key as rid, tokens, refused from export_token_counts")
     con.unregister("export_token_counts")
+    # kto writes a pair as two rows: a side dropped takes its pair's other side with it, so that
+    # every pair in the files is whole.
+    def whole(rowids: str) -> str:
+        if options.fmt != "kto":
+            return rowids
+        return f"select rowid from {table} where pair in (select pair from {table} where rowid in ({rowids}))"
+
     # A row the chat template refuses would stop the trainer: dropped, counted by the template's words.
     for why, n, examples in con.execute(f"""
             select 'the chat template refuses it: ' || e.refused, count(*), list(r.id order by r.id)[1:3]
@@ -861,14 +868,14 @@ def _count_tokens(con: duckdb.DuckDBPyConnection, decisions: _Decisions, options
     refused = sum(n for why, n in decisions.invalid.items() if why.startswith("the chat template refuses it: "))
     if refused:
         con.execute(f"update {table} set keep = false where keep and rowid in "
-                    "(select rid from work.export_tokens where refused is not null)")
+                    f"({whole('select rid from work.export_tokens where refused is not null')})")
         _count_again(con, decisions, options.fmt)
         kept -= refused
         if not decisions.splits:
             raise ExportError(f"nothing to export: the chat template of {tokenizer.name} refuses all {refused:,} rows")
     reason, dropped = (f"over {limit} tokens" if limit is not None else ""), 0
     if limit is not None:
-        over = f"select rid from work.export_tokens where tokens > {int(limit)}"
+        over = whole(f"select rid from work.export_tokens where tokens > {int(limit)}")
         [(dropped, examples)] = con.execute(
             f"select count(*), list(id order by id)[1:3] from {table} where keep and rowid in ({over})").fetchall()
         if dropped:

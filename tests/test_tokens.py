@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -356,8 +357,15 @@ def test_a_pair_counts_its_longer_side(store: Store, tmp_path: Path, tokenizer_d
     limited = export(store, _RANKED, tmp_path / f"{fmt}-limited", fmt=fmt, test_size=0.3,
                      tokenizer=str(tokenizer_dir), max_tokens=limit)
     kept = _expected(reference, fmt, tmp_path / f"{fmt}-limited")
-    assert sorted(n for v in kept.values() for n in v) == [n for n in every if n <= limit]
-    assert limited.invalid[f"over {limit} tokens"] == sum(n > limit for n in every)
+    if fmt == "kto":  # a side over the limit takes its pair's other side with it: every pair kept is whole
+        lineage = pq.read_table(tmp_path / f"{fmt}-limited" / "lineage.parquet").to_pylist()
+        sides = Counter((r["chosen_id"], r["rejected_id"]) for r in lineage)
+        assert sides and set(sides.values()) == {2}
+        assert all(n <= limit for v in kept.values() for n in v)
+        assert limited.invalid[f"over {limit} tokens"] == len(every) - 2 * len(sides)
+    else:
+        assert sorted(n for v in kept.values() for n in v) == [n for n in every if n <= limit]
+        assert limited.invalid[f"over {limit} tokens"] == sum(n > limit for n in every)
     assert _card_stats(limited.card) == {split: _stats(v) for split, v in kept.items()}
     if fmt != "kto":  # a pair's two answers' models, of the pairs kept
         models = limited.card.split("Models of the answers in the pairs kept:", 1)[1].split("\n## ", 1)[0]
