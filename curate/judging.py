@@ -27,7 +27,6 @@ Markdown file; the name is the file's stem, the hash covers its text.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +150,8 @@ def request_for(row: Row, options: JudgeOptions, retries: dict[str, int] | None 
     }
     if options.response_format:
         body["response_format"] = RESPONSE_FORMAT
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    first = f"judge:{options.rubric.hash}:{digest}:{row.id}"
-    custom_id = submissions.attempt_id(first, (retries or {})[first] + 1) if first in (retries or {}) else first
+    first = f"judge:{options.rubric.hash}:{submissions.request_digest(body, 16)}:{row.id}"
+    custom_id = submissions.next_attempt(first, retries or {})
     body["metadata"] = {"custom_id": custom_id, "curate_task": TASK, "curate_judged_id": row.id,
                         "curate_rubric": options.rubric.name, "curate_rubric_hash": options.rubric.hash}
     return body

@@ -23,7 +23,6 @@ answer to its prompt's row.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +82,7 @@ def prompt_digest(row: Row, options: SampleOptions) -> str:
     """What a sample request is keyed on: the request as sent, less its metadata (prompt, tools,
     model and parameters). Two rows with one prompt share their samples; a sample's own row (whose
     prompt is its source's) finds its prompt already sampled."""
-    body = _body(row, options)
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+    return submissions.request_digest(_body(row, options), 24)
 
 
 def _body(row: Row, options: SampleOptions) -> dict[str, Any]:
@@ -101,16 +99,16 @@ def _body(row: Row, options: SampleOptions) -> dict[str, Any]:
 def requests_for(row: Row, options: SampleOptions, retries: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """The ``options.n`` request bodies of one row, sample index 0 to n - 1 (``retries``: the first
     custom_ids to send again, with their last attempt; see ``sample``)."""
-    digest = prompt_digest(row, options)
+    return _requests(row, options, prompt_digest(row, options), retries or {})
+
+
+def _requests(row: Row, options: SampleOptions, digest: str, retries: dict[str, int]) -> list[dict[str, Any]]:
+    body = _body(row, options)
     params_text = json.dumps(_params(options), sort_keys=True, separators=(",", ":"))
-    bodies = []
-    for k in range(options.n):
-        first = f"sample:{digest}:{k}"
-        custom_id = submissions.attempt_id(first, (retries or {})[first] + 1) if first in (retries or {}) else first
-        bodies.append({**_body(row, options), "metadata": {
-            "custom_id": custom_id, "curate_task": TASK, "curate_source_id": row.id, "curate_sample_index": str(k),
-            "curate_params": params_text}})
-    return bodies
+    return [{**body, "metadata": {
+        "custom_id": submissions.next_attempt(f"sample:{digest}:{k}", retries), "curate_task": TASK,
+        "curate_source_id": row.id, "curate_sample_index": str(k), "curate_params": params_text}}
+        for k in range(options.n)]
 
 
 def sample(store: Store, settings: Settings, source: str, options: SampleOptions, *,
@@ -135,7 +133,7 @@ def sample(store: Store, settings: Settings, source: str, options: SampleOptions
                     continue
                 seen.add(digest)
                 prompts += 1
-                for body in requests_for(row, options, retries):
+                for body in _requests(row, options, digest, retries):
                     retried += submissions.RETRY_SEPARATOR in body["metadata"]["custom_id"]
                     yield body
             counted["prompts"], counted["retried"] = prompts, retried

@@ -36,7 +36,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,8 +62,10 @@ __all__ = [
     "finished",
     "line_key",
     "listing",
+    "next_attempt",
     "record",
     "release",
+    "request_digest",
     "resolve",
     "running",
 ]
@@ -109,6 +111,20 @@ RETRY_SEPARATOR = "~retry"
 def attempt_id(custom_id: str, attempt: int) -> str:
     """The custom_id of attempt ``attempt`` (0: the first) of the request whose first is ``custom_id``."""
     return custom_id if attempt == 0 else f"{custom_id}{RETRY_SEPARATOR}{attempt}"
+
+
+def next_attempt(custom_id: str, failed: Mapping[str, int]) -> str:
+    """The custom_id to send the request whose first is ``custom_id`` with: the first, unless
+    ``failed`` (``failed_attempts``) lists it, then the attempt after its last."""
+    return attempt_id(custom_id, failed[custom_id] + 1) if custom_id in failed else custom_id
+
+
+def request_digest(body: dict[str, Any], length: int) -> str:
+    """A request curate made, less its metadata, as ``length`` hex digits of sha256: what its
+    custom_id is keyed on (``curate sample``, ``curate judge``), so that the same request is the same
+    line and any change to it another. The JSON form is frozen: a new one would send again what was sent."""
+    keyed = {key: value for key, value in body.items() if key != "metadata"}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:length]
 
 
 def failed_attempts(con: duckdb.DuckDBPyConnection, prefix: str, succeeded: str) -> dict[str, int]:
