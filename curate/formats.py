@@ -331,6 +331,30 @@ _HAS_CALLS = "m.tool_calls is not null or m.role = 'tool'"
 # A rule: (SQL condition over the typed messages `t` and the tools JSON `tools`, the reason when it holds).
 Rule = tuple[str, str]
 
+
+def _tool_answers_nothing(*, id_required: bool) -> str:
+    """SQL over ``t``: some tool message answers no tool call made before it. A tool message answers
+    a call when its ``tool_call_id`` is the id of a call in an earlier message; without
+    ``id_required`` (TRL's shape, where ids are optional) a tool message without a ``tool_call_id``
+    answers whenever any earlier message made a call.
+
+    Linear in the messages: the row's calls are listed once, with the message each is in, and a
+    tool message looks its id up there (the first message making a call with that id must come
+    before it). Reading every message before each tool message instead, as this rule first did, took
+    4 s for one agent trace of 3,000 messages (0.04 s now), and 0.42 s of the 0.58 s that all of
+    ``messages``' rules took over 200k conversations (0.11 s now). tests/test_formats.py holds it
+    equal to that first definition."""
+    calls = ("flatten(list_transform(range(1, len(t) + 1), lambda i: list_transform(coalesce(t[i].tool_calls, []), "
+             "lambda c: struct_pack(id := c.id, at := i))))")
+    made = (f"list_transform([{calls}], lambda cs: struct_pack(ids := list_transform(cs, lambda c: c.id), "
+            "at := list_transform(cs, lambda c: c.at), "
+            "first := coalesce(list_position(list_transform(t, lambda m: m.tool_calls is not null), true), len(t) + 1)))[1]")
+    answered = "coalesce(k.at[list_position(k.ids, t[i].tool_call_id)] < i, false)"
+    unanswered = (f"t[i].tool_call_id is null or not {answered}" if id_required
+                  else f"i <= k.first or (t[i].tool_call_id is not null and not {answered})")
+    return (f"list_transform([{made}], lambda k: coalesce(list_bool_or(list_transform(range(1, len(t) + 1), "
+            f"lambda i: t[i].role = 'tool' and ({unanswered}))), false))[1]")
+
 _UNKNOWN_ROLE: Rule = (_any("t", "m.role not in ('system', 'developer', 'user', 'assistant', 'tool')"),
                        "role is not one of system, developer, user, assistant, tool")
 _CALLS_OFF_ASSISTANT: Rule = (_any("t", "m.tool_calls is not null and m.role <> 'assistant'"),
@@ -348,10 +372,7 @@ _OPENAI_RULES: list[tuple[str, str]] = [
     (_any("t", "list_bool_or(list_transform(coalesce(m.tool_calls, []), lambda c: c.type is distinct from 'function'))"),
      'tool call type is not "function"'),
     # Each tool message names a call made by an assistant message before it.
-    (("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and not "
-      "coalesce(list_contains(flatten(list_transform(t[1:i - 1], lambda m: list_transform(coalesce(m.tool_calls, []), "
-      "lambda c: c.id))), t[i].tool_call_id), false))), false)"),
-     "tool message does not answer an earlier tool call"),
+    (_tool_answers_nothing(id_required=True), "tool message does not answer an earlier tool call"),
     (("tools is not null and not coalesce(list_bool_and(list_transform(json_extract(tools, '$[*]'), lambda d: "
       "coalesce(d ->> '$.type' = 'function' and json_type(d, '$.function.name') = 'VARCHAR' "
       "and d ->> '$.function.name' <> '', false))), true)"),
@@ -448,12 +469,7 @@ def first_reason(rules: Sequence[Rule]) -> str:
 # (its example has none, and answers by the tool's name), so a tool message must follow an assistant
 # tool call and, when it names a call (tool_call_id), name one made before it. OpenAI's rules, which
 # need ids, are `validate_openai`'s.
-_TOOL_ANSWERS_NOTHING: Rule = (
-    ("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and ("
-     "not coalesce(list_bool_or(list_transform(t[1:i - 1], lambda m: m.tool_calls is not null)), false) or "
-     "(t[i].tool_call_id is not null and not coalesce(list_contains(flatten(list_transform(t[1:i - 1], "
-     "lambda m: list_transform(coalesce(m.tool_calls, []), lambda c: c.id))), t[i].tool_call_id), false))))), false)"),
-    "tool message does not answer an earlier tool call")
+_TOOL_ANSWERS_NOTHING: Rule = (_tool_answers_nothing(id_required=False), "tool message does not answer an earlier tool call")
 # What curate writes for TRL must pass what `curate validate` checks of it: the formats a trainer
 # reads as conversations also drop a row with an unknown role, a tool call off an assistant turn,
 # or a tool message answering nothing, and, where there is a prompt (all but the answer), one

@@ -11,6 +11,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curate.formats import (
     _NOT_TEXT_CONTENT,
@@ -18,6 +20,7 @@ from curate.formats import (
     JSONL_FORMATS,
     ROW_FORMATS,
     SCHEMAS,
+    _tool_answers_nothing,
     convert,
     dumps,
     messages_from_arrow,
@@ -778,3 +781,50 @@ def test_an_image_part_carries_no_text_into_the_export_that_pii_never_read() -> 
     ((parts,),) = duckdb.sql(f"select {typed_messages('msgs')}[1].content_parts as p from (select ?::varchar as msgs)",
                           params=[messages]).fetchall()
     assert [p["text"] for p in parts] == [None, "what is this?"]
+
+
+# ---------------------------------------------------------------- the tool-answer rule, linear
+# The rule's first definitions, which read every message before each tool message (quadratic in a
+# row's messages): the specification the linear SQL in curate.formats must agree with.
+_TOOL_ANSWERS_NOTHING_FIRST = {
+    False: ("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and ("
+            "not coalesce(list_bool_or(list_transform(t[1:i - 1], lambda m: m.tool_calls is not null)), false) or "
+            "(t[i].tool_call_id is not null and not coalesce(list_contains(flatten(list_transform(t[1:i - 1], "
+            "lambda m: list_transform(coalesce(m.tool_calls, []), lambda c: c.id))), t[i].tool_call_id), false))))), false)"),
+    True: ("coalesce(list_bool_or(list_transform(range(1, len(t) + 1), lambda i: t[i].role = 'tool' and not "
+           "coalesce(list_contains(flatten(list_transform(t[1:i - 1], lambda m: list_transform(coalesce(m.tool_calls, []), "
+           "lambda c: c.id))), t[i].tool_call_id), false))), false)"),
+}
+_IDS = st.sampled_from(["a", "b", "c", None])
+_CALL_LIST = st.one_of(st.none(), st.lists(st.builds(lambda i: {"id": i}, _IDS), max_size=3))
+_TOOL_MESSAGE = st.one_of(
+    st.builds(lambda role, calls: {"role": role, "tool_calls": calls},
+              st.sampled_from(["assistant", "user", "tool", None]), _CALL_LIST),
+    st.builds(lambda i: {"role": "tool", "tool_call_id": i}, _IDS),
+    # A tool message that also makes calls: its own calls come after it, not before.
+    st.builds(lambda calls, i: {"role": "tool", "tool_calls": calls, "tool_call_id": i}, _CALL_LIST, _IDS),
+)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(t=st.one_of(st.none(), st.lists(_TOOL_MESSAGE, max_size=8)), id_required=st.booleans())
+def test_the_tool_answer_rule_agrees_with_its_first_quadratic_definition(t: list[dict[str, Any]] | None,
+                                                                          id_required: bool) -> None:
+    kind = "struct(role varchar, tool_call_id varchar, tool_calls struct(id varchar)[])[]"
+    linear = _tool_answers_nothing(id_required=id_required)
+    ((got, want),) = duckdb.execute(f"select {linear}, {_TOOL_ANSWERS_NOTHING_FIRST[id_required]} "
+                                    f"from (select ?::{kind} as t)", [t]).fetchall()
+    assert got == want
+
+
+def test_the_tool_answer_rule_reads_a_long_agent_trace_in_one_pass() -> None:
+    # 3,000 messages, a call and its answer 1,500 times: 0.04 s here, where the first definition took 4 s.
+    t = [m for k in range(1_500) for m in ({"role": "assistant", "tool_calls": [{"id": f"c{k}"}]},
+                                           {"role": "tool", "tool_call_id": f"c{k}"})]
+    t.append({"role": "tool", "tool_call_id": "c0"})
+    t.append({"role": "tool", "tool_call_id": "nobody"})
+    kind = "struct(role varchar, tool_call_id varchar, tool_calls struct(id varchar)[])[]"
+    rows = duckdb.execute(f"select {_tool_answers_nothing(id_required=False)} from (select ?::{kind} as t) "
+                          f"union all select {_tool_answers_nothing(id_required=False)} from (select ?::{kind} as t)",
+                          [t[:-1], t]).fetchall()
+    assert rows == [(False,), (True,)]
