@@ -300,12 +300,14 @@ def typed_messages(col: str = "messages") -> str:
     Each message also carries ``_bad_content`` and ``_bad_calls`` flags for ``drop_reason``;
     ``columns`` leaves them out. Tool-call arguments that are missing or do not parse are NULL.
     """
-    fast = f"""list_transform(json_transform({col}, '{_FAST_MESSAGE}'), lambda m: struct_pack(
+    # try(): text that is not JSON reads as NULL, as does JSON that is not an array (json_transform's
+    # own rule), without parsing every row twice more first (json_valid, then json_type).
+    fast = f"""list_transform(try(json_transform({col}, '{_FAST_MESSAGE}')), lambda m: struct_pack(
     role := m.role, content := m.content, content_parts := null::{_PARTS_SQL},
     tool_calls := {_CALLS},
     tool_call_id := m.tool_call_id, name := m.name, reasoning_content := {_REASONING}, _bad_content := false,
     _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
-    slow = f"""list_transform(json_transform({col}, '{_SLOW_MESSAGE}'), lambda m: struct_pack(
+    slow = f"""list_transform(try(json_transform({col}, '{_SLOW_MESSAGE}')), lambda m: struct_pack(
     role := m.role,
     content := case when starts_with(m.content, '"') then m.content ->> '$' end,
     content_parts := case when starts_with(m.content, '[') then {_PARTS} end,
@@ -313,8 +315,7 @@ def typed_messages(col: str = "messages") -> str:
     tool_call_id := m.tool_call_id, name := m.name, reasoning_content := {_REASONING},
     _bad_content := coalesce(left(m.content, 1) not in ('"', '[', 'n'), false),
     _bad_calls := left(m.tool_calls, 1) not in ('[', 'n')))"""
-    return f"""case when not json_valid({col}) or json_type({col}) <> 'ARRAY' then null
-     when regexp_matches({col}, '{_NOT_TEXT_CONTENT}') then {slow}
+    return f"""case when regexp_matches({col}, '{_NOT_TEXT_CONTENT}') then {slow}
      else {fast} end"""
 
 

@@ -270,6 +270,16 @@ def test_malformed_rows_are_dropped_with_a_count_per_reason() -> None:
     assert invalid.dropped[2] == ("c", "message without a role")
 
 
+@pytest.mark.parametrize("messages", ['{"role":"user"}', '"hello"', "42", "null", "[{\"role\":\"user\",", "[1, 2",
+                                      '[{"role":"user","content":[{"type":"text","text":"hi"}]}', None])
+def test_messages_that_are_not_a_json_array_are_dropped_not_raised(messages: str | None) -> None:
+    batch = pa.table({"id": ["a", "b"], "messages": [messages, '[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]'],
+                      "tools": [None, None]})
+    rows, invalid = convert(batch, "messages")
+    assert rows.num_rows == 1
+    assert invalid.dropped == [("a", "messages is not a non-empty JSON array")]
+
+
 @pytest.mark.parametrize("fmt", ROW_FORMATS)
 def test_non_ascii_text_survives_every_format_unchanged(fmt: str) -> None:
     system, question, answer = "Réponds en français, s'il te plaît.", "東京の天気は？ 🌧️ naïve 👩‍💻", "Il pleut à 東京 ☔ — 12 °C 🐱."
