@@ -99,11 +99,14 @@ with store.attached(con, "store"):
     if stage == "typed":  # the typed messages of the format, nothing else
         sql = (f"select {cols} from (select {formats.typed_messages('messages::varchar')} as t, tools "
                f"from ({query}))")
-    else:  # the read: typed, checked, hashed, split; "sorted" also in the seeded order
+    else:  # the read: typed, checked, hashed, split; "sorted" also in the seeded order (the export's own read)
         read = exporter._read_sql(query, exporter._describe(con, query), exporter.ExportOptions())
-        body, order = read.rsplit("order by split nulls last", 1)
+        sort = "from source_rows order by shuffle, id"
+        assert sort in read, "the read's seeded order is no longer where this bench cuts it"
+        if stage == "checked":
+            read = read.replace(sort, "from source_rows")
         keys = "id, split, content_hash, prompt_hash, finished_at, nbytes, reason"
-        sql = f"select {cols}, {keys} from ({body})" + (" order by split nulls last, shuffle, id" if stage == "sorted" else "")
+        sql = f"select {cols}, {keys} from ({read})"
     con.execute(f"copy ({sql}) to '{out}/stage.parquet' (format parquet, compression zstd, row_group_size 10000)")
     con.execute("use work")
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu": sum(os.times()[:2]),
