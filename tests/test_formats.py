@@ -24,6 +24,7 @@ from curate.formats import (
     convert,
     dumps,
     messages_from_arrow,
+    typed_messages,
     validate_openai,
 )
 from curate.importer import import_files
@@ -278,6 +279,18 @@ def test_messages_that_are_not_a_json_array_are_dropped_not_raised(messages: str
     rows, invalid = convert(batch, "messages")
     assert rows.num_rows == 1
     assert invalid.dropped == [("a", "messages is not a non-empty JSON array")]
+
+
+def test_running_out_of_memory_while_typing_is_an_error_not_a_row_dropped_as_not_json() -> None:
+    # typed_messages reads bad JSON as NULL through try(): DuckDB's TRY must not swallow an out of
+    # memory as if the row were bad (the row would be dropped and counted under a wrong reason).
+    con = duckdb.connect()
+    con.execute("set memory_limit = '150MB'")
+    con.execute("set threads = 1")
+    con.execute("""create table big as select '[' || repeat('{"role":"user","content":"' || repeat('x', 200) || '"},', 300000)
+                   || '{"role":"assistant","content":"ok"}]' as messages""")
+    with pytest.raises(duckdb.OutOfMemoryException):
+        con.execute(f"select len({typed_messages('messages')}) from big").fetchall()
 
 
 @pytest.mark.parametrize("fmt", ROW_FORMATS)
