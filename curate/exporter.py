@@ -515,13 +515,22 @@ def _redact(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     if unsafe:
         con.execute(f"update work.export_rows set keep = false where rowid in ({', '.join(map(str, sorted(unsafe)))})")
     if redacted["rid"]:
+        # Not an UPDATE: DuckDB moves a row whose list column is updated to the end of the table,
+        # so redacted rows would be written last and lose the rowid their duplicates point at. The
+        # table is written again in its stored order instead, the seeded order, a total order on
+        # (shuffle, id), so that every row keeps its position, and so its rowid.
         con.register("redacted", pa.table(redacted))
         con.execute("""
-            update work.export_rows set t = list_transform(t, lambda m, i: struct_update(m,
-                content := coalesce(red.contents[i], m.content)))
-            from (select rid, map(list(position), list(content)) as contents from redacted group by rid) as red
-            where export_rows.rowid = red.rid""")
+            create table work.export_rows_redacted as
+            select r.* replace (case when red.rid is null then r.t else list_transform(r.t, lambda m, i: struct_update(m,
+                       content := coalesce(red.contents[i], m.content))) end as t)
+            from work.export_rows r
+                 left join (select rid, map(list(position), list(content)) as contents from redacted group by rid) as red
+                 on red.rid = r.rowid
+            order by r.shuffle, r.id""")
         con.unregister("redacted")
+        con.execute("drop table work.export_rows")
+        con.execute("alter table work.export_rows_redacted rename to export_rows")
     return _one(con, "select count(*) from work.export_rows where keep"), dict(sorted(kinds.items()))
 
 
