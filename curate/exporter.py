@@ -384,14 +384,15 @@ ordered as (
     -- far more cheaply than the typed lists they become (issue 19: 1.2 s of a 6.8 s read at 200k).
     -- What follows is projections only, which keep this order (DuckDB preserves insertion order
     -- through them), so the scratch table is stored in it. A row --where leaves out is sorted
-    -- without its messages.
-    select * replace (case when matched then messages_text end as messages_text)
+    -- without its messages. A preference format's prompt key is taken here, before the sort: two
+    -- JSON parses a row, which after it made the order-keeping insert run out of memory at 1 GB.
+    select * replace (case when matched then messages_text end as messages_text){prompt_key}
     from source_rows order by shuffle, id
 ),
 typed as (
     select * exclude (messages_text),
            case when matched then {formats.typed_messages("messages_text")} end as t,
-           strlen(messages_text) as nbytes{prompt_key}
+           strlen(messages_text) as nbytes
     from ordered
 ),
 checked as (
