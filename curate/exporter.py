@@ -48,7 +48,10 @@ every exact duplicate, shares.
 the rows it has seen (``pass_coverage``), so the export runs it, as a writer and before it reads,
 over the chat rows it has not seen as they are now (or, with ``rescan=False``/``--no-rescan``,
 refuses in one sentence naming the command to run). Rows the pass still has not seen when the
-store is read (not chat rows, or imported in between) are not exported, and counted. The
+store is read (not chat rows, or imported in between) are not exported, and counted; nor are rows
+whose text SOURCE changed from the ``chat`` row the passes read (a SELECT that rewrites the
+messages, tools, model or finish reason: compared by md5 in the read, the step "as the passes saw
+them"), since a finding speaks only of the text it was found in. The
 near-duplicate clusters and the eval sets are run again with the settings and files they were last
 run with; results recorded without coverage (an older curate) are used as they are, and the card
 says so.
@@ -337,10 +340,15 @@ def _check_rank(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, s
                           f"(higher is better), e.g. ({rank_by})::double")
 
 
-def _read_sql(query: str, columns: dict[str, str], options: ExportOptions) -> str:
+def _read_sql(query: str, columns: dict[str, str], options: ExportOptions, *, compare_to_chat: bool = False) -> str:
     """The one read of the store: a SELECT of every source row, typed, checked, hashed and given its
     split, in the seeded order the rows are written in (each split is then the rows of that split,
     in stored order).
+
+    ``compare_to_chat``: each row also says whether what it exports is what the curation passes
+    read (``as_seen``): the ``chat`` row of its id, the one the passes scan, with the same
+    messages and, where SOURCE has them, tools, model and finish reason (compared as md5 of their
+    text). A row of an id ``chat`` does not hold is left to the passes' own coverage check.
 
     Its own function so that bench/bench_export.py can time the same statement's stages (typed,
     checked, sorted) beside DuckDB's plain COPY of the source."""
@@ -368,16 +376,25 @@ def _read_sql(query: str, columns: dict[str, str], options: ExportOptions) -> st
     prompt_key = (f",\n           case when matched then {formats.prompt_key('messages_text', 'tools')} end as prompt_key"
                   if preference else "")
     pair_columns = ", prompt_key, case when matched then rank_value end as rank" if preference else ""
+    seen_join, as_seen = "", "true"
+    if compare_to_chat:
+        compared = [name for name in ("tools", "model", "finish_reason") if name in columns]
+        seen_join = ("\n         left join (select id::varchar as _seen_id, md5_number(messages::varchar) as _seen_messages"
+                     + "".join(f", md5_number({name}::varchar) as _seen_{name}" for name in compared)
+                     + " from chat) as seen on seen._seen_id = source.id::varchar")
+        as_seen = ("(seen._seen_id is null or (seen._seen_messages is not distinct from md5_number(source.messages::varchar)"
+                   + "".join(f" and seen._seen_{name} is not distinct from md5_number(source.{name}::varchar)"
+                             for name in compared) + "))")
     return f"""
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
            {matched} as matched, {key} as split_key, source.messages::varchar as messages_text,
-           md5_number_lower({seed_text} || source.id::varchar) as shuffle{rank_value}
+           md5_number_lower({seed_text} || source.id::varchar) as shuffle, {as_seen} as as_seen{rank_value}
     -- The clusters under names of their own, so that --where, --split-by and --rank-by name SOURCE's
     -- columns (id, cluster_id) without ambiguity.
     from ({query}) as source
          left join (select id as _near_id, cluster_id as _near_cluster from work.near) as near
-         on near._near_id = source.id::varchar
+         on near._near_id = source.id::varchar{seen_join}
 ),
 ordered as (
     -- The seeded order, taken while the messages are still one string each: a sort moves strings
@@ -408,7 +425,7 @@ keyed as (
     from checked
 )
 select id, generation_ids, model, finish_reason, prompt_tokens, completion_tokens, finished_at,
-       matched, reason, matched and reason is null as keep, t, tools, nbytes,
+       matched, as_seen, reason, matched and reason is null as keep, t, tools, nbytes,
        hash(message_hashes, tools) as content_hash,
        split_group,
        case when split_group is not null then
@@ -420,10 +437,12 @@ from keyed
 """
 
 
-def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions) -> None:
+def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions,
+                 *, compare_to_chat: bool) -> None:
     where, split_by = options.where, options.split_by
     try:
-        con.execute("create table work.export_rows as " + _read_sql(query, columns, options))
+        con.execute("create table work.export_rows as "
+                    + _read_sql(query, columns, options, compare_to_chat=compare_to_chat))
     except duckdb.Error as exc:
         where_hint = " (check --where and --split-by: they are SQL over SOURCE's columns)" if where or split_by else ""
         raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
@@ -535,6 +554,28 @@ def _redact(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     return _one(con, "select count(*) from work.export_rows where keep"), dict(sorted(kinds.items()))
 
 
+def _acting(options: ExportOptions) -> bool:
+    """Whether the export acts on a curation pass's findings (PII, near-duplicates, eval sets)."""
+    return options.pii != "keep" or options.dedup == "near" or options.exclude_contaminated
+
+
+def _drop_rewritten(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes,
+                    counts: dict[str, int]) -> None:
+    """Drop the kept rows whose exported text is not what the passes read (``as_seen``, a SOURCE
+    that rewrote the messages, tools, model or finish reason of a chat row): a pass's findings
+    say nothing of text it did not read, and a PII span applied to other text would redact the
+    wrong characters. A step only when the export acts on a pass."""
+    if not _acting(options):
+        return
+    before = _one(con, "select count(*) from work.export_rows where keep")
+    con.execute("update work.export_rows set keep = false where keep and not as_seen")
+    counts["as the passes saw them"] = _one(con, "select count(*) from work.export_rows where keep")
+    if counts["as the passes saw them"] < before:
+        passes.notes.append(f"{before - counts['as the passes saw them']:,} rows left out: SOURCE changed their messages "
+                            "(or tools, model, finish reason) from the `chat` row the curation passes read, so no "
+                            "pass's findings speak for them.")
+
+
 def _drop_unseen(con: duckdb.DuckDBPyConnection, counts: dict[str, int], step: str, passes: list[str]) -> None:
     """Drop the kept rows one of ``passes`` has not seen as they are: a step only when there are some."""
     if not passes:
@@ -592,6 +633,7 @@ def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Pas
                             where r.keep and r.rowid <> d.kept_rowid)""")
     deduplicated = _one(con, "select count(*) from work.export_rows where keep")
     counts = {"source": source, "filtered": filtered, "valid": valid, "deduplicated": deduplicated}
+    _drop_rewritten(con, options, passes, counts)
     removed: dict[str, dict[str, int]] = {}
     if dedup == "near":  # one row per cluster: its representative
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
@@ -643,6 +685,7 @@ def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes
     counts = {"source": source, "filtered": filtered, "valid": filtered - sum(n for _, n, _ in invalid)}
     removed: dict[str, dict[str, int]] = {}
     # The passes that act on rows act before the pairing: a row they drop takes no part.
+    _drop_rewritten(con, options, passes, counts)
     if dedup == "near":
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
     _drop_by_eval_sets_and_pii(con, options, passes, counts, removed)
@@ -1127,7 +1170,9 @@ def _export_into(
                     _check_rank(con, query, columns, options.rank_by)
                 fingerprint, generations = _fingerprint(con)
                 _copy_curation(con, options.near_on, passes)
-                _read_source(con, query, columns, options)
+                # The passes read `chat`: a SOURCE that is not `chat` may export other text than they read.
+                _read_source(con, query, columns, options,
+                             compare_to_chat=_acting(options) and source.strip().lower() != "chat")
             finally:
                 con.execute("use work")
         view_sql = _view_sql(store, source)

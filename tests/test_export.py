@@ -498,6 +498,43 @@ def test_pii_redact_keeps_the_duplicates_a_row_stands_for_in_lineage(store: Stor
     assert {i: d for i, d in lineage.items() if d} == {generation_id(600): ["a-duplicate-of-the-first"]}
 
 
+_LONGER_OPENING = ("select * replace (replace(messages::varchar, 'mail me at', "
+                   "'please would you be so kind as to mail me at')::json as messages) from chat")
+
+
+def test_pii_redact_never_ships_an_address_a_select_moved_away_from_its_scanned_span(store: Store, tmp_path: Path) -> None:
+    # The scan's spans are offsets into the stored text: applied to a rewritten text they would
+    # replace the wrong characters and ship the address.
+    result = export(_mailing_store(store), _LONGER_OPENING, tmp_path / "out", test_size=0, pii="redact")
+    shipped = json.dumps([row["messages"] for row in _load(tmp_path / "out")["train"]])
+    assert "@example.com" not in shipped
+    assert result.counts["as the passes saw them"] == result.counts["valid"] - 1 - 20
+    assert "20 rows left out: SOURCE changed their messages" in result.card
+
+
+def test_pii_drop_never_ships_an_address_a_select_wrote_into_a_row_without_findings(store: Store, tmp_path: Path) -> None:
+    injected = ("select * replace (replace(messages::varchar, 'plain question 1', "
+                "'write to someone@example.com about 1')::json as messages) from chat")
+    result = export(_mailing_store(store), injected, tmp_path / "out", test_size=0, pii="drop")
+    shipped = [row["messages"] for row in _load(tmp_path / "out")["train"]]
+    assert "@example.com" not in json.dumps(shipped)
+    assert result.counts["as the passes saw them"] == result.counts["deduplicated"] - 8  # k = 1, 10, 11, 13, 14, 16, 17, 19
+
+
+def test_a_select_that_keeps_the_messages_loses_no_row_to_the_passes_check(store: Store, tmp_path: Path) -> None:
+    same = export(_mailing_store(store), "select * from chat where true", tmp_path / "select", test_size=0, pii="redact")
+    export(store, "chat", tmp_path / "view", test_size=0, pii="redact")
+    assert same.counts["as the passes saw them"] == same.counts["valid"] - 1
+    assert _files(tmp_path / "select") == _files(tmp_path / "view")
+
+
+def test_conversations_export_the_text_the_passes_read(filled: Store, tmp_path: Path) -> None:
+    # A trajectory is its longest call's chat row: nothing is rewritten, so nothing is dropped.
+    result = export(filled, "conversations", tmp_path / "out", test_size=0, pii="redact")
+    assert result.counts["as the passes saw them"] == result.counts["deduplicated"]
+    assert "as the passes saw them" in result.card
+
+
 def test_pii_redact_replaces_the_spans_in_the_export_and_leaves_the_store_alone(store: Store, tmp_path: Path) -> None:
     from curate.pii import scan
 
