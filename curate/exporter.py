@@ -506,49 +506,61 @@ def _drop(con: duckdb.DuckDBPyConnection, ids_sql: str) -> int:
     return _one(con, "select count(*) from work.export_rows where keep")
 
 
+_REDACT_WINDOW = 10_000  # rows of the scratch table whose texts are in Python at once
+
+
 def _redact(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int]]:
     """Replace each span ``curate scan pii`` found with its placeholder, in the rows kept.
 
-    The scan's spans are offsets into a message's text content; a row whose finding is in content
-    parts, or whose message no longer matches the spans (a SELECT that rewrote the messages), is
-    dropped rather than exported half-redacted. Returns the rows kept and the spans per kind.
-    """
+    The scan's spans are offsets into a message's text content (``_drop_rewritten`` has already
+    left out rows whose text SOURCE changed); a row whose finding is in content parts, or whose
+    text is shorter than a span, is dropped rather than exported half-redacted. Returns the rows
+    kept and the spans per kind. The texts are read a window of rows at a time and the redacted
+    ones kept in the scratch database, so memory stays under the limit whatever the findings."""
     from curate.pii import Finding, redact
 
-    found = con.execute("""
-        select r.rowid, s.message_index, r.t[s.message_index + 1].content,
-               list((s.span_start, s.span_end, s.kind, s.detector) order by s.span_start)
-        from work.export_rows r join work.pii_spans s using (id)
-        where r.keep group by all order by 1, 2""").fetchall()
-    unsafe: set[int] = set()
-    redacted: dict[str, list[Any]] = {"rid": [], "position": [], "content": []}
+    con.execute("create table work.export_redactions (rid bigint, position integer, content varchar)")
+    unsafe: list[int] = []
     kinds: dict[str, int] = {}
-    for rid, index, text, spans in found:
-        if text is None or any(end > len(text) for _, end, _, _ in spans):
-            unsafe.add(rid)
-            continue
-        redacted["rid"].append(rid)
-        redacted["position"].append(index + 1)
-        redacted["content"].append(redact(text, [Finding(start, end, kind, det) for start, end, kind, det in spans]))
-        for _, _, kind, _ in spans:
-            kinds[kind] = kinds.get(kind, 0) + 1
+    last = _one(con, "select coalesce(max(rowid), -1) from work.export_rows")
+    for low in range(0, last + 1, _REDACT_WINDOW):
+        found = con.execute(f"""
+            select r.rowid, s.message_index, r.t[s.message_index + 1].content,
+                   list((s.span_start, s.span_end, s.kind, s.detector) order by s.span_start)
+            from work.export_rows r join work.pii_spans s using (id)
+            where r.keep and r.rowid between {low} and {low + _REDACT_WINDOW - 1} group by all order by 1, 2""").fetchall()
+        # A window holds whole rows: a row with one message it cannot redact is dropped, whole.
+        bad = {rid for rid, _, text, spans in found if text is None or any(end > len(text) for _, end, _, _ in spans)}
+        unsafe += sorted(bad)
+        redacted: dict[str, list[Any]] = {"rid": [], "position": [], "content": []}
+        for rid, index, text, spans in found:
+            if rid in bad:
+                continue
+            redacted["rid"].append(rid)
+            redacted["position"].append(index + 1)
+            redacted["content"].append(redact(text, [Finding(start, end, kind, det) for start, end, kind, det in spans]))
+            for _, _, kind, _ in spans:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        if redacted["rid"]:
+            con.register("redacted", pa.table(redacted))
+            con.execute("insert into work.export_redactions select rid, position, content from redacted")
+            con.unregister("redacted")
     if unsafe:
-        con.execute(f"update work.export_rows set keep = false where rowid in ({', '.join(map(str, sorted(unsafe)))})")
-    if redacted["rid"]:
+        con.execute(f"update work.export_rows set keep = false where rowid in ({', '.join(map(str, unsafe))})")
+    if _one(con, "select count(*) from work.export_redactions"):
         # Not an UPDATE: DuckDB moves a row whose list column is updated to the end of the table,
         # so redacted rows would be written last and lose the rowid their duplicates point at. The
         # table is written again in its stored order instead, the seeded order, a total order on
         # (shuffle, id), so that every row keeps its position, and so its rowid.
-        con.register("redacted", pa.table(redacted))
         con.execute("""
             create table work.export_rows_redacted as
             select r.* replace (case when red.rid is null then r.t else list_transform(r.t, lambda m, i: struct_update(m,
                        content := coalesce(red.contents[i], m.content))) end as t)
             from work.export_rows r
-                 left join (select rid, map(list(position), list(content)) as contents from redacted group by rid) as red
+                 left join (select rid, map(list(position), list(content)) as contents
+                            from work.export_redactions group by rid) as red
                  on red.rid = r.rowid
             order by r.shuffle, r.id""")
-        con.unregister("redacted")
         con.execute("drop table work.export_rows")
         con.execute("alter table work.export_rows_redacted rename to export_rows")
     return _one(con, "select count(*) from work.export_rows where keep"), dict(sorted(kinds.items()))

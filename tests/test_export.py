@@ -491,6 +491,17 @@ def test_pii_redact_keeps_the_seeded_order(store: Store, tmp_path: Path) -> None
     assert ids == sorted(ids, key=lambda i: (keys[i], i))
 
 
+def test_pii_redact_reads_the_texts_a_window_of_rows_at_a_time_with_the_same_result(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _mailing_store(store)
+    export(store, "chat", tmp_path / "whole", test_size=0.3, pii="redact", seed=3)
+    monkeypatch.setattr(exporter, "_REDACT_WINDOW", 7)
+    export(store, "chat", tmp_path / "windows", test_size=0.3, pii="redact", seed=3)
+    assert _files(tmp_path / "windows") == _files(tmp_path / "whole")
+    assert "@example.com" not in json.dumps([row["messages"] for split in _load(tmp_path / "windows").values()
+                                             for row in split])
+
+
 def test_pii_redact_keeps_the_duplicates_a_row_stands_for_in_lineage(store: Store, tmp_path: Path) -> None:
     result = export(_mailing_store(store), "chat", tmp_path / "out", test_size=0, pii="redact", seed=1)
     assert result.counts["deduplicated"] == result.counts["valid"] - 1
