@@ -345,10 +345,9 @@ def _read_sql(query: str, columns: dict[str, str], options: ExportOptions, *, co
     split, in the seeded order the rows are written in (each split is then the rows of that split,
     in stored order).
 
-    ``compare_to_chat``: each row also says whether what it exports is what the curation passes
-    read (``as_seen``): the ``chat`` row of its id, the one the passes scan, with the same
-    messages and, where SOURCE has them, tools, model and finish reason (compared as md5 of their
-    text). A row of an id ``chat`` does not hold is left to the passes' own coverage check.
+    Each row has ``as_seen``, true here; with ``compare_to_chat`` it also carries the md5 of its
+    messages and, where SOURCE has them, tools, model and finish reason, which ``_mark_rewritten``
+    compares with the ``chat`` row of its id, the one the curation passes read.
 
     Its own function so that bench/bench_export.py can time the same statement's stages (typed,
     checked, sorted) beside DuckDB's plain COPY of the source."""
@@ -376,25 +375,22 @@ def _read_sql(query: str, columns: dict[str, str], options: ExportOptions, *, co
     prompt_key = (f",\n           case when matched then {formats.prompt_key('messages_text', 'tools')} end as prompt_key"
                   if preference else "")
     pair_columns = ", prompt_key, case when matched then rank_value end as rank" if preference else ""
-    seen_join, as_seen = "", "true"
-    if compare_to_chat:
-        compared = [name for name in ("tools", "model", "finish_reason") if name in columns]
-        seen_join = ("\n         left join (select id::varchar as _seen_id, md5_number(messages::varchar) as _seen_messages"
-                     + "".join(f", md5_number({name}::varchar) as _seen_{name}" for name in compared)
-                     + " from chat) as seen on seen._seen_id = source.id::varchar")
-        as_seen = ("(seen._seen_id is null or (seen._seen_messages is not distinct from md5_number(source.messages::varchar)"
-                   + "".join(f" and seen._seen_{name} is not distinct from md5_number(source.{name}::varchar)"
-                             for name in compared) + "))")
+    # With compare_to_chat, the md5 of what each row exports that the passes read; `_mark_rewritten`
+    # compares them with the chat rows' after the read (a join inside it built its hash table on
+    # the wide source rows and ran out of memory at 1 GB on 200k conversations).
+    compared = ["messages", *_compared(columns)] if compare_to_chat else []
+    digests = "".join(f", md5_number(source.{name}::varchar) as _digest_{name}" for name in compared)
+    digest_columns = "".join(f", _digest_{name}" for name in compared)
     return f"""
 with source_rows as (
     select source.id::varchar as id, {generation_ids} as generation_ids, {optional},
            {matched} as matched, {key} as split_key, source.messages::varchar as messages_text,
-           md5_number_lower({seed_text} || source.id::varchar) as shuffle, {as_seen} as as_seen{rank_value}
+           md5_number_lower({seed_text} || source.id::varchar) as shuffle{digests}{rank_value}
     -- The clusters under names of their own, so that --where, --split-by and --rank-by name SOURCE's
     -- columns (id, cluster_id) without ambiguity.
     from ({query}) as source
          left join (select id as _near_id, cluster_id as _near_cluster from work.near) as near
-         on near._near_id = source.id::varchar{seen_join}
+         on near._near_id = source.id::varchar
 ),
 ordered as (
     -- The seeded order, taken while the messages are still one string each: a sort moves strings
@@ -425,7 +421,7 @@ keyed as (
     from checked
 )
 select id, generation_ids, model, finish_reason, prompt_tokens, completion_tokens, finished_at,
-       matched, as_seen, reason, matched and reason is null as keep, t, tools, nbytes,
+       matched, true as as_seen{digest_columns}, reason, matched and reason is null as keep, t, tools, nbytes,
        hash(message_hashes, tools) as content_hash,
        split_group,
        case when split_group is not null then
@@ -437,6 +433,23 @@ from keyed
 """
 
 
+def _compared(columns: dict[str, str]) -> list[str]:
+    """The columns besides the messages that the passes read and SOURCE has (``_read_sql``)."""
+    return [name for name in ("tools", "model", "finish_reason") if name in columns]
+
+
+def _mark_rewritten(con: duckdb.DuckDBPyConnection, columns: dict[str, str]) -> None:
+    """``as_seen`` false for each row whose exported text is not the ``chat`` row of its id that
+    the passes read (compared by md5; a row of an id ``chat`` does not hold is left to the passes'
+    own coverage check). Run while the store is attached, after the read."""
+    names = ["messages", *_compared(columns)]
+    con.execute("create table work.seen as select id::varchar as id"
+                + "".join(f", md5_number({name}::varchar) as {name}" for name in names) + " from chat")
+    differs = " or ".join(f"r._digest_{name} is distinct from s.{name}" for name in names)
+    con.execute(f"""update work.export_rows set as_seen = false
+                    where rowid in (select r.rowid from work.export_rows r join work.seen s using (id) where {differs})""")
+
+
 def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, str], options: ExportOptions,
                  *, compare_to_chat: bool) -> None:
     where, split_by = options.where, options.split_by
@@ -446,6 +459,8 @@ def _read_source(con: duckdb.DuckDBPyConnection, query: str, columns: dict[str, 
     except duckdb.Error as exc:
         where_hint = " (check --where and --split-by: they are SQL over SOURCE's columns)" if where or split_by else ""
         raise ExportError(f"reading SOURCE{where_hint}: {exc}") from None
+    if compare_to_chat:
+        _mark_rewritten(con, columns)
 
 
 def _copy_curation(con: duckdb.DuckDBPyConnection, near_on: str, passes: _Passes) -> None:
