@@ -29,7 +29,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: install $(BENCH_STAMP)
-	cd bench && ../$(BIN)/python bench_startup.py && ../$(BIN)/python bench_import.py && ../$(BIN)/python bench_harvest.py && ../$(BIN)/python bench_listen.py && ../$(BIN)/python bench_submit.py && ../$(BIN)/python bench_views.py && ../$(BIN)/python bench_export.py && ../$(BIN)/python bench_neardup.py && ../$(BIN)/python bench_judge.py --collect polling && ../$(BIN)/python bench_tokens.py && bash ../scripts/ensure-postgres.sh && ../$(BIN)/python bench_lake.py
+	cd bench && ../$(BIN)/python bench_startup.py && ../$(BIN)/python bench_import.py && ../$(BIN)/python bench_harvest.py && ../$(BIN)/python bench_listen.py && ../$(BIN)/python bench_submit.py && ../$(BIN)/python bench_views.py && ../$(BIN)/python bench_export.py && ../$(BIN)/python bench_redact.py && ../$(BIN)/python bench_neardup.py && ../$(BIN)/python bench_judge.py --collect polling && ../$(BIN)/python bench_tokens.py && bash ../scripts/ensure-postgres.sh && ../$(BIN)/python bench_lake.py
 	CURATE_KILL_TRIALS=20 CURATE_HARVEST_KILL_TRIALS=10 $(BIN)/python -m pytest -q tests/test_spool_kill.py -k killed
 	CURATE_SUBMIT_KILL_TRIALS=20 $(BIN)/python -m pytest -q tests/test_submit_races.py -k killed
 	CURATE_LAKE_RACE_ROUNDS=10 $(BIN)/python -m pytest -q tests/test_lake_race.py
