@@ -634,6 +634,44 @@ def _drop_by_eval_sets_and_pii(con: duckdb.DuckDBPyConnection, options: ExportOp
         counts["PII redacted"], removed["PII, spans redacted per kind"] = _redact(con)
 
 
+def _invalid(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, list[str]]]:
+    """The matching rows that do not fit the format: per reason, how many and the first three ids."""
+    return con.execute("""
+        select reason, count(*), list(id order by id)[1:3] from work.export_rows
+        where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
+
+
+def _split_decisions(con: duckdb.DuckDBPyConnection, table: str, cluster_id: str, counts: dict[str, int],
+                     invalid: list[tuple[str, int, list[str]]], removed: dict[str, dict[str, int]],
+                     pairs: card.PairFacts | None = None) -> _Decisions:
+    """The decisions on ``table``'s kept rows (the rows, or a preference format's pairs): the rows
+    per split, with the split checks (split keys, identical prompts and near-duplicate clusters,
+    by ``table``'s column ``cluster_id``, found on both sides)."""
+    splits = dict(con.execute(
+        f"select split, count(*) from {table} where keep group by split order by split desc").fetchall())
+    shared_keys = _one(con, f"""select count(*) from (select split_group from {table} where keep
+                                 group by split_group having count(distinct split) > 1)""")
+    shared_prompts = _one(con, f"""select count(*) from (select prompt_hash from {table}
+                                    where keep and prompt_hash is not null
+                                    group by prompt_hash having count(distinct split) > 1)""")
+    straddling = _one(con, f"""select count(*) from (select n.cluster_id from {table} r
+                                join work.near n on n.id = r.{cluster_id}
+                                where r.keep group by n.cluster_id having count(distinct r.split) > 1)""")
+    counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
+    return _Decisions(
+        counts=counts,
+        splits={name: splits[name] for name in ("train", "test") if name in splits},
+        invalid={reason: n for reason, n, _ in invalid},
+        invalid_examples={reason: list(ids) for reason, _, ids in invalid},
+        shared_keys=shared_keys,
+        shared_prompts=shared_prompts,
+        straddling_clusters=straddling,
+        removed=removed,
+        table=table,
+        pairs=pairs,
+    )
+
+
 def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes) -> _Decisions:
     limit, dedup = options.limit, options.dedup
     source = _one(con, "select count(*) from work.export_rows")
@@ -643,9 +681,7 @@ def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Pas
             update work.export_rows set matched = false, keep = false, reason = null
             where rowid in (select rowid from work.export_rows where matched order by shuffle, id offset {int(limit)})""")
     filtered = _one(con, "select count(*) from work.export_rows where matched")
-    invalid = con.execute("""
-        select reason, count(*), list(id order by id)[1:3] from work.export_rows
-        where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
+    invalid = _invalid(con)
     valid = filtered - sum(n for _, n, _ in invalid)
     con.execute("create table work.export_duplicates (content_hash ubigint, kept_rowid bigint, duplicate_ids varchar[])")
     if dedup in ("exact", "near"):
@@ -666,26 +702,7 @@ def _decide(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Pas
         _drop_unseen(con, counts, "compared for near-duplicates", [f"near:{passes.near_on}"] if passes.near else [])
         counts["near-deduplicated"] = _drop(con, "select id from work.near where id <> cluster_id")
     _drop_by_eval_sets_and_pii(con, options, passes, counts, removed)
-    splits = dict(con.execute(
-        "select split, count(*) from work.export_rows where keep group by split order by split desc").fetchall())
-    shared_keys = _one(con, """select count(*) from (select split_group from work.export_rows where keep
-                                group by split_group having count(distinct split) > 1)""")
-    shared_prompts = _one(con, """select count(*) from (select prompt_hash from work.export_rows
-                                   where keep and prompt_hash is not null
-                                   group by prompt_hash having count(distinct split) > 1)""")
-    straddling = _one(con, """select count(*) from (select n.cluster_id from work.export_rows r join work.near n using (id)
-                               where r.keep group by n.cluster_id having count(distinct r.split) > 1)""")
-    counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
-    return _Decisions(
-        counts=counts,
-        splits={name: splits[name] for name in ("train", "test") if name in splits},
-        invalid={reason: n for reason, n, _ in invalid},
-        invalid_examples={reason: list(ids) for reason, _, ids in invalid},
-        shared_keys=shared_keys,
-        shared_prompts=shared_prompts,
-        straddling_clusters=straddling,
-        removed=removed,
-    )
+    return _split_decisions(con, "work.export_rows", "id", counts, invalid, removed)
 
 
 def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes: _Passes) -> _Decisions:
@@ -706,9 +723,7 @@ def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes
                 select key from (select distinct {prompt} as key from work.export_rows where matched)
                 order by md5_number_lower({_sql_text(f"{options.seed}:")} || key), key limit {int(limit)})""")
     filtered = _one(con, "select count(*) from work.export_rows where matched")
-    invalid = con.execute("""
-        select reason, count(*), list(id order by id)[1:3] from work.export_rows
-        where matched and reason is not null group by reason order by count(*) desc, reason""").fetchall()
+    invalid = _invalid(con)
     counts = {"source": source, "filtered": filtered, "valid": filtered - sum(n for _, n, _ in invalid)}
     removed: dict[str, dict[str, int]] = {}
     # The passes that act on rows act before the pairing: a row they drop takes no part.
@@ -773,30 +788,10 @@ def _decide_pairs(con: duckdb.DuckDBPyConnection, options: ExportOptions, passes
                 union all select rejected_rid, 1 from work.export_pair_keys where keep) s
             join work.export_rows x on x.rowid = s.rid)
         group by model order by model""").fetchall()
-    splits = dict(con.execute(
-        "select split, count(*) from work.export_pairs where keep group by split order by split desc").fetchall())
-    shared_keys = _one(con, """select count(*) from (select split_group from work.export_pairs where keep
-                                group by split_group having count(distinct split) > 1)""")
-    shared_prompts = _one(con, """select count(*) from (select prompt_hash from work.export_pairs
-                                   where keep and prompt_hash is not null
-                                   group by prompt_hash having count(distinct split) > 1)""")
-    straddling = _one(con, """select count(*) from (select n.cluster_id from work.export_pairs p
-                               join work.near n on n.id = p.chosen_id
-                               where p.keep group by n.cluster_id having count(distinct p.split) > 1)""")
-    counts.update({name: splits.get(name, 0) for name in ("train", "test") if name in splits})
-    return _Decisions(
-        counts=counts,
-        splits={name: splits[name] for name in ("train", "test") if name in splits},
-        invalid={reason: n for reason, n, _ in invalid},
-        invalid_examples={reason: list(ids) for reason, _, ids in invalid},
-        shared_keys=shared_keys,
-        shared_prompts=shared_prompts,
-        straddling_clusters=straddling,
-        removed=removed,
-        table="work.export_pairs",
-        pairs=card.PairFacts(prompts=prompts, pairs=paired, no_pair=no_pair, dropped=dropped,
-                             models=[tuple(row) for row in models]),
-    )
+    # A pair's cluster is its chosen row's (kto writes each side under the side's own id).
+    return _split_decisions(con, "work.export_pairs", "chosen_id", counts, invalid, removed,
+                            pairs=card.PairFacts(prompts=prompts, pairs=paired, no_pair=no_pair, dropped=dropped,
+                                                 models=[tuple(row) for row in models]))
 
 
 def _build_pairs(con: duckdb.DuckDBPyConnection, fmt: str) -> None:
