@@ -19,16 +19,13 @@ archive db57158 | tar -x -C /tmp/before``). The goal is memory flat under 1.5 GB
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from bench_export import DATA, ROOT, machine, make_store
+from bench_export import DATA, ROOT, machine, make_store, run
 
 from curate import pii
 from curate.store import Store
@@ -39,7 +36,8 @@ db, limit, out = sys.argv[1:4]
 started = time.perf_counter()
 from curate.exporter import export
 from curate.store import Store
-result = export(Store(db, memory_limit=limit), "conversations", out, pii="redact", rescan=False, test_size=0.1)
+result = export(Store(db, memory_limit=limit), "conversations", out + "/export", pii="redact", rescan=False,
+                test_size=0.1)
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu": sum(os.times()[:2]),
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "redacted": result.counts.get("PII redacted"), "written": result.counts.get("train", 0) + result.counts.get("test", 0)}))
@@ -72,15 +70,6 @@ def make_redact_store(size: int, memory_limit: str) -> Path:
     return db
 
 
-def run(db: Path, memory_limit: str, out: Path, code: Path) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(code))
-    done = subprocess.run([sys.executable, "-c", EXPORT, str(db), memory_limit, str(out)],
-                          capture_output=True, text=True, check=False, cwd=out.parent, env=env)
-    if done.returncode != 0:
-        return {"failed": done.stderr.strip().splitlines()[-1][:200]}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=200_000)
@@ -96,9 +85,9 @@ def main() -> None:
     for round_no in range(1, args.rounds + 1):
         for name, code in codes.items():
             with tempfile.TemporaryDirectory(dir=DATA) as tmp:
-                result = run(db, args.memory_limit, Path(tmp) / "out", code)
-            if "failed" in result:
-                print(f"| {args.size:,} | {round_no} | {name} | failed: {result['failed']} | | | | |", flush=True)
+                result = run(EXPORT, db, args.memory_limit, Path(tmp), code)
+            if result.get("oom"):
+                print(f"| {args.size:,} | {round_no} | {name} | out of memory | | | | |", flush=True)
                 continue
             print(f"| {args.size:,} | {round_no} | {name} | {result['seconds']:.1f} | {result['cpu']:.1f} | "
                   f"{result['rss_mb']:.0f} | {result['written']:,} | {result['redacted']:,} |", flush=True)
