@@ -50,7 +50,7 @@ over the chat rows it has not seen as they are now (or, with ``rescan=False``/``
 refuses in one sentence naming the command to run). Rows the pass still has not seen when the
 store is read (not chat rows, or imported in between) are not exported, and counted; nor are rows
 whose text SOURCE changed from the ``chat`` row the passes read (a SELECT that rewrites the
-messages, tools, model or finish reason: compared by md5 in the read, the step "as the passes saw
+messages, tools, model or finish reason: compared by md5 just after the read, the step "as the passes saw
 them"), since a finding speaks only of the text it was found in. The
 near-duplicate clusters and the eval sets are run again with the settings and files they were last
 run with; results recorded without coverage (an older curate) are used as they are, and the card
